@@ -1,0 +1,146 @@
+//! The two traits a backend implements: `Store` (records, with the conditional and
+//! atomic writes the invariants rest on) and `Queues` (SQS semantics). The embedded
+//! SQLite backend and the DynamoDB + SQS backend implement both, and both must pass
+//! the shared conformance suite (`crates/conformance`).
+//!
+//! Every method that changes more than one record says "atomically": all of it is
+//! written or none of it. A lost condition is `Error::Conflict` with nothing written.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::id::{AllocId, EvalId, PoolId, WorkerId};
+use crate::model::{Alloc, Eval, EvalStatus, Millis, Pool, PoolStats, Replica, Worker};
+
+/// What a worker's heartbeat asks the store to do, all times already absolute.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    pub pool: PoolId,
+    pub worker: WorkerId,
+    pub now: Millis,
+    /// The worker's new TTL.
+    pub ttl: Millis,
+    /// Datasets it holds; each becomes a replica live until `replica_ttl`.
+    pub datasets: Vec<String>,
+    pub replica_ttl: Millis,
+    /// Allocs it is running; those that are live, its own and not told to stop are
+    /// extended to `alloc_ttl`.
+    pub allocs: Vec<AllocId>,
+    pub alloc_ttl: Millis,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // ---- pools
+    async fn create_pool(&self, pool: &Pool) -> Result<()>;
+    async fn get_pool(&self, pool: &PoolId) -> Result<Option<Pool>>;
+    async fn list_pools(&self) -> Result<Vec<Pool>>;
+    /// Marks the pool disbanded (a second call changes nothing) and returns it.
+    /// `NotFound` if it does not exist.
+    async fn disband_pool(&self, pool: &PoolId, now: Millis) -> Result<Pool>;
+    /// Deletes the pool and every record in it.
+    async fn purge_pool(&self, pool: &PoolId) -> Result<()>;
+    async fn pool_stats(&self, pool: &PoolId, now: Millis) -> Result<PoolStats>;
+
+    // ---- workers
+    /// Inserts a new worker, atomically with the check that its pool is active
+    /// (`NotFound`, `Disbanded`).
+    async fn register_worker(&self, worker: &Worker) -> Result<()>;
+    async fn get_worker(&self, pool: &PoolId, worker: &WorkerId) -> Result<Option<Worker>>;
+    async fn list_workers(&self, pool: &PoolId) -> Result<Vec<Worker>>;
+    /// Live workers with at least `min_free` free. May lag (DynamoDB's GSI does):
+    /// a hint for placement, whose conditional write is the truth.
+    async fn candidates(&self, pool: &PoolId, min_free: u32, now: Millis) -> Result<Vec<Worker>>;
+    /// Workers whose TTL has passed (`ttl <= now`).
+    async fn expired_workers(&self, pool: &PoolId, now: Millis) -> Result<Vec<Worker>>;
+    /// Deletes the worker and its replicas. The caller releases its live allocs first.
+    async fn delete_worker(&self, pool: &PoolId, worker: &WorkerId) -> Result<()>;
+    /// Extends a live worker's TTL, upserts its replicas and extends its allocs.
+    /// Returns the listed allocs the worker should stop: released, not its own, unknown,
+    /// or flagged to stop. `NotFound` if no such worker, `Expired` if its TTL passed
+    /// (an expired worker never comes back: its allocs are being released).
+    async fn heartbeat(&self, hb: &Heartbeat) -> Result<Vec<AllocId>>;
+
+    // ---- replicas
+    /// Live replicas of any of `datasets`.
+    async fn replicas(&self, pool: &PoolId, datasets: &[String], now: Millis) -> Result<Vec<Replica>>;
+    /// Deletes replicas whose TTL has passed; returns how many.
+    async fn delete_expired_replicas(&self, pool: &PoolId, now: Millis) -> Result<u64>;
+
+    // ---- evals
+    /// Inserts a new eval, atomically with the check that its pool is active. If the
+    /// eval has an idempotency key already used in this pool, nothing is written and
+    /// the existing eval is returned.
+    async fn insert_eval(&self, eval: &Eval) -> Result<Option<Eval>>;
+    async fn get_eval(&self, pool: &PoolId, eval: &EvalId) -> Result<Option<Eval>>;
+    /// The eval submitted with this idempotency key, if any.
+    async fn find_eval_by_key(&self, pool: &PoolId, key: &str) -> Result<Option<Eval>>;
+    /// The evals among `ids` that exist, in any order.
+    async fn get_evals(&self, pool: &PoolId, ids: &[EvalId]) -> Result<Vec<Eval>>;
+    /// Evals of the pool, newest first, optionally of one status, at most `limit`.
+    async fn list_evals(&self, pool: &PoolId, status: Option<EvalStatus>, limit: usize) -> Result<Vec<Eval>>;
+    /// Evals of the pool not yet finished (queued, placed, failed), all of them.
+    async fn unfinished_evals(&self, pool: &PoolId) -> Result<Vec<Eval>>;
+    /// Writes `eval` if the stored version is `expected_version`; `Conflict` otherwise.
+    /// The caller sets `eval.version = expected_version + 1`.
+    async fn update_eval(&self, eval: &Eval, expected_version: u64) -> Result<()>;
+
+    // ---- allocs
+    async fn get_alloc(&self, pool: &PoolId, alloc: &AllocId) -> Result<Option<Alloc>>;
+    /// Live allocs of the pool, or of one worker.
+    async fn live_allocs(&self, pool: &PoolId, worker: Option<&WorkerId>) -> Result<Vec<Alloc>>;
+    /// Live allocs whose TTL has passed.
+    async fn expired_allocs(&self, pool: &PoolId, now: Millis) -> Result<Vec<Alloc>>;
+
+    /// Atomically: take `alloc.size` from the worker's free capacity (only if it has
+    /// that much and is live at `now`), insert the alloc (its id must be new) and write
+    /// `eval` (stored version must be `expected_version`). `Conflict` otherwise.
+    async fn place(&self, alloc: &Alloc, eval: &Eval, expected_version: u64, now: Millis) -> Result<()>;
+
+    /// Atomically: mark the live alloc released, give its size back to its worker (if
+    /// the worker still exists: a removed worker must not block release) and write
+    /// `eval` if given (stored version must match). `Conflict` if the alloc is no longer
+    /// live or the eval changed; then nothing is written, so capacity is returned once.
+    async fn release(&self, alloc: &Alloc, eval: Option<(&Eval, u64)>) -> Result<()>;
+
+    /// Atomically: write `eval` (stored version must match) and flag the live alloc to stop.
+    async fn cancel_placed(&self, eval: &Eval, expected_version: u64, alloc: &AllocId) -> Result<()>;
+}
+
+/// A message as received: `receipt` deletes it or changes its visibility.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub receipt: String,
+    pub body: String,
+    /// How many times it has been received, this time included.
+    pub receive_count: u32,
+}
+
+/// SQS semantics: at-least-once delivery, a received message is hidden for its
+/// visibility timeout and comes back unless deleted, long polls wake on arrival.
+#[async_trait]
+pub trait Queues: Send + Sync + 'static {
+    /// Creates the queue if missing; returns its URL.
+    async fn create_queue(&self, name: &str) -> Result<String>;
+    /// Deletes the queue and its messages; deleting a missing queue is fine.
+    async fn delete_queue(&self, name: &str) -> Result<()>;
+    /// The URL a worker is told to read from.
+    fn queue_url(&self, name: &str) -> String;
+    /// Sends the bodies in order (batched by the backend). `QueueGone` if deleted.
+    async fn send(&self, name: &str, bodies: &[String]) -> Result<()>;
+    /// Up to `max` visible messages, waiting up to `wait` for the first. Received
+    /// messages are hidden for `visibility`. `QueueGone` if deleted.
+    async fn receive(&self, name: &str, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<Received>>;
+    /// Deletes received messages; stale receipts are ignored.
+    async fn delete(&self, name: &str, receipts: &[String]) -> Result<()>;
+    /// Hides a received message for `hide` from now. `parked` marks it as waiting for
+    /// capacity, so that `wake` can bring it back early.
+    async fn change_visibility(&self, name: &str, receipt: &str, hide: Duration, parked: bool) -> Result<()>;
+    /// Makes parked messages visible now, where the backend can (new capacity appeared).
+    /// SQS cannot; the default does nothing and the backoff bounds the wait.
+    async fn wake(&self, _name: &str) -> Result<()> {
+        Ok(())
+    }
+}

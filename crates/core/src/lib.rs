@@ -1,0 +1,29 @@
+//! Lineup's core: the model, validation, placement, the services, and the traits a
+//! backend implements. No AWS SDK and no SQLite here.
+//!
+//! # Layout
+//! - `model.rs`, `id.rs`, `validate.rs`: records, identifiers, input checks.
+//! - `placement.rs`: the pure ranking of workers for an eval.
+//! - `backend.rs`: the `Store` and `Queues` traits.
+//! - `service/`: gateway operations, the scheduler pass, the releaser pass.
+//! - `auth.rs`: admin and worker tokens. `config.rs`: `LINEUP_*` settings. `clock.rs`.
+
+pub mod auth;
+pub mod backend;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod id;
+pub mod model;
+pub mod placement;
+pub mod service;
+pub mod validate;
+
+pub use auth::Principal;
+pub use backend::{Heartbeat, Queues, Received, Store};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::Settings;
+pub use error::{Error, Result};
+pub use id::{AllocId, EvalId, PoolId, WorkerId};
+pub use model::*;
+pub use service::Lineup;

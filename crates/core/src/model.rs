@@ -1,0 +1,251 @@
+//! The records Lineup keeps, ported from the Go original (pools, workers, replicas,
+//! allocs, evals) plus what eval tracking needs. Times are milliseconds since the epoch
+//! (`Millis`); a record's `ttl` is the moment it stops being live.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::id::{AllocId, EvalId, PoolId, WorkerId};
+
+pub type Millis = i64;
+
+/// Upper bounds that keep one request from holding the system hostage.
+pub const MAX_SIZE: u32 = 1_000_000;
+pub const MAX_DATASET_LEN: usize = 256;
+pub const MAX_DATASETS_PER_HEARTBEAT: usize = 1_000;
+pub const MAX_ALLOCS_PER_HEARTBEAT: usize = 10_000;
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
+pub const MAX_REASON_BYTES: usize = 4 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Most free capacity first: the Go original's behaviour.
+    #[default]
+    Spread,
+    /// Least free capacity that still fits: packs work onto few workers.
+    Binpack,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Spread => "spread",
+            Strategy::Binpack => "binpack",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "spread" => Ok(Strategy::Spread),
+            "binpack" => Ok(Strategy::Binpack),
+            other => Err(Error::invalid(
+                "invalid_strategy",
+                format!("unknown strategy {other:?}: expected \"spread\" or \"binpack\""),
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolStatus {
+    Active,
+    Disbanded,
+}
+
+impl PoolStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolStatus::Active => "active",
+            PoolStatus::Disbanded => "disbanded",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "active" => Ok(PoolStatus::Active),
+            "disbanded" => Ok(PoolStatus::Disbanded),
+            other => Err(Error::Backend(format!("unknown pool status {other:?}"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool {
+    pub pool_id: PoolId,
+    pub strategy: Strategy,
+    pub status: PoolStatus,
+    pub created_at: Millis,
+    pub disbanded_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Worker {
+    pub pool_id: PoolId,
+    pub worker_id: WorkerId,
+    /// Registered capacity.
+    pub capacity: u32,
+    /// Free capacity (`cap` in the original): capacity minus the sizes of live allocs.
+    pub free: u32,
+    /// The worker is live while `ttl > now`; heartbeats push it forward.
+    pub ttl: Millis,
+    /// SHA-256 of the worker's token, hex.
+    pub token_hash: String,
+    pub queue: String,
+    pub created_at: Millis,
+}
+
+impl Worker {
+    pub fn is_live(&self, now: Millis) -> bool {
+        self.ttl > now
+    }
+}
+
+/// "Worker `worker_id` holds dataset `dataset`", live while `ttl > now`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    pub pool_id: PoolId,
+    pub dataset: String,
+    pub worker_id: WorkerId,
+    pub ttl: Millis,
+}
+
+impl Replica {
+    /// The original's key: `{dataset}:{worker}`.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.dataset, self.worker_id)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalStatus {
+    /// Waiting in the pool queue for a placement.
+    Queued,
+    /// An alloc for it is live on a worker.
+    Placed,
+    /// Finished; `exit_code` says how.
+    Complete,
+    /// The last attempt failed or expired; it is queued again for another attempt.
+    Failed,
+    /// Out of attempts; listed by the dead-letter endpoint.
+    Dead,
+    Cancelled,
+}
+
+impl EvalStatus {
+    pub const ALL: [EvalStatus; 6] = [
+        EvalStatus::Queued,
+        EvalStatus::Placed,
+        EvalStatus::Complete,
+        EvalStatus::Failed,
+        EvalStatus::Dead,
+        EvalStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvalStatus::Queued => "queued",
+            EvalStatus::Placed => "placed",
+            EvalStatus::Complete => "complete",
+            EvalStatus::Failed => "failed",
+            EvalStatus::Dead => "dead",
+            EvalStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| {
+            Error::invalid("invalid_status", format!("unknown eval status {s:?}"))
+        })
+    }
+
+    /// Waiting for a placement (in the pool queue).
+    pub fn is_waiting(self) -> bool {
+        matches!(self, EvalStatus::Queued | EvalStatus::Failed)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, EvalStatus::Complete | EvalStatus::Dead | EvalStatus::Cancelled)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Eval {
+    pub pool_id: PoolId,
+    pub eval_id: EvalId,
+    pub size: u32,
+    pub dataset: Option<String>,
+    pub payload: Option<serde_json::Value>,
+    pub status: EvalStatus,
+    /// 1 for the first placement attempt; each retry adds one.
+    pub attempt: u32,
+    /// Bumped on every write; writes are conditioned on the version they read.
+    pub version: u64,
+    pub worker_id: Option<WorkerId>,
+    pub alloc_id: Option<AllocId>,
+    pub exit_code: Option<i32>,
+    pub output: Option<String>,
+    pub reason: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllocState {
+    /// Holds its size of the worker's capacity.
+    Live,
+    /// Capacity returned; kept as a tombstone so completing twice is harmless.
+    Released,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alloc {
+    pub pool_id: PoolId,
+    pub alloc_id: AllocId,
+    pub worker_id: WorkerId,
+    pub eval_id: EvalId,
+    pub size: u32,
+    pub attempt: u32,
+    /// Live allocs expire at `ttl` unless the worker's heartbeat extends it.
+    pub ttl: Millis,
+    pub state: AllocState,
+    /// Set when the eval was cancelled while placed: the worker is told to stop it,
+    /// and its capacity comes back when the worker reports or the TTL runs out.
+    pub stop: bool,
+    pub created_at: Millis,
+}
+
+/// The body of a message in a pool's scheduling queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvalMessage {
+    pub eval_id: EvalId,
+    pub attempt: u32,
+}
+
+/// The body of a message in a worker's queue: everything the worker needs to run it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AllocMessage {
+    pub alloc_id: AllocId,
+    pub eval_id: EvalId,
+    pub pool_id: PoolId,
+    pub worker_id: WorkerId,
+    pub size: u32,
+    pub dataset: Option<String>,
+    pub payload: Option<serde_json::Value>,
+    pub attempt: u32,
+}
+
+/// Counts shown with a pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStats {
+    pub workers: u64,
+    pub capacity: u64,
+    pub free: u64,
+    pub queued: u64,
+    pub allocs: u64,
+}

@@ -1,0 +1,129 @@
+//! The one path by which an alloc gives its capacity back: a worker completes or fails
+//! it, its TTL runs out, or its worker is removed. Each step re-reads, decides, and
+//! commits one atomic `Store::release`; a lost race re-reads and decides again, and an
+//! alloc already released is a harmless no-op (so two releasers never return capacity twice).
+
+use tracing::{debug, info, warn};
+
+use super::Lineup;
+use crate::error::{Error, Result};
+use crate::model::{Alloc, AllocState, Eval, EvalMessage, EvalStatus};
+use crate::validate;
+
+/// Why the alloc is ending.
+#[derive(Debug, Clone)]
+pub enum Finish {
+    /// The worker ran it to the end.
+    Complete { exit_code: i32, output: Option<String> },
+    /// It failed, expired or lost its worker: retry the eval, or dead-letter it.
+    Fail { reason: String },
+}
+
+/// What `finish` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finished {
+    /// Capacity returned; the eval is now in this status.
+    Released(Option<EvalStatus>),
+    /// Someone released it before: nothing changed.
+    AlreadyReleased,
+}
+
+const MAX_TRIES: usize = 16;
+
+impl Lineup {
+    /// Releases `alloc` (as read by the caller) with `finish`. See the module doc.
+    pub async fn finish(&self, mut alloc: Alloc, finish: &Finish) -> Result<Finished> {
+        for _ in 0..MAX_TRIES {
+            if alloc.state == AllocState::Released {
+                return Ok(Finished::AlreadyReleased);
+            }
+            let eval = self.store.get_eval(&alloc.pool_id, &alloc.eval_id).await?;
+            let mut new_eval = self.decide(eval.as_ref(), &alloc, finish);
+
+            // Re-queue before the write that makes the eval waiting (see service/mod.rs).
+            if let Some(e) = new_eval.as_mut().filter(|e| e.status == EvalStatus::Failed) {
+                let msg = EvalMessage { eval_id: e.eval_id.clone(), attempt: e.attempt };
+                match self.send_eval_message(&alloc.pool_id, &msg).await {
+                    Ok(()) => {}
+                    Err(Error::QueueGone(_)) => {
+                        // The pool was disbanded: nothing will run it again.
+                        e.status = EvalStatus::Cancelled;
+                        e.attempt = alloc.attempt;
+                        e.reason = Some("pool disbanded".into());
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+
+            let expected = eval.as_ref().map(|e| e.version);
+            let write = new_eval.as_ref().zip(expected);
+            match self.store.release(&alloc, write).await {
+                Ok(()) => {
+                    let status = new_eval.as_ref().map(|e| e.status);
+                    info!(pool = %alloc.pool_id, alloc = %alloc.alloc_id, eval = %alloc.eval_id,
+                          worker = %alloc.worker_id, size = alloc.size, ?status, "alloc released");
+                    // Capacity came back: blocked evals may fit now.
+                    if let Err(e) = self.queues.wake(&self.pool_queue(&alloc.pool_id)).await {
+                        debug!(error = %e, "wake after release");
+                    }
+                    if let Some(e) = new_eval.as_ref().filter(|e| e.status == EvalStatus::Dead) {
+                        self.announce_dead(e).await;
+                    }
+                    return Ok(Finished::Released(status));
+                }
+                Err(Error::Conflict(why)) => {
+                    debug!(alloc = %alloc.alloc_id, %why, "release lost a race; re-reading");
+                    match self.store.get_alloc(&alloc.pool_id, &alloc.alloc_id).await? {
+                        Some(a) => alloc = a,
+                        None => return Ok(Finished::AlreadyReleased),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Conflict(format!("alloc {} kept changing; try again", alloc.alloc_id)))
+    }
+
+    /// The eval's next state, or `None` when the eval must not change (it moved on
+    /// to another alloc, or it is already finished, e.g. cancelled).
+    fn decide(&self, eval: Option<&Eval>, alloc: &Alloc, finish: &Finish) -> Option<Eval> {
+        let eval = eval?;
+        if eval.alloc_id.as_ref() != Some(&alloc.alloc_id) || eval.status != EvalStatus::Placed {
+            return None;
+        }
+        let mut e = eval.clone();
+        e.version += 1;
+        e.updated_at = self.now();
+        match finish {
+            Finish::Complete { exit_code, output } => {
+                e.status = EvalStatus::Complete;
+                e.exit_code = Some(*exit_code);
+                e.output = output.as_deref().map(validate::output);
+                e.reason = None;
+            }
+            Finish::Fail { reason } => {
+                e.reason = Some(validate::reason(reason));
+                if e.attempt <= self.settings.max_retry {
+                    e.status = EvalStatus::Failed;
+                    // worker_id and alloc_id keep naming the last attempt until the next placement.
+                    e.attempt += 1;
+                } else {
+                    e.status = EvalStatus::Dead;
+                }
+            }
+        }
+        Some(e)
+    }
+
+    /// Puts a dead eval on the dead-letter queue, for alarms and tooling. The eval's
+    /// record is the truth (`GET .../dead-letters`), so a failure here only logs.
+    async fn announce_dead(&self, eval: &Eval) {
+        let body = serde_json::json!({
+            "eval_id": eval.eval_id, "pool_id": eval.pool_id, "attempt": eval.attempt, "reason": eval.reason,
+        })
+        .to_string();
+        if let Err(e) = self.queues.send(&self.settings.dead_letter_queue(), &[body]).await {
+            warn!(eval = %eval.eval_id, error = %e, "could not announce dead eval on the dead-letter queue");
+        }
+    }
+}

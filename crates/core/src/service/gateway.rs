@@ -1,0 +1,351 @@
+//! The operations behind the REST API (and the Go original's RPC routes): pools,
+//! workers, heartbeats, polls, evals, completing and failing allocs. Each checks the
+//! caller's scope first, then validates, then touches the backend.
+
+use std::time::Duration;
+
+use tracing::{debug, info, warn};
+
+use super::finish::{Finish, Finished};
+use super::{require_admin, require_worker, Lineup};
+use crate::auth::{self, Principal};
+use crate::backend::Heartbeat;
+use crate::error::{Error, Result};
+use crate::id::{AllocId, EvalId, PoolId, WorkerId};
+use crate::model::*;
+use crate::validate;
+
+pub struct RegisteredWorker {
+    pub worker: Worker,
+    pub token: String,
+    pub queue_url: String,
+}
+
+pub struct HeartbeatRequest {
+    pub datasets: Vec<String>,
+    pub allocs: Vec<AllocId>,
+}
+
+/// A validated eval submission.
+pub struct NewEval {
+    pub size: u32,
+    pub dataset: Option<String>,
+    pub payload: Option<serde_json::Value>,
+    pub idempotency_key: Option<String>,
+}
+
+pub struct SubmitOutcome {
+    pub eval: Eval,
+    /// False when an idempotency key matched an eval submitted before.
+    pub created: bool,
+}
+
+pub type FinishOutcome = Finished;
+
+pub enum CancelOutcome {
+    Cancelled(Eval),
+    /// Already complete, dead or cancelled: nothing changed.
+    AlreadyFinished(Eval),
+}
+
+/// How long a poll may wait, at most: inside API Gateway's 29 s limit.
+pub const MAX_POLL_WAIT: Duration = Duration::from_secs(20);
+/// How many allocs one poll returns, at most (SQS's receive limit).
+pub const MAX_POLL_BATCH: usize = 10;
+
+impl Lineup {
+    // ---- pools
+
+    pub async fn create_pool(&self, who: &Principal, strategy: Strategy) -> Result<Pool> {
+        require_admin(who)?;
+        let pool = Pool {
+            pool_id: PoolId::generate(),
+            strategy,
+            status: PoolStatus::Active,
+            created_at: self.now(),
+            disbanded_at: None,
+        };
+        // Queue first: an active pool always has its queue.
+        self.queues.create_queue(&self.pool_queue(&pool.pool_id)).await?;
+        self.store.create_pool(&pool).await?;
+        self.pools_changed.notify_waiters();
+        info!(pool = %pool.pool_id, strategy = strategy.as_str(), "pool created");
+        Ok(pool)
+    }
+
+    pub async fn pool(&self, who: &Principal, pool: &PoolId) -> Result<(Pool, PoolStats)> {
+        require_admin(who)?;
+        let p = self.active_or_any_pool(pool).await?;
+        let stats = self.store.pool_stats(pool, self.now()).await?;
+        Ok((p, stats))
+    }
+
+    pub async fn pools(&self, who: &Principal) -> Result<Vec<(Pool, PoolStats)>> {
+        require_admin(who)?;
+        let now = self.now();
+        let mut out = Vec::new();
+        for p in self.store.list_pools().await? {
+            let stats = self.store.pool_stats(&p.pool_id, now).await?;
+            out.push((p, stats));
+        }
+        Ok(out)
+    }
+
+    /// Disbands a pool: it refuses new workers and evals, its queues go away, its
+    /// unfinished evals end as cancelled. Records are purged after `POOL_TTL`.
+    /// A second call finds nothing more to do.
+    pub async fn disband_pool(&self, who: &Principal, pool: &PoolId) -> Result<Pool> {
+        require_admin(who)?;
+        let p = self.store.disband_pool(pool, self.now()).await?;
+        self.queues.delete_queue(&self.pool_queue(pool)).await?;
+        for e in self.store.unfinished_evals(pool).await? {
+            if let Err(err) = self.cancel_loop(e, "pool disbanded").await {
+                warn!(pool = %pool, error = %err, "cancel on disband");
+            }
+        }
+        for w in self.store.list_workers(pool).await? {
+            self.queues.delete_queue(&self.worker_queue(pool, &w.worker_id)).await?;
+        }
+        info!(pool = %pool, "pool disbanded");
+        Ok(p)
+    }
+
+    async fn active_or_any_pool(&self, pool: &PoolId) -> Result<Pool> {
+        self.store.get_pool(pool).await?.ok_or_else(|| Error::not_found(format!("pool {pool}")))
+    }
+
+    async fn active_pool(&self, pool: &PoolId) -> Result<Pool> {
+        let p = self.active_or_any_pool(pool).await?;
+        if p.status == PoolStatus::Disbanded {
+            return Err(Error::Disbanded(pool.to_string()));
+        }
+        Ok(p)
+    }
+
+    // ---- workers
+
+    pub async fn register_worker(&self, who: &Principal, pool: &PoolId, capacity: u32) -> Result<RegisteredWorker> {
+        require_admin(who)?;
+        self.active_pool(pool).await?;
+        let worker_id = WorkerId::generate();
+        let token = auth::new_worker_token(pool, &worker_id);
+        let queue = self.worker_queue(pool, &worker_id);
+        let now = self.now();
+        let worker = Worker {
+            pool_id: pool.clone(),
+            worker_id,
+            capacity,
+            free: capacity,
+            ttl: now + self.settings.worker_ttl_ms(),
+            token_hash: auth::hash(&token),
+            queue: queue.clone(),
+            created_at: now,
+        };
+        let queue_url = self.queues.create_queue(&queue).await?;
+        if let Err(e) = self.store.register_worker(&worker).await {
+            // The pool was disbanded meanwhile: don't leave an orphan queue behind.
+            let _ = self.queues.delete_queue(&queue).await;
+            return Err(e);
+        }
+        info!(pool = %pool, worker = %worker.worker_id, capacity, "worker registered");
+        self.queues.wake(&self.pool_queue(pool)).await?;
+        Ok(RegisteredWorker { worker, token, queue_url })
+    }
+
+    pub async fn workers(&self, who: &Principal, pool: &PoolId) -> Result<Vec<Worker>> {
+        require_admin(who)?;
+        self.active_or_any_pool(pool).await?;
+        self.store.list_workers(pool).await
+    }
+
+    /// Extends the worker's TTL, records its replicas, extends its allocs, and returns
+    /// the listed allocs it should stop.
+    pub async fn heartbeat(
+        &self,
+        who: &Principal,
+        pool: &PoolId,
+        worker: &WorkerId,
+        req: HeartbeatRequest,
+    ) -> Result<Vec<AllocId>> {
+        require_worker(who, pool, worker)?;
+        if req.datasets.len() > MAX_DATASETS_PER_HEARTBEAT {
+            return Err(Error::invalid("too_many_datasets", format!("at most {MAX_DATASETS_PER_HEARTBEAT} datasets per heartbeat")));
+        }
+        if req.allocs.len() > MAX_ALLOCS_PER_HEARTBEAT {
+            return Err(Error::invalid("too_many_allocs", format!("at most {MAX_ALLOCS_PER_HEARTBEAT} allocs per heartbeat")));
+        }
+        let mut datasets = req.datasets.iter().map(|d| validate::dataset(d)).collect::<Result<Vec<_>>>()?;
+        datasets.sort();
+        datasets.dedup();
+        self.active_pool(pool).await?;
+        let now = self.now();
+        let hb = Heartbeat {
+            pool: pool.clone(),
+            worker: worker.clone(),
+            now,
+            ttl: now + self.settings.worker_ttl_ms(),
+            datasets,
+            replica_ttl: now + self.settings.replica_ttl_ms(),
+            allocs: req.allocs,
+            alloc_ttl: now + self.settings.alloc_ttl_ms(),
+        };
+        let cancelled = self.store.heartbeat(&hb).await?;
+        debug!(pool = %pool, worker = %worker, cancelled = cancelled.len(), "heartbeat");
+        Ok(cancelled)
+    }
+
+    /// Long-polls the worker's queue. Messages are deleted once handed out: if the
+    /// worker dies before running one, its alloc's TTL runs out and the eval is retried.
+    pub async fn poll(
+        &self,
+        who: &Principal,
+        pool: &PoolId,
+        worker: &WorkerId,
+        wait: Duration,
+        max: usize,
+    ) -> Result<Vec<AllocMessage>> {
+        require_worker(who, pool, worker)?;
+        if max == 0 || max > MAX_POLL_BATCH {
+            return Err(Error::invalid("invalid_max", format!("max must be between 1 and {MAX_POLL_BATCH}")));
+        }
+        if wait > MAX_POLL_WAIT {
+            return Err(Error::invalid("invalid_wait", format!("wait must be at most {} seconds", MAX_POLL_WAIT.as_secs())));
+        }
+        self.active_pool(pool).await?;
+        let w = self.store.get_worker(pool, worker).await?.ok_or_else(|| Error::not_found(format!("worker {worker}")))?;
+        if !w.is_live(self.now()) {
+            return Err(Error::Expired(worker.to_string()));
+        }
+        let queue = self.worker_queue(pool, worker);
+        let got = match self.queues.receive(&queue, max, wait, Duration::from_secs(30)).await {
+            Ok(got) => got,
+            Err(Error::QueueGone(_)) => return Err(Error::Expired(worker.to_string())),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::with_capacity(got.len());
+        let mut receipts = Vec::with_capacity(got.len());
+        for m in got {
+            receipts.push(m.receipt);
+            match serde_json::from_str::<AllocMessage>(&m.body) {
+                Ok(a) => out.push(a),
+                Err(e) => warn!(queue = %queue, error = %e, "dropping malformed alloc message"),
+            }
+        }
+        self.queues.delete(&queue, &receipts).await?;
+        // Don't hand out work that was cancelled or released meanwhile.
+        let mut live = Vec::with_capacity(out.len());
+        for a in out {
+            match self.store.get_alloc(pool, &a.alloc_id).await? {
+                Some(al) if al.state == AllocState::Live && !al.stop => live.push(a),
+                _ => debug!(alloc = %a.alloc_id, "skipping alloc no longer live"),
+            }
+        }
+        Ok(live)
+    }
+
+    // ---- evals
+
+    pub async fn submit_eval(&self, who: &Principal, pool: &PoolId, new: NewEval) -> Result<SubmitOutcome> {
+        require_admin(who)?;
+        self.active_pool(pool).await?;
+        if let Some(key) = &new.idempotency_key {
+            if let Some(eval) = self.store.find_eval_by_key(pool, key).await? {
+                return Ok(SubmitOutcome { eval, created: false });
+            }
+        }
+        let now = self.now();
+        let eval = Eval {
+            pool_id: pool.clone(),
+            eval_id: EvalId::generate(),
+            size: new.size,
+            dataset: new.dataset,
+            payload: new.payload,
+            status: EvalStatus::Queued,
+            attempt: 1,
+            version: 1,
+            worker_id: None,
+            alloc_id: None,
+            exit_code: None,
+            output: None,
+            reason: None,
+            idempotency_key: new.idempotency_key,
+            created_at: now,
+            updated_at: now,
+        };
+        // Message first (see service/mod.rs): if the insert never happens, the
+        // scheduler drops the orphan message; the caller was never told "accepted".
+        let msg = EvalMessage { eval_id: eval.eval_id.clone(), attempt: 1 };
+        match self.send_eval_message(pool, &msg).await {
+            Err(Error::QueueGone(_)) => return Err(Error::Disbanded(pool.to_string())),
+            other => other?,
+        }
+        match self.store.insert_eval(&eval).await? {
+            None => {
+                debug!(pool = %pool, eval = %eval.eval_id, size = eval.size, "eval queued");
+                Ok(SubmitOutcome { eval, created: true })
+            }
+            Some(existing) => Ok(SubmitOutcome { eval: existing, created: false }),
+        }
+    }
+
+    pub async fn eval(&self, who: &Principal, pool: &PoolId, eval: &EvalId) -> Result<Eval> {
+        require_admin(who)?;
+        self.store.get_eval(pool, eval).await?.ok_or_else(|| Error::not_found(format!("eval {eval}")))
+    }
+
+    pub async fn evals(&self, who: &Principal, pool: &PoolId, status: Option<EvalStatus>, limit: usize) -> Result<Vec<Eval>> {
+        require_admin(who)?;
+        self.active_or_any_pool(pool).await?;
+        self.store.list_evals(pool, status, limit.clamp(1, 10_000)).await
+    }
+
+    /// Cancels a queued or placed eval. A placed eval's alloc is flagged to stop; the
+    /// worker learns it from its next heartbeat, and the capacity comes back when the
+    /// worker reports or the alloc's TTL runs out.
+    pub async fn cancel_eval(&self, who: &Principal, pool: &PoolId, eval: &EvalId) -> Result<CancelOutcome> {
+        require_admin(who)?;
+        let e = self.store.get_eval(pool, eval).await?.ok_or_else(|| Error::not_found(format!("eval {eval}")))?;
+        self.cancel_loop(e, "cancelled by request").await
+    }
+
+    async fn cancel_loop(&self, mut e: Eval, reason: &str) -> Result<CancelOutcome> {
+        for _ in 0..16 {
+            if e.status.is_terminal() {
+                return Ok(CancelOutcome::AlreadyFinished(e));
+            }
+            let expected = e.version;
+            let mut next = e.clone();
+            next.status = EvalStatus::Cancelled;
+            next.version += 1;
+            next.reason = Some(reason.to_owned());
+            next.updated_at = self.now();
+            let res = match (&e.status, &e.alloc_id) {
+                (EvalStatus::Placed, Some(alloc)) => self.store.cancel_placed(&next, expected, alloc).await,
+                _ => self.store.update_eval(&next, expected).await,
+            };
+            match res {
+                Ok(()) => {
+                    info!(pool = %e.pool_id, eval = %e.eval_id, "eval cancelled");
+                    return Ok(CancelOutcome::Cancelled(next));
+                }
+                Err(Error::Conflict(_)) => {
+                    e = self.store.get_eval(&e.pool_id, &e.eval_id).await?.ok_or_else(|| Error::not_found(format!("eval {}", e.eval_id)))?;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(Error::Conflict(format!("eval {} kept changing; try again", e.eval_id)))
+    }
+
+    // ---- allocs
+
+    /// Completes (or fails) an alloc on behalf of its worker. Doing it twice is harmless.
+    pub async fn finish_alloc(&self, who: &Principal, pool: &PoolId, alloc: &AllocId, finish: Finish) -> Result<(Finished, Option<Eval>)> {
+        let a = self.store.get_alloc(pool, alloc).await?.ok_or_else(|| Error::not_found(format!("alloc {alloc}")))?;
+        require_worker(who, pool, &a.worker_id)?;
+        let eval_id = a.eval_id.clone();
+        let done = self.finish(a, &finish).await?;
+        let eval = self.store.get_eval(pool, &eval_id).await?;
+        Ok((done, eval))
+    }
+}

@@ -1,0 +1,124 @@
+//! The services: what the API, the scheduler loop and the releaser loop (or the three
+//! Lambda handlers) call. They hold no state of their own beyond the backend handles,
+//! so any number of them may run at once, in one process or many; correctness comes
+//! from the store's conditional writes.
+//!
+//! - `gateway.rs`: pools, workers, heartbeats, polls, eval submit/cancel, complete/fail.
+//! - `scheduler.rs`: receive evals from a pool queue, place them, deliver allocs.
+//! - `releaser.rs`: expire allocs, workers and replicas; purge disbanded pools.
+//! - `finish.rs`: the one path by which an alloc gives its capacity back.
+//!
+//! The ordering rule that keeps evals from being lost: a message that *re-queues* an
+//! eval is sent before the write that makes the eval waiting, and a pool-queue message
+//! is deleted only after its eval was placed or finished. A crash in between leaves a
+//! duplicate or early message, which the scheduler recognises by the eval's attempt
+//! number; never a waiting eval without a message.
+
+mod finish;
+mod gateway;
+mod releaser;
+mod scheduler;
+
+use std::sync::Arc;
+
+pub use finish::Finish;
+pub use gateway::{CancelOutcome, FinishOutcome, HeartbeatRequest, NewEval, RegisteredWorker, SubmitOutcome};
+pub use releaser::ReleaseSummary;
+pub use scheduler::{PassSummary, SchedulerOptions};
+
+use crate::auth::{self, Principal};
+use crate::backend::{Queues, Store};
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::id::{PoolId, WorkerId};
+use crate::model::EvalMessage;
+
+/// The handles every service needs. Cheap to clone.
+#[derive(Clone)]
+pub struct Lineup {
+    pub store: Arc<dyn Store>,
+    pub queues: Arc<dyn Queues>,
+    pub clock: Arc<dyn Clock>,
+    pub settings: Arc<Settings>,
+    admin_hash: Arc<str>,
+    /// Fired when a pool is created, so a local scheduler supervisor starts on it at once.
+    pools_changed: Arc<tokio::sync::Notify>,
+}
+
+impl Lineup {
+    /// `admin_token` is hashed here and then forgotten.
+    pub fn new(
+        store: Arc<dyn Store>,
+        queues: Arc<dyn Queues>,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+        admin_token: &str,
+    ) -> Self {
+        Lineup {
+            store,
+            queues,
+            clock,
+            settings: Arc::new(settings),
+            admin_hash: auth::hash(admin_token).into(),
+            pools_changed: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// Creates what every deployment needs once (the dead-letter queue).
+    pub async fn init(&self) -> Result<()> {
+        self.queues.create_queue(&self.settings.dead_letter_queue()).await?;
+        Ok(())
+    }
+
+    pub fn now(&self) -> crate::Millis {
+        self.clock.now()
+    }
+
+    pub fn pools_changed(&self) -> Arc<tokio::sync::Notify> {
+        self.pools_changed.clone()
+    }
+
+    /// Resolves a bearer token to who it acts as.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal> {
+        if auth::hash_matches(token, &self.admin_hash) {
+            return Ok(Principal::Admin);
+        }
+        let Some((pool, worker)) = auth::parse_worker_token(token) else {
+            return Err(Error::Unauthorized);
+        };
+        match self.store.get_worker(&pool, &worker).await? {
+            Some(w) if auth::hash_matches(token, &w.token_hash) => Ok(Principal::Worker { pool, worker }),
+            _ => Err(Error::Unauthorized),
+        }
+    }
+
+    fn pool_queue(&self, pool: &PoolId) -> String {
+        self.settings.pool_queue(pool)
+    }
+
+    fn worker_queue(&self, pool: &PoolId, worker: &WorkerId) -> String {
+        self.settings.worker_queue(pool, worker)
+    }
+
+    async fn send_eval_message(&self, pool: &PoolId, msg: &EvalMessage) -> Result<()> {
+        let body = serde_json::to_string(msg).map_err(|e| Error::backend("encode eval message", e))?;
+        self.queues.send(&self.pool_queue(pool), &[body]).await
+    }
+}
+
+pub(crate) fn require_admin(p: &Principal) -> Result<()> {
+    match p {
+        Principal::Admin => Ok(()),
+        Principal::Worker { .. } => Err(Error::Forbidden("this route needs the admin token".into())),
+    }
+}
+
+/// The admin, or the worker itself.
+pub(crate) fn require_worker(p: &Principal, pool: &PoolId, worker: &WorkerId) -> Result<()> {
+    match p {
+        Principal::Admin => Ok(()),
+        Principal::Worker { pool: p, worker: w } if p == pool && w == worker => Ok(()),
+        Principal::Worker { .. } => Err(Error::Forbidden("a worker token acts only for its own worker".into())),
+    }
+}
