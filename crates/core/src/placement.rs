@@ -22,7 +22,7 @@ pub struct Candidate {
 /// Why an eval could not be placed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Blocked {
-    /// No worker in the pool is live.
+    /// No live worker has any free capacity (or none is live).
     NoLiveWorker { size: u32 },
     /// Live workers exist but none has room.
     NoRoom { size: u32, largest_free: u32, live_workers: usize },
@@ -32,7 +32,7 @@ impl fmt::Display for Blocked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Blocked::NoLiveWorker { size } => {
-                write!(f, "blocked: no live worker with {size} free; the pool has no live worker")
+                write!(f, "blocked: no live worker with {size} free; no live worker has free capacity")
             }
             Blocked::NoRoom { size, largest_free, live_workers } => write!(
                 f,

@@ -102,10 +102,11 @@ impl Lineup {
 
         // One candidate read and one replica read for the whole batch.
         let now = self.now();
-        let min_size = evals.values().filter(|e| e.status.is_waiting()).map(|e| e.size).min().unwrap_or(1);
+        // Every worker with any room, not just those fitting the smallest eval: the
+        // blocked reason then names the largest free capacity.
         let mut cands: Vec<Candidate> = self
             .store
-            .candidates(&pool.pool_id, min_size, now)
+            .candidates(&pool.pool_id, 1, now)
             .await?
             .into_iter()
             .map(|w| Candidate { worker_id: w.worker_id, free: w.free, ttl: w.ttl })

@@ -1,0 +1,127 @@
+//! Queue conformance: the SQS semantics the services rely on.
+
+use std::time::Duration;
+
+use lineup_core::*;
+
+use crate::Backend;
+
+fn qname() -> String {
+    format!("t-{}", PoolId::generate())
+}
+
+const NO_WAIT: Duration = Duration::ZERO;
+const VIS: Duration = Duration::from_secs(30);
+
+pub async fn queue_send_receive_delete(b: Backend) {
+    let q = &b.queues;
+    let name = qname();
+    let url = q.create_queue(&name).await.unwrap();
+    assert!(url.contains(&name), "url {url} names the queue");
+    assert_eq!(q.create_queue(&name).await.unwrap(), url, "create is idempotent");
+    q.send(&name, &["a".into(), "b".into(), "c".into()]).await.unwrap();
+    let mut got = q.receive(&name, 10, NO_WAIT, VIS).await.unwrap();
+    got.sort_by(|x, y| x.body.cmp(&y.body));
+    assert_eq!(got.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), vec!["a", "b", "c"]);
+    assert!(got.iter().all(|m| m.receive_count == 1));
+    // Hidden while in flight.
+    assert!(q.receive(&name, 10, NO_WAIT, VIS).await.unwrap().is_empty());
+    let receipts: Vec<String> = got.iter().map(|m| m.receipt.clone()).collect();
+    q.delete(&name, &receipts).await.unwrap();
+    q.delete(&name, &receipts).await.unwrap();
+    q.delete_queue(&name).await.unwrap();
+}
+
+pub async fn queue_visibility_and_receive_count(b: Backend) {
+    let q = &b.queues;
+    let name = qname();
+    q.create_queue(&name).await.unwrap();
+    q.send(&name, &["x".into()]).await.unwrap();
+    let m = q.receive(&name, 1, NO_WAIT, Duration::from_secs(1)).await.unwrap().remove(0);
+    // Comes back after its visibility timeout, with a higher receive count.
+    let again = q.receive(&name, 1, Duration::from_secs(5), Duration::from_secs(30)).await.unwrap();
+    assert_eq!(again.len(), 1, "message reappears after the visibility timeout");
+    assert_eq!(again[0].receive_count, 2);
+    // Hide it briefly, then it comes back once more.
+    q.change_visibility(&name, &again[0].receipt, Duration::ZERO, false).await.unwrap();
+    let third = q.receive(&name, 1, Duration::from_secs(5), VIS).await.unwrap();
+    assert_eq!(third.len(), 1);
+    assert_eq!(third[0].receive_count, 3);
+    // The first receipt is stale: deleting with it does not delete the message (on
+    // SQS it may; the services never rely on either).
+    let _ = m;
+    q.delete(&name, &[third[0].receipt.clone()]).await.unwrap();
+    q.change_visibility(&name, &third[0].receipt, Duration::ZERO, false).await.unwrap();
+    assert!(q.receive(&name, 1, Duration::from_millis(300), VIS).await.unwrap().is_empty(), "deleted for good");
+    q.delete_queue(&name).await.unwrap();
+}
+
+pub async fn queue_long_poll_wakes(b: Backend) {
+    let q = b.queues.clone();
+    let name = qname();
+    q.create_queue(&name).await.unwrap();
+    let (q2, n2) = (q.clone(), name.clone());
+    let waiter = tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        let got = q2.receive(&n2, 10, Duration::from_secs(10), VIS).await.unwrap();
+        (got, start.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    q.send(&name, &["late".into()]).await.unwrap();
+    let (got, took) = waiter.await.unwrap();
+    assert_eq!(got.len(), 1, "the long poll returns the message sent while it waited");
+    assert!(took < Duration::from_secs(9), "woke on arrival, not at the deadline ({took:?})");
+    // An empty long poll waits about its wait time, then returns nothing.
+    let start = tokio::time::Instant::now();
+    assert!(q.receive(&name, 10, Duration::from_millis(400), VIS).await.unwrap().is_empty());
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    q.delete_queue(&name).await.unwrap();
+}
+
+pub async fn queue_gone(b: Backend) {
+    let q = &b.queues;
+    let name = qname();
+    q.create_queue(&name).await.unwrap();
+    q.send(&name, &["x".into()]).await.unwrap();
+    q.delete_queue(&name).await.unwrap();
+    q.delete_queue(&name).await.unwrap();
+    assert!(matches!(q.send(&name, &["y".into()]).await, Err(Error::QueueGone(_))));
+    assert!(matches!(q.receive(&name, 1, NO_WAIT, VIS).await, Err(Error::QueueGone(_))));
+}
+
+pub async fn queue_wake_parked(b: Backend) {
+    let q = &b.queues;
+    let name = qname();
+    q.create_queue(&name).await.unwrap();
+    q.send(&name, &["blocked".into()]).await.unwrap();
+    let m = q.receive(&name, 1, NO_WAIT, VIS).await.unwrap().remove(0);
+    q.change_visibility(&name, &m.receipt, Duration::from_secs(2), true).await.unwrap();
+    q.wake(&name).await.unwrap();
+    // Where the backend can wake parked messages they come back at once; where it
+    // cannot (SQS) they come back when the backoff ends. Either way they come back.
+    let again = q.receive(&name, 1, Duration::from_secs(5), VIS).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].body, "blocked");
+    q.delete_queue(&name).await.unwrap();
+}
+
+pub async fn queue_batch_of_ten(b: Backend) {
+    let q = &b.queues;
+    let name = qname();
+    q.create_queue(&name).await.unwrap();
+    let bodies: Vec<String> = (0..25).map(|i| format!("m{i}")).collect();
+    q.send(&name, &bodies).await.unwrap();
+    let mut seen = Vec::new();
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.len() < 25 && tokio::time::Instant::now() < end {
+        let got = q.receive(&name, 10, Duration::from_millis(200), VIS).await.unwrap();
+        assert!(got.len() <= 10, "at most 10 per receive");
+        q.delete(&name, &got.iter().map(|m| m.receipt.clone()).collect::<Vec<_>>()).await.unwrap();
+        seen.extend(got.into_iter().map(|m| m.body));
+    }
+    seen.sort();
+    let mut want = bodies.clone();
+    want.sort();
+    assert_eq!(seen, want, "every message received exactly once");
+    q.delete_queue(&name).await.unwrap();
+}

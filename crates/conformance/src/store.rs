@@ -1,0 +1,325 @@
+//! Store-level conformance: the conditional and atomic writes the invariants rest on.
+
+use lineup_core::*;
+
+use crate::{hb, Backend, T0};
+
+pub fn pool_rec(strategy: Strategy) -> Pool {
+    Pool { pool_id: PoolId::generate(), strategy, status: PoolStatus::Active, created_at: T0, disbanded_at: None }
+}
+
+pub fn worker_rec(pool: &PoolId, capacity: u32, ttl: Millis) -> Worker {
+    let worker_id = WorkerId::generate();
+    Worker {
+        pool_id: pool.clone(),
+        queue: format!("t-{pool}-{worker_id}"),
+        worker_id,
+        capacity,
+        free: capacity,
+        ttl,
+        token_hash: "0".repeat(64),
+        created_at: T0,
+    }
+}
+
+pub fn eval_rec(pool: &PoolId, size: u32) -> Eval {
+    Eval {
+        pool_id: pool.clone(),
+        eval_id: EvalId::generate(),
+        size,
+        dataset: None,
+        payload: Some(serde_json::json!({"cmd": ["echo", "hi"], "n": 1})),
+        status: EvalStatus::Queued,
+        attempt: 1,
+        version: 1,
+        worker_id: None,
+        alloc_id: None,
+        exit_code: None,
+        output: None,
+        reason: None,
+        idempotency_key: None,
+        created_at: T0,
+        updated_at: T0,
+    }
+}
+
+pub fn alloc_for(e: &Eval, w: &Worker, ttl: Millis) -> Alloc {
+    Alloc {
+        pool_id: e.pool_id.clone(),
+        alloc_id: AllocId::generate(),
+        worker_id: w.worker_id.clone(),
+        eval_id: e.eval_id.clone(),
+        size: e.size,
+        attempt: e.attempt,
+        ttl,
+        state: AllocState::Live,
+        stop: false,
+        created_at: T0,
+    }
+}
+
+pub fn placed(e: &Eval, a: &Alloc) -> Eval {
+    let mut n = e.clone();
+    n.status = EvalStatus::Placed;
+    n.version += 1;
+    n.worker_id = Some(a.worker_id.clone());
+    n.alloc_id = Some(a.alloc_id.clone());
+    n
+}
+
+async fn setup(b: &Backend, capacity: u32) -> (Pool, Worker) {
+    let p = pool_rec(Strategy::Spread);
+    b.store.create_pool(&p).await.unwrap();
+    let w = worker_rec(&p.pool_id, capacity, T0 + 60_000);
+    b.store.register_worker(&w).await.unwrap();
+    (p, w)
+}
+
+pub async fn store_pools(b: Backend) {
+    let s = &b.store;
+    let p = pool_rec(Strategy::Binpack);
+    s.create_pool(&p).await.unwrap();
+    assert_eq!(s.get_pool(&p.pool_id).await.unwrap(), Some(p.clone()));
+    assert!(s.list_pools().await.unwrap().iter().any(|x| x.pool_id == p.pool_id));
+    assert_eq!(s.get_pool(&PoolId::generate()).await.unwrap(), None);
+
+    let d = s.disband_pool(&p.pool_id, T0 + 5).await.unwrap();
+    assert_eq!(d.status, PoolStatus::Disbanded);
+    assert_eq!(d.disbanded_at, Some(T0 + 5));
+    // A second disband changes nothing.
+    let d2 = s.disband_pool(&p.pool_id, T0 + 99).await.unwrap();
+    assert_eq!(d2.disbanded_at, Some(T0 + 5));
+    assert!(matches!(s.disband_pool(&PoolId::generate(), T0).await, Err(Error::NotFound(_))));
+
+    // A disbanded pool takes no workers and no evals.
+    let w = worker_rec(&p.pool_id, 4, T0 + 60_000);
+    assert!(matches!(s.register_worker(&w).await, Err(Error::Disbanded(_))));
+    assert!(matches!(s.insert_eval(&eval_rec(&p.pool_id, 1)).await, Err(Error::Disbanded(_))));
+    let missing = worker_rec(&PoolId::generate(), 4, T0 + 60_000);
+    assert!(matches!(s.register_worker(&missing).await, Err(Error::NotFound(_))));
+
+    s.purge_pool(&p.pool_id).await.unwrap();
+    assert_eq!(s.get_pool(&p.pool_id).await.unwrap(), None);
+}
+
+pub async fn store_workers_and_candidates(b: Backend) {
+    let s = &b.store;
+    let p = pool_rec(Strategy::Spread);
+    s.create_pool(&p).await.unwrap();
+    let big = worker_rec(&p.pool_id, 10, T0 + 60_000);
+    let small = worker_rec(&p.pool_id, 2, T0 + 60_000);
+    let dead = worker_rec(&p.pool_id, 50, T0 - 1);
+    for w in [&big, &small, &dead] {
+        s.register_worker(w).await.unwrap();
+    }
+    assert_eq!(s.get_worker(&p.pool_id, &big.worker_id).await.unwrap(), Some(big.clone()));
+    assert_eq!(s.list_workers(&p.pool_id).await.unwrap().len(), 3);
+
+    let mut c: Vec<WorkerId> = s.candidates(&p.pool_id, 3, T0).await.unwrap().into_iter().map(|w| w.worker_id).collect();
+    assert_eq!(c, vec![big.worker_id.clone()], "expired and too-small workers are not candidates");
+    c = s.candidates(&p.pool_id, 1, T0).await.unwrap().into_iter().map(|w| w.worker_id).collect();
+    c.sort();
+    let mut want = vec![big.worker_id.clone(), small.worker_id.clone()];
+    want.sort();
+    assert_eq!(c, want);
+
+    let exp: Vec<WorkerId> = s.expired_workers(&p.pool_id, T0).await.unwrap().into_iter().map(|w| w.worker_id).collect();
+    assert_eq!(exp, vec![dead.worker_id.clone()]);
+
+    s.delete_worker(&p.pool_id, &dead.worker_id).await.unwrap();
+    assert_eq!(s.get_worker(&p.pool_id, &dead.worker_id).await.unwrap(), None);
+    // Deleting again is fine.
+    s.delete_worker(&p.pool_id, &dead.worker_id).await.unwrap();
+
+    let stats = s.pool_stats(&p.pool_id, T0).await.unwrap();
+    assert_eq!((stats.workers, stats.capacity, stats.free), (2, 12, 12));
+}
+
+pub async fn store_heartbeat(b: Backend) {
+    let s = &b.store;
+    let (p, w) = setup(&b, 10).await;
+    let other = worker_rec(&p.pool_id, 10, T0 + 60_000);
+    s.register_worker(&other).await.unwrap();
+
+    let e = eval_rec(&p.pool_id, 3);
+    s.insert_eval(&e).await.unwrap();
+    let a = alloc_for(&e, &w, T0 + 1_000);
+    s.place(&a, &placed(&e, &a), 1, T0).await.unwrap();
+
+    let unknown = AllocId::generate();
+    let stop = s.heartbeat(&hb(&p.pool_id, &w.worker_id, T0 + 500, &["d1"], &[a.alloc_id.clone(), unknown.clone()])).await.unwrap();
+    assert_eq!(stop, vec![unknown], "an unknown alloc is reported back as one to stop");
+    let got = s.get_worker(&p.pool_id, &w.worker_id).await.unwrap().unwrap();
+    assert_eq!(got.ttl, T0 + 500 + 60_000);
+    assert_eq!(s.get_alloc(&p.pool_id, &a.alloc_id).await.unwrap().unwrap().ttl, T0 + 500 + 30_000);
+
+    // Another worker cannot extend this worker's alloc.
+    let stop = s.heartbeat(&hb(&p.pool_id, &other.worker_id, T0 + 900, &[], &[a.alloc_id.clone()])).await.unwrap();
+    assert_eq!(stop, vec![a.alloc_id.clone()]);
+    assert_eq!(s.get_alloc(&p.pool_id, &a.alloc_id).await.unwrap().unwrap().ttl, T0 + 500 + 30_000);
+
+    assert!(matches!(
+        s.heartbeat(&hb(&p.pool_id, &WorkerId::generate(), T0, &[], &[])).await,
+        Err(Error::NotFound(_))
+    ));
+    // Past its TTL a worker does not come back.
+    assert!(matches!(
+        s.heartbeat(&hb(&p.pool_id, &w.worker_id, T0 + 500 + 60_000, &[], &[])).await,
+        Err(Error::Expired(_))
+    ));
+}
+
+pub async fn store_place_is_atomic(b: Backend) {
+    let s = &b.store;
+    let (p, w) = setup(&b, 5).await;
+    let e = eval_rec(&p.pool_id, 3);
+    s.insert_eval(&e).await.unwrap();
+
+    // Wrong eval version: nothing written, capacity untouched.
+    let a = alloc_for(&e, &w, T0 + 30_000);
+    assert!(s.place(&a, &placed(&e, &a), 7, T0).await.unwrap_err().is_conflict());
+    assert_eq!(s.get_worker(&p.pool_id, &w.worker_id).await.unwrap().unwrap().free, 5);
+    assert_eq!(s.get_alloc(&p.pool_id, &a.alloc_id).await.unwrap(), None);
+
+    // Worker no longer live: conflict.
+    assert!(s.place(&a, &placed(&e, &a), 1, T0 + 60_000).await.unwrap_err().is_conflict());
+    assert_eq!(s.get_alloc(&p.pool_id, &a.alloc_id).await.unwrap(), None);
+
+    s.place(&a, &placed(&e, &a), 1, T0).await.unwrap();
+    assert_eq!(s.get_worker(&p.pool_id, &w.worker_id).await.unwrap().unwrap().free, 2);
+    let got = s.get_eval(&p.pool_id, &e.eval_id).await.unwrap().unwrap();
+    assert_eq!((got.status, got.version, got.alloc_id.as_ref()), (EvalStatus::Placed, 2, Some(&a.alloc_id)));
+    assert_eq!(got.payload, e.payload, "payload survives the round trip");
+
+    // Same eval again (a redelivered message): the version moved on.
+    let a2 = alloc_for(&e, &w, T0 + 30_000);
+    let mut e2 = e.clone();
+    e2.size = 1;
+    assert!(s.place(&a2, &placed(&e2, &a2), 1, T0).await.unwrap_err().is_conflict());
+
+    // Not enough room: conflict, nothing written.
+    let big = eval_rec(&p.pool_id, 3);
+    s.insert_eval(&big).await.unwrap();
+    let a3 = alloc_for(&big, &w, T0 + 30_000);
+    assert!(s.place(&a3, &placed(&big, &a3), 1, T0).await.unwrap_err().is_conflict());
+    assert_eq!(s.get_eval(&p.pool_id, &big.eval_id).await.unwrap().unwrap().status, EvalStatus::Queued);
+    assert_eq!(s.get_alloc(&p.pool_id, &a3.alloc_id).await.unwrap(), None);
+    assert_eq!(s.get_worker(&p.pool_id, &w.worker_id).await.unwrap().unwrap().free, 2);
+    crate::assert_capacity_conserved(s.as_ref(), &p.pool_id).await;
+}
+
+pub async fn store_release_returns_capacity_once(b: Backend) {
+    let s = &b.store;
+    let (p, w) = setup(&b, 5).await;
+    let e = eval_rec(&p.pool_id, 4);
+    s.insert_eval(&e).await.unwrap();
+    let a = alloc_for(&e, &w, T0 + 1_000);
+    let pe = placed(&e, &a);
+    s.place(&a, &pe, 1, T0).await.unwrap();
+    assert_eq!(s.live_allocs(&p.pool_id, Some(&w.worker_id)).await.unwrap().len(), 1);
+    assert_eq!(s.expired_allocs(&p.pool_id, T0 + 999).await.unwrap().len(), 0);
+    assert_eq!(s.expired_allocs(&p.pool_id, T0 + 1_000).await.unwrap().len(), 1);
+
+    let mut done = pe.clone();
+    done.status = EvalStatus::Complete;
+    done.version += 1;
+    done.exit_code = Some(0);
+
+    // Eval changed meanwhile: nothing written.
+    assert!(s.release(&a, Some((&done, 99))).await.unwrap_err().is_conflict());
+    assert_eq!(s.get_worker(&p.pool_id, &w.worker_id).await.unwrap().unwrap().free, 1);
+    assert_eq!(s.get_alloc(&p.pool_id, &a.alloc_id).await.unwrap().unwrap().state, AllocState::Live);
+
+    s.release(&a, Some((&done, pe.version))).await.unwrap();
+    assert_eq!(s.get_worker(&p.pool_id, &w.worker_id).await.unwrap().unwrap().free, 5);
+    assert_eq!(s.get_alloc(&p.pool_id, &a.alloc_id).await.unwrap().unwrap().state, AllocState::Released);
+    assert_eq!(s.get_eval(&p.pool_id, &e.eval_id).await.unwrap().unwrap().exit_code, Some(0));
+    // A second release (a racing releaser) returns nothing twice.
+    assert!(s.release(&a, None).await.unwrap_err().is_conflict());
+    assert_eq!(s.get_worker(&p.pool_id, &w.worker_id).await.unwrap().unwrap().free, 5);
+    assert!(s.live_allocs(&p.pool_id, None).await.unwrap().is_empty());
+    assert!(s.expired_allocs(&p.pool_id, T0 + 5_000).await.unwrap().is_empty());
+}
+
+pub async fn store_release_without_worker(b: Backend) {
+    let s = &b.store;
+    let (p, w) = setup(&b, 5).await;
+    let e = eval_rec(&p.pool_id, 2);
+    s.insert_eval(&e).await.unwrap();
+    let a = alloc_for(&e, &w, T0 + 1_000);
+    s.place(&a, &placed(&e, &a), 1, T0).await.unwrap();
+    s.delete_worker(&p.pool_id, &w.worker_id).await.unwrap();
+    // The worker is gone: release must still succeed, or it would fail forever.
+    s.release(&a, None).await.unwrap();
+    assert_eq!(s.get_alloc(&p.pool_id, &a.alloc_id).await.unwrap().unwrap().state, AllocState::Released);
+}
+
+pub async fn store_evals(b: Backend) {
+    let s = &b.store;
+    let (p, _w) = setup(&b, 5).await;
+    let mut e1 = eval_rec(&p.pool_id, 1);
+    e1.idempotency_key = Some("k1".into());
+    e1.dataset = Some("d1".into());
+    assert_eq!(s.insert_eval(&e1).await.unwrap(), None);
+    let mut dup = eval_rec(&p.pool_id, 2);
+    dup.idempotency_key = Some("k1".into());
+    assert_eq!(s.insert_eval(&dup).await.unwrap(), Some(e1.clone()), "same key returns the first eval");
+    assert_eq!(s.get_eval(&p.pool_id, &dup.eval_id).await.unwrap(), None, "and writes nothing");
+    assert_eq!(s.find_eval_by_key(&p.pool_id, "k1").await.unwrap(), Some(e1.clone()));
+    assert_eq!(s.find_eval_by_key(&p.pool_id, "k2").await.unwrap(), None);
+
+    let mut e2 = eval_rec(&p.pool_id, 1);
+    e2.created_at = T0 + 10;
+    s.insert_eval(&e2).await.unwrap();
+    let mut got = s.get_evals(&p.pool_id, &[e1.eval_id.clone(), e2.eval_id.clone(), EvalId::generate()]).await.unwrap();
+    got.sort_by_key(|e| e.created_at);
+    assert_eq!(got, vec![e1.clone(), e2.clone()]);
+
+    let mut dead = e2.clone();
+    dead.status = EvalStatus::Dead;
+    dead.version = 2;
+    assert!(s.update_eval(&dead, 5).await.unwrap_err().is_conflict());
+    s.update_eval(&dead, 1).await.unwrap();
+    assert_eq!(s.list_evals(&p.pool_id, Some(EvalStatus::Dead), 10).await.unwrap(), vec![dead.clone()]);
+    let all = s.list_evals(&p.pool_id, None, 10).await.unwrap();
+    assert_eq!(all.iter().map(|e| &e.eval_id).collect::<Vec<_>>(), vec![&e2.eval_id, &e1.eval_id], "newest first");
+    assert_eq!(s.list_evals(&p.pool_id, None, 1).await.unwrap().len(), 1);
+    let unfinished = s.unfinished_evals(&p.pool_id).await.unwrap();
+    assert_eq!(unfinished, vec![e1.clone()]);
+    assert_eq!(s.pool_stats(&p.pool_id, T0).await.unwrap().queued, 1);
+}
+
+pub async fn store_cancel_placed(b: Backend) {
+    let s = &b.store;
+    let (p, w) = setup(&b, 5).await;
+    let e = eval_rec(&p.pool_id, 2);
+    s.insert_eval(&e).await.unwrap();
+    let a = alloc_for(&e, &w, T0 + 30_000);
+    let pe = placed(&e, &a);
+    s.place(&a, &pe, 1, T0).await.unwrap();
+    let mut c = pe.clone();
+    c.status = EvalStatus::Cancelled;
+    c.version += 1;
+    assert!(s.cancel_placed(&c, 1, &a.alloc_id).await.unwrap_err().is_conflict());
+    assert!(!s.get_alloc(&p.pool_id, &a.alloc_id).await.unwrap().unwrap().stop);
+    s.cancel_placed(&c, pe.version, &a.alloc_id).await.unwrap();
+    let got = s.get_alloc(&p.pool_id, &a.alloc_id).await.unwrap().unwrap();
+    assert!(got.stop && got.state == AllocState::Live, "capacity stays held until the worker stops it");
+    let stop = s.heartbeat(&hb(&p.pool_id, &w.worker_id, T0 + 10, &[], &[a.alloc_id.clone()])).await.unwrap();
+    assert_eq!(stop, vec![a.alloc_id.clone()]);
+}
+
+pub async fn store_replicas(b: Backend) {
+    let s = &b.store;
+    let (p, w) = setup(&b, 5).await;
+    s.heartbeat(&hb(&p.pool_id, &w.worker_id, T0, &["d1", "d2"], &[])).await.unwrap();
+    let mut r = s.replicas(&p.pool_id, &["d1".into(), "d3".into()], T0).await.unwrap();
+    assert_eq!(r.len(), 1);
+    let r = r.remove(0);
+    assert_eq!((r.dataset.as_str(), &r.worker_id), ("d1", &w.worker_id));
+    assert_eq!(r.key(), format!("d1:{}", w.worker_id));
+    // Expired replicas are ignored when reading, and deleted by the releaser.
+    assert!(s.replicas(&p.pool_id, &["d1".into()], T0 + 30_000).await.unwrap().is_empty());
+    assert_eq!(s.delete_expired_replicas(&p.pool_id, T0 + 30_000).await.unwrap(), 2);
+    assert_eq!(s.delete_expired_replicas(&p.pool_id, T0 + 30_000).await.unwrap(), 0);
+}

@@ -1,0 +1,202 @@
+//! SQS semantics over the `messages` table. A receive hides messages until
+//! `visible_at`; a receipt is `{id}.{receive_count}`, so a receipt from an earlier
+//! receive no longer deletes the message once someone else received it again.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lineup_core::clock::{Clock, SystemClock};
+use lineup_core::{Error, Queues, Received, Result};
+use rusqlite::{params, OptionalExtension};
+
+use crate::{db, SqliteBackend};
+
+fn now_ms() -> i64 {
+    SystemClock.now()
+}
+
+fn parse_receipt(r: &str) -> Option<(i64, i64)> {
+    let (id, count) = r.split_once('.')?;
+    Some((id.parse().ok()?, count.parse().ok()?))
+}
+
+impl SqliteBackend {
+    fn queue_exists(conn: &rusqlite::Connection, name: &str) -> Result<bool> {
+        conn.prepare_cached("SELECT 1 FROM queues WHERE name=?1")
+            .and_then(|mut s| s.query_row([name], |_| Ok(())).optional())
+            .map(|o| o.is_some())
+            .map_err(db("read queue"))
+    }
+
+    /// One non-blocking receive. Returns the messages, or when none is visible, the
+    /// moment the next hidden one becomes visible.
+    fn try_receive(&self, name: &str, max: usize, visibility: Duration) -> Result<(Vec<Received>, Option<i64>)> {
+        let mut conn = self.conn();
+        let now = now_ms();
+        let tx = conn.transaction().map_err(db("begin receive"))?;
+        if !Self::queue_exists(&tx, name)? {
+            return Err(Error::QueueGone(name.to_owned()));
+        }
+        let rows: Vec<(i64, String, i64)> = {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT id, body, receive_count FROM messages WHERE queue=?1 AND visible_at<=?2
+                     ORDER BY visible_at, id LIMIT ?3",
+                )
+                .map_err(db("prepare receive"))?;
+            let it = stmt
+                .query_map(params![name, now, max as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(db("receive"))?;
+            it.collect::<rusqlite::Result<_>>().map_err(db("receive"))?
+        };
+        if rows.is_empty() {
+            let next: Option<i64> = tx
+                .query_row("SELECT MIN(visible_at) FROM messages WHERE queue=?1 AND visible_at>?2", params![name, now], |r| {
+                    r.get(0)
+                })
+                .map_err(db("next visible"))?;
+            return Ok((Vec::new(), next));
+        }
+        let hide_until = now + visibility.as_millis() as i64;
+        let mut out = Vec::with_capacity(rows.len());
+        {
+            let mut upd = tx
+                .prepare_cached("UPDATE messages SET visible_at=?2, receive_count=receive_count+1, parked=0 WHERE id=?1")
+                .map_err(db("prepare hide"))?;
+            for (id, body, count) in rows {
+                upd.execute(params![id, hide_until]).map_err(db("hide message"))?;
+                let count = count + 1;
+                out.push(Received { receipt: format!("{id}.{count}"), body, receive_count: count as u32 });
+            }
+        }
+        tx.commit().map_err(db("commit receive"))?;
+        Ok((out, None))
+    }
+}
+
+#[async_trait]
+impl Queues for SqliteBackend {
+    async fn create_queue(&self, name: &str) -> Result<String> {
+        self.conn()
+            .execute("INSERT OR IGNORE INTO queues (name, created_at) VALUES (?1, ?2)", params![name, now_ms()])
+            .map_err(db("create queue"))?;
+        Ok(self.queue_url(name))
+    }
+
+    async fn delete_queue(&self, name: &str) -> Result<()> {
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction().map_err(db("begin delete queue"))?;
+            tx.execute("DELETE FROM messages WHERE queue=?1", [name]).map_err(db("delete queue messages"))?;
+            tx.execute("DELETE FROM queues WHERE name=?1", [name]).map_err(db("delete queue"))?;
+            tx.commit().map_err(db("commit delete queue"))?;
+        }
+        // Long pollers wake up and find the queue gone.
+        self.notifier(name).notify_waiters();
+        self.notifiers.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        Ok(())
+    }
+
+    fn queue_url(&self, name: &str) -> String {
+        format!("sqlite://{}#{name}", self.path.display())
+    }
+
+    async fn send(&self, name: &str, bodies: &[String]) -> Result<()> {
+        if bodies.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut conn = self.conn();
+            let now = now_ms();
+            let tx = conn.transaction().map_err(db("begin send"))?;
+            if !Self::queue_exists(&tx, name)? {
+                return Err(Error::QueueGone(name.to_owned()));
+            }
+            {
+                let mut ins = tx
+                    .prepare_cached("INSERT INTO messages (queue, body, visible_at, sent_at) VALUES (?1, ?2, ?3, ?3)")
+                    .map_err(db("prepare send"))?;
+                for b in bodies {
+                    ins.execute(params![name, b, now]).map_err(db("send"))?;
+                }
+            }
+            tx.commit().map_err(db("commit send"))?;
+        }
+        self.notifier(name).notify_waiters();
+        Ok(())
+    }
+
+    async fn receive(&self, name: &str, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<Received>> {
+        let max = max.clamp(1, 10);
+        let deadline = tokio::time::Instant::now() + wait;
+        let notify = self.notifier(name);
+        loop {
+            // Register for wakeups before looking, so a send in between is not missed.
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+
+            let (msgs, next_visible) = self.try_receive(name, max, visibility)?;
+            if !msgs.is_empty() {
+                return Ok(msgs);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let mut until = deadline;
+            if let Some(next) = next_visible {
+                let in_ms = (next - now_ms()).max(1) as u64;
+                until = until.min(now + Duration::from_millis(in_ms));
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    async fn delete(&self, name: &str, receipts: &[String]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("begin delete"))?;
+        {
+            let mut del = tx
+                .prepare_cached("DELETE FROM messages WHERE id=?1 AND receive_count=?2 AND queue=?3")
+                .map_err(db("prepare delete"))?;
+            for r in receipts {
+                if let Some((id, count)) = parse_receipt(r) {
+                    del.execute(params![id, count, name]).map_err(db("delete message"))?;
+                }
+            }
+        }
+        tx.commit().map_err(db("commit delete"))
+    }
+
+    async fn change_visibility(&self, name: &str, receipt: &str, hide: Duration, parked: bool) -> Result<()> {
+        let Some((id, count)) = parse_receipt(receipt) else {
+            return Ok(());
+        };
+        let visible_at = now_ms() + hide.as_millis() as i64;
+        self.conn()
+            .execute(
+                "UPDATE messages SET visible_at=?3, parked=?4 WHERE id=?1 AND receive_count=?2 AND queue=?5",
+                params![id, count, visible_at, parked, name],
+            )
+            .map_err(db("change visibility"))?;
+        if hide.is_zero() {
+            self.notifier(name).notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn wake(&self, name: &str) -> Result<()> {
+        let n = self
+            .conn()
+            .execute("UPDATE messages SET visible_at=?2, parked=0 WHERE queue=?1 AND parked=1", params![name, now_ms()])
+            .map_err(db("wake queue"))?;
+        if n > 0 {
+            self.notifier(name).notify_waiters();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,100 @@
+//! The schema. Keys mirror the DynamoDB tables (pool first), so the two backends
+//! answer the same questions the same way.
+
+use lineup_core::Error;
+use rusqlite::Connection;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS pools (
+    pool_id      TEXT PRIMARY KEY,
+    strategy     TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    disbanded_at INTEGER
+);
+
+CREATE TABLE IF NOT EXISTS workers (
+    pool_id    TEXT NOT NULL,
+    worker_id  TEXT NOT NULL,
+    capacity   INTEGER NOT NULL,
+    free       INTEGER NOT NULL,
+    ttl        INTEGER NOT NULL,
+    token_hash TEXT NOT NULL,
+    queue      TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (pool_id, worker_id),
+    -- The capacity invariant, enforced by the database as a last line of defence.
+    CHECK (free >= 0 AND free <= capacity)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS workers_ttl ON workers (pool_id, ttl);
+
+CREATE TABLE IF NOT EXISTS replicas (
+    pool_id   TEXT NOT NULL,
+    dataset   TEXT NOT NULL,
+    worker_id TEXT NOT NULL,
+    ttl       INTEGER NOT NULL,
+    PRIMARY KEY (pool_id, dataset, worker_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS replicas_ttl ON replicas (pool_id, ttl);
+CREATE INDEX IF NOT EXISTS replicas_worker ON replicas (pool_id, worker_id);
+
+CREATE TABLE IF NOT EXISTS evals (
+    pool_id         TEXT NOT NULL,
+    eval_id         TEXT NOT NULL,
+    size            INTEGER NOT NULL,
+    dataset         TEXT,
+    payload         TEXT,
+    status          TEXT NOT NULL,
+    attempt         INTEGER NOT NULL,
+    version         INTEGER NOT NULL,
+    worker_id       TEXT,
+    alloc_id        TEXT,
+    exit_code       INTEGER,
+    output          TEXT,
+    reason          TEXT,
+    idempotency_key TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    PRIMARY KEY (pool_id, eval_id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS evals_key ON evals (pool_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS evals_status ON evals (pool_id, status, created_at);
+CREATE INDEX IF NOT EXISTS evals_created ON evals (pool_id, created_at);
+
+CREATE TABLE IF NOT EXISTS allocs (
+    pool_id    TEXT NOT NULL,
+    alloc_id   TEXT NOT NULL,
+    worker_id  TEXT NOT NULL,
+    eval_id    TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    attempt    INTEGER NOT NULL,
+    ttl        INTEGER NOT NULL,
+    state      TEXT NOT NULL,
+    stop       INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (pool_id, alloc_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS allocs_live_ttl ON allocs (pool_id, ttl) WHERE state = 'live';
+CREATE INDEX IF NOT EXISTS allocs_live_worker ON allocs (pool_id, worker_id) WHERE state = 'live';
+
+CREATE TABLE IF NOT EXISTS queues (
+    name       TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS messages (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue         TEXT NOT NULL,
+    body          TEXT NOT NULL,
+    visible_at    INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    parked        INTEGER NOT NULL DEFAULT 0,
+    sent_at       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_visible ON messages (queue, visible_at, id);
+CREATE INDEX IF NOT EXISTS messages_parked ON messages (queue) WHERE parked = 1;
+"#;
+
+pub fn create(conn: &Connection) -> Result<(), Error> {
+    conn.execute_batch(SCHEMA).map_err(|e| Error::backend("create schema", e))
+}

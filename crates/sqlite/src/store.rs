@@ -1,0 +1,594 @@
+//! `Store` over SQLite. Multi-record writes are one transaction; conditions are
+//! `UPDATE ... WHERE <condition>` with the changed-row count checked, mirroring the
+//! DynamoDB condition expressions.
+
+use async_trait::async_trait;
+use lineup_core::backend::Heartbeat;
+use lineup_core::*;
+use rusqlite::{params, params_from_iter, OptionalExtension, Row, Transaction};
+
+use crate::{db, SqliteBackend};
+
+const POOL_COLS: &str = "pool_id, strategy, status, created_at, disbanded_at";
+const WORKER_COLS: &str = "pool_id, worker_id, capacity, free, ttl, token_hash, queue, created_at";
+const EVAL_COLS: &str = "pool_id, eval_id, size, dataset, payload, status, attempt, version, worker_id, alloc_id, \
+                         exit_code, output, reason, idempotency_key, created_at, updated_at";
+const ALLOC_COLS: &str = "pool_id, alloc_id, worker_id, eval_id, size, attempt, ttl, state, stop, created_at";
+
+/// Reads a column that must hold a valid id; a bad one means a corrupt row.
+fn id_col<T: std::str::FromStr>(row: &Row, i: usize) -> rusqlite::Result<T> {
+    let s: String = row.get(i)?;
+    s.parse().map_err(|_| rusqlite::Error::InvalidColumnType(i, format!("id {s:?}"), rusqlite::types::Type::Text))
+}
+
+fn opt_id_col<T: std::str::FromStr>(row: &Row, i: usize) -> rusqlite::Result<Option<T>> {
+    let s: Option<String> = row.get(i)?;
+    s.map(|s| s.parse().map_err(|_| rusqlite::Error::InvalidColumnType(i, format!("id {s:?}"), rusqlite::types::Type::Text)))
+        .transpose()
+}
+
+fn bad(i: usize, what: String) -> rusqlite::Error {
+    rusqlite::Error::InvalidColumnType(i, what, rusqlite::types::Type::Text)
+}
+
+fn pool_row(row: &Row) -> rusqlite::Result<Pool> {
+    let strategy: String = row.get(1)?;
+    let status: String = row.get(2)?;
+    Ok(Pool {
+        pool_id: id_col(row, 0)?,
+        strategy: Strategy::parse(&strategy).map_err(|e| bad(1, e.to_string()))?,
+        status: PoolStatus::parse(&status).map_err(|e| bad(2, e.to_string()))?,
+        created_at: row.get(3)?,
+        disbanded_at: row.get(4)?,
+    })
+}
+
+fn worker_row(row: &Row) -> rusqlite::Result<Worker> {
+    Ok(Worker {
+        pool_id: id_col(row, 0)?,
+        worker_id: id_col(row, 1)?,
+        capacity: row.get(2)?,
+        free: row.get(3)?,
+        ttl: row.get(4)?,
+        token_hash: row.get(5)?,
+        queue: row.get(6)?,
+        created_at: row.get(7)?,
+    })
+}
+
+fn eval_row(row: &Row) -> rusqlite::Result<Eval> {
+    let payload: Option<String> = row.get(4)?;
+    let status: String = row.get(5)?;
+    Ok(Eval {
+        pool_id: id_col(row, 0)?,
+        eval_id: id_col(row, 1)?,
+        size: row.get(2)?,
+        dataset: row.get(3)?,
+        payload: payload.map(|p| serde_json::from_str(&p).map_err(|e| bad(4, e.to_string()))).transpose()?,
+        status: EvalStatus::parse(&status).map_err(|e| bad(5, e.to_string()))?,
+        attempt: row.get(6)?,
+        version: row.get::<_, i64>(7)? as u64,
+        worker_id: opt_id_col(row, 8)?,
+        alloc_id: opt_id_col(row, 9)?,
+        exit_code: row.get(10)?,
+        output: row.get(11)?,
+        reason: row.get(12)?,
+        idempotency_key: row.get(13)?,
+        created_at: row.get(14)?,
+        updated_at: row.get(15)?,
+    })
+}
+
+fn alloc_row(row: &Row) -> rusqlite::Result<Alloc> {
+    let state: String = row.get(7)?;
+    Ok(Alloc {
+        pool_id: id_col(row, 0)?,
+        alloc_id: id_col(row, 1)?,
+        worker_id: id_col(row, 2)?,
+        eval_id: id_col(row, 3)?,
+        size: row.get(4)?,
+        attempt: row.get(5)?,
+        ttl: row.get(6)?,
+        state: match state.as_str() {
+            "live" => AllocState::Live,
+            "released" => AllocState::Released,
+            other => return Err(bad(7, format!("alloc state {other:?}"))),
+        },
+        stop: row.get(8)?,
+        created_at: row.get(9)?,
+    })
+}
+
+fn payload_text(e: &Eval) -> Option<String> {
+    e.payload.as_ref().map(|p| p.to_string())
+}
+
+/// Writes every field of `e` if its stored version is `expected`; false if not.
+fn update_eval_tx(tx: &Transaction, e: &Eval, expected: u64) -> rusqlite::Result<bool> {
+    let n = tx.execute(
+        "UPDATE evals SET size=?3, dataset=?4, payload=?5, status=?6, attempt=?7, version=?8, worker_id=?9,
+                alloc_id=?10, exit_code=?11, output=?12, reason=?13, updated_at=?14
+         WHERE pool_id=?1 AND eval_id=?2 AND version=?15",
+        params![
+            e.pool_id.as_str(),
+            e.eval_id.as_str(),
+            e.size,
+            e.dataset,
+            payload_text(e),
+            e.status.as_str(),
+            e.attempt,
+            e.version as i64,
+            e.worker_id.as_ref().map(|w| w.as_str()),
+            e.alloc_id.as_ref().map(|a| a.as_str()),
+            e.exit_code,
+            e.output,
+            e.reason,
+            e.updated_at,
+            expected as i64,
+        ],
+    )?;
+    Ok(n == 1)
+}
+
+fn conflict(what: &str) -> Error {
+    Error::Conflict(what.to_owned())
+}
+
+impl SqliteBackend {
+    fn query_vec<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        f: fn(&Row) -> rusqlite::Result<T>,
+        context: &'static str,
+    ) -> Result<Vec<T>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(sql).map_err(db(context))?;
+        let rows = stmt.query_map(params, f).map_err(db(context))?;
+        rows.collect::<rusqlite::Result<Vec<T>>>().map_err(db(context))
+    }
+
+    fn query_opt<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        f: fn(&Row) -> rusqlite::Result<T>,
+        context: &'static str,
+    ) -> Result<Option<T>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(sql).map_err(db(context))?;
+        stmt.query_row(params, f).optional().map_err(db(context))
+    }
+
+    /// Fails with `NotFound`/`Disbanded` unless the pool is active; inside a transaction.
+    fn check_active(tx: &Transaction, pool: &PoolId) -> Result<()> {
+        let status: Option<String> = tx
+            .query_row("SELECT status FROM pools WHERE pool_id=?1", [pool.as_str()], |r| r.get(0))
+            .optional()
+            .map_err(db("read pool"))?;
+        match status.as_deref() {
+            None => Err(Error::not_found(format!("pool {pool}"))),
+            Some("active") => Ok(()),
+            Some(_) => Err(Error::Disbanded(pool.to_string())),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqliteBackend {
+    async fn create_pool(&self, p: &Pool) -> Result<()> {
+        self.conn()
+            .execute(
+                &format!("INSERT INTO pools ({POOL_COLS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
+                params![p.pool_id.as_str(), p.strategy.as_str(), p.status.as_str(), p.created_at, p.disbanded_at],
+            )
+            .map_err(db("insert pool"))?;
+        Ok(())
+    }
+
+    async fn get_pool(&self, pool: &PoolId) -> Result<Option<Pool>> {
+        self.query_opt(&format!("SELECT {POOL_COLS} FROM pools WHERE pool_id=?1"), [pool.as_str()], pool_row, "get pool")
+    }
+
+    async fn list_pools(&self) -> Result<Vec<Pool>> {
+        self.query_vec(&format!("SELECT {POOL_COLS} FROM pools ORDER BY created_at, pool_id"), [], pool_row, "list pools")
+    }
+
+    async fn disband_pool(&self, pool: &PoolId, now: Millis) -> Result<Pool> {
+        {
+            let conn = self.conn();
+            conn.execute(
+                "UPDATE pools SET status='disbanded', disbanded_at=?2 WHERE pool_id=?1 AND status='active'",
+                params![pool.as_str(), now],
+            )
+            .map_err(db("disband pool"))?;
+        }
+        self.get_pool(pool).await?.ok_or_else(|| Error::not_found(format!("pool {pool}")))
+    }
+
+    async fn purge_pool(&self, pool: &PoolId) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("begin purge"))?;
+        for table in ["allocs", "evals", "replicas", "workers", "pools"] {
+            tx.execute(&format!("DELETE FROM {table} WHERE pool_id=?1"), [pool.as_str()]).map_err(db("purge pool"))?;
+        }
+        tx.commit().map_err(db("commit purge"))
+    }
+
+    async fn pool_stats(&self, pool: &PoolId, now: Millis) -> Result<PoolStats> {
+        let conn = self.conn();
+        let p = pool.as_str();
+        let (workers, capacity, free): (i64, i64, i64) = conn
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(capacity),0), COALESCE(SUM(free),0) FROM workers WHERE pool_id=?1 AND ttl>?2",
+                params![p, now],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .map_err(db("worker stats"))?;
+        let queued: i64 = conn
+            .query_row("SELECT COUNT(*) FROM evals WHERE pool_id=?1 AND status IN ('queued','failed')", [p], |r| r.get(0))
+            .map_err(db("eval stats"))?;
+        let allocs: i64 = conn
+            .query_row("SELECT COUNT(*) FROM allocs WHERE pool_id=?1 AND state='live'", [p], |r| r.get(0))
+            .map_err(db("alloc stats"))?;
+        Ok(PoolStats {
+            workers: workers as u64,
+            capacity: capacity as u64,
+            free: free as u64,
+            queued: queued as u64,
+            allocs: allocs as u64,
+        })
+    }
+
+    async fn register_worker(&self, w: &Worker) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("begin register"))?;
+        Self::check_active(&tx, &w.pool_id)?;
+        tx.execute(
+            &format!("INSERT INTO workers ({WORKER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+            params![w.pool_id.as_str(), w.worker_id.as_str(), w.capacity, w.free, w.ttl, w.token_hash, w.queue, w.created_at],
+        )
+        .map_err(db("insert worker"))?;
+        tx.commit().map_err(db("commit register"))
+    }
+
+    async fn get_worker(&self, pool: &PoolId, worker: &WorkerId) -> Result<Option<Worker>> {
+        self.query_opt(
+            &format!("SELECT {WORKER_COLS} FROM workers WHERE pool_id=?1 AND worker_id=?2"),
+            [pool.as_str(), worker.as_str()],
+            worker_row,
+            "get worker",
+        )
+    }
+
+    async fn list_workers(&self, pool: &PoolId) -> Result<Vec<Worker>> {
+        self.query_vec(
+            &format!("SELECT {WORKER_COLS} FROM workers WHERE pool_id=?1 ORDER BY created_at, worker_id"),
+            [pool.as_str()],
+            worker_row,
+            "list workers",
+        )
+    }
+
+    async fn candidates(&self, pool: &PoolId, min_free: u32, now: Millis) -> Result<Vec<Worker>> {
+        self.query_vec(
+            &format!("SELECT {WORKER_COLS} FROM workers WHERE pool_id=?1 AND ttl>?2 AND free>=?3"),
+            params![pool.as_str(), now, min_free],
+            worker_row,
+            "candidate workers",
+        )
+    }
+
+    async fn expired_workers(&self, pool: &PoolId, now: Millis) -> Result<Vec<Worker>> {
+        self.query_vec(
+            &format!("SELECT {WORKER_COLS} FROM workers WHERE pool_id=?1 AND ttl<=?2"),
+            params![pool.as_str(), now],
+            worker_row,
+            "expired workers",
+        )
+    }
+
+    async fn delete_worker(&self, pool: &PoolId, worker: &WorkerId) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("begin delete worker"))?;
+        tx.execute("DELETE FROM replicas WHERE pool_id=?1 AND worker_id=?2", [pool.as_str(), worker.as_str()])
+            .map_err(db("delete replicas"))?;
+        tx.execute("DELETE FROM workers WHERE pool_id=?1 AND worker_id=?2", [pool.as_str(), worker.as_str()])
+            .map_err(db("delete worker"))?;
+        tx.commit().map_err(db("commit delete worker"))
+    }
+
+    async fn heartbeat(&self, hb: &Heartbeat) -> Result<Vec<AllocId>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("begin heartbeat"))?;
+        let (p, w) = (hb.pool.as_str(), hb.worker.as_str());
+        let ttl: Option<Millis> = tx
+            .query_row("SELECT ttl FROM workers WHERE pool_id=?1 AND worker_id=?2", [p, w], |r| r.get(0))
+            .optional()
+            .map_err(db("read worker"))?;
+        match ttl {
+            None => return Err(Error::not_found(format!("worker {}", hb.worker))),
+            Some(t) if t <= hb.now => return Err(Error::Expired(hb.worker.to_string())),
+            Some(_) => {}
+        }
+        tx.execute("UPDATE workers SET ttl=?3 WHERE pool_id=?1 AND worker_id=?2", params![p, w, hb.ttl])
+            .map_err(db("extend worker"))?;
+        {
+            let mut up = tx
+                .prepare_cached(
+                    "INSERT INTO replicas (pool_id, dataset, worker_id, ttl) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (pool_id, dataset, worker_id) DO UPDATE SET ttl=excluded.ttl",
+                )
+                .map_err(db("prepare replica upsert"))?;
+            for d in &hb.datasets {
+                up.execute(params![p, d, w, hb.replica_ttl]).map_err(db("upsert replica"))?;
+            }
+        }
+        let mut stop = Vec::new();
+        {
+            let mut ext = tx
+                .prepare_cached(
+                    "UPDATE allocs SET ttl=MAX(ttl, ?4) WHERE pool_id=?1 AND alloc_id=?2 AND worker_id=?3
+                     AND state='live' AND stop=0",
+                )
+                .map_err(db("prepare alloc extend"))?;
+            for a in &hb.allocs {
+                if ext.execute(params![p, a.as_str(), w, hb.alloc_ttl]).map_err(db("extend alloc"))? == 0 {
+                    stop.push(a.clone());
+                }
+            }
+        }
+        tx.commit().map_err(db("commit heartbeat"))?;
+        Ok(stop)
+    }
+
+    async fn replicas(&self, pool: &PoolId, datasets: &[String], now: Millis) -> Result<Vec<Replica>> {
+        let mut out = Vec::new();
+        for chunk in datasets.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(",");
+            let sql = format!(
+                "SELECT pool_id, dataset, worker_id, ttl FROM replicas WHERE pool_id=? AND ttl>? AND dataset IN ({marks})"
+            );
+            let mut params: Vec<rusqlite::types::Value> = vec![pool.as_str().to_owned().into(), now.into()];
+            params.extend(chunk.iter().map(|d| d.clone().into()));
+            out.extend(self.query_vec(
+                &sql,
+                params_from_iter(params),
+                |r| Ok(Replica { pool_id: id_col(r, 0)?, dataset: r.get(1)?, worker_id: id_col(r, 2)?, ttl: r.get(3)? }),
+                "read replicas",
+            )?);
+        }
+        Ok(out)
+    }
+
+    async fn delete_expired_replicas(&self, pool: &PoolId, now: Millis) -> Result<u64> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM replicas WHERE pool_id=?1 AND ttl<=?2", params![pool.as_str(), now])
+            .map_err(db("delete expired replicas"))?;
+        Ok(n as u64)
+    }
+
+    async fn insert_eval(&self, e: &Eval) -> Result<Option<Eval>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("begin insert eval"))?;
+        Self::check_active(&tx, &e.pool_id)?;
+        if let Some(key) = &e.idempotency_key {
+            let existing = tx
+                .query_row(
+                    &format!("SELECT {EVAL_COLS} FROM evals WHERE pool_id=?1 AND idempotency_key=?2"),
+                    [e.pool_id.as_str(), key],
+                    eval_row,
+                )
+                .optional()
+                .map_err(db("read eval by key"))?;
+            if existing.is_some() {
+                return Ok(existing);
+            }
+        }
+        tx.execute(
+            &format!("INSERT INTO evals ({EVAL_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)"),
+            params![
+                e.pool_id.as_str(),
+                e.eval_id.as_str(),
+                e.size,
+                e.dataset,
+                payload_text(e),
+                e.status.as_str(),
+                e.attempt,
+                e.version as i64,
+                e.worker_id.as_ref().map(|w| w.as_str()),
+                e.alloc_id.as_ref().map(|a| a.as_str()),
+                e.exit_code,
+                e.output,
+                e.reason,
+                e.idempotency_key,
+                e.created_at,
+                e.updated_at,
+            ],
+        )
+        .map_err(db("insert eval"))?;
+        tx.commit().map_err(db("commit insert eval"))?;
+        Ok(None)
+    }
+
+    async fn get_eval(&self, pool: &PoolId, eval: &EvalId) -> Result<Option<Eval>> {
+        self.query_opt(
+            &format!("SELECT {EVAL_COLS} FROM evals WHERE pool_id=?1 AND eval_id=?2"),
+            [pool.as_str(), eval.as_str()],
+            eval_row,
+            "get eval",
+        )
+    }
+
+    async fn find_eval_by_key(&self, pool: &PoolId, key: &str) -> Result<Option<Eval>> {
+        self.query_opt(
+            &format!("SELECT {EVAL_COLS} FROM evals WHERE pool_id=?1 AND idempotency_key=?2"),
+            [pool.as_str(), key],
+            eval_row,
+            "get eval by key",
+        )
+    }
+
+    async fn get_evals(&self, pool: &PoolId, ids: &[EvalId]) -> Result<Vec<Eval>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(",");
+            let sql = format!("SELECT {EVAL_COLS} FROM evals WHERE pool_id=? AND eval_id IN ({marks})");
+            let params = std::iter::once(pool.as_str()).chain(chunk.iter().map(|e| e.as_str()));
+            out.extend(self.query_vec(&sql, params_from_iter(params), eval_row, "get evals")?);
+        }
+        Ok(out)
+    }
+
+    async fn list_evals(&self, pool: &PoolId, status: Option<EvalStatus>, limit: usize) -> Result<Vec<Eval>> {
+        match status {
+            Some(s) => self.query_vec(
+                &format!(
+                    "SELECT {EVAL_COLS} FROM evals WHERE pool_id=?1 AND status=?2 ORDER BY created_at DESC, eval_id LIMIT ?3"
+                ),
+                params![pool.as_str(), s.as_str(), limit as i64],
+                eval_row,
+                "list evals",
+            ),
+            None => self.query_vec(
+                &format!("SELECT {EVAL_COLS} FROM evals WHERE pool_id=?1 ORDER BY created_at DESC, eval_id LIMIT ?2"),
+                params![pool.as_str(), limit as i64],
+                eval_row,
+                "list evals",
+            ),
+        }
+    }
+
+    async fn unfinished_evals(&self, pool: &PoolId) -> Result<Vec<Eval>> {
+        self.query_vec(
+            &format!("SELECT {EVAL_COLS} FROM evals WHERE pool_id=?1 AND status IN ('queued','placed','failed')"),
+            [pool.as_str()],
+            eval_row,
+            "unfinished evals",
+        )
+    }
+
+    async fn update_eval(&self, e: &Eval, expected: u64) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("begin update eval"))?;
+        if !update_eval_tx(&tx, e, expected).map_err(db("update eval"))? {
+            return Err(conflict("eval changed"));
+        }
+        tx.commit().map_err(db("commit update eval"))
+    }
+
+    async fn get_alloc(&self, pool: &PoolId, alloc: &AllocId) -> Result<Option<Alloc>> {
+        self.query_opt(
+            &format!("SELECT {ALLOC_COLS} FROM allocs WHERE pool_id=?1 AND alloc_id=?2"),
+            [pool.as_str(), alloc.as_str()],
+            alloc_row,
+            "get alloc",
+        )
+    }
+
+    async fn live_allocs(&self, pool: &PoolId, worker: Option<&WorkerId>) -> Result<Vec<Alloc>> {
+        match worker {
+            Some(w) => self.query_vec(
+                &format!("SELECT {ALLOC_COLS} FROM allocs WHERE pool_id=?1 AND worker_id=?2 AND state='live'"),
+                [pool.as_str(), w.as_str()],
+                alloc_row,
+                "live allocs",
+            ),
+            None => self.query_vec(
+                &format!("SELECT {ALLOC_COLS} FROM allocs WHERE pool_id=?1 AND state='live'"),
+                [pool.as_str()],
+                alloc_row,
+                "live allocs",
+            ),
+        }
+    }
+
+    async fn expired_allocs(&self, pool: &PoolId, now: Millis) -> Result<Vec<Alloc>> {
+        self.query_vec(
+            &format!("SELECT {ALLOC_COLS} FROM allocs WHERE pool_id=?1 AND state='live' AND ttl<=?2"),
+            params![pool.as_str(), now],
+            alloc_row,
+            "expired allocs",
+        )
+    }
+
+    async fn place(&self, a: &Alloc, e: &Eval, expected: u64, now: Millis) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("begin place"))?;
+        let claimed = tx
+            .execute(
+                "UPDATE workers SET free=free-?3 WHERE pool_id=?1 AND worker_id=?2 AND free>=?3 AND ttl>?4",
+                params![a.pool_id.as_str(), a.worker_id.as_str(), a.size, now],
+            )
+            .map_err(db("claim capacity"))?;
+        if claimed != 1 {
+            return Err(conflict("worker has not enough free capacity or is not live"));
+        }
+        let inserted = tx
+            .execute(
+                &format!("INSERT OR IGNORE INTO allocs ({ALLOC_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
+                params![
+                    a.pool_id.as_str(),
+                    a.alloc_id.as_str(),
+                    a.worker_id.as_str(),
+                    a.eval_id.as_str(),
+                    a.size,
+                    a.attempt,
+                    a.ttl,
+                    "live",
+                    a.stop,
+                    a.created_at
+                ],
+            )
+            .map_err(db("insert alloc"))?;
+        if inserted != 1 {
+            return Err(conflict("alloc id exists"));
+        }
+        if !update_eval_tx(&tx, e, expected).map_err(db("update eval"))? {
+            return Err(conflict("eval changed"));
+        }
+        tx.commit().map_err(db("commit place"))
+    }
+
+    async fn release(&self, a: &Alloc, eval: Option<(&Eval, u64)>) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("begin release"))?;
+        let (p, id) = (a.pool_id.as_str(), a.alloc_id.as_str());
+        let size: Option<u32> = tx
+            .query_row("SELECT size FROM allocs WHERE pool_id=?1 AND alloc_id=?2 AND state='live'", [p, id], |r| r.get(0))
+            .optional()
+            .map_err(db("read alloc"))?;
+        let Some(size) = size else {
+            return Err(conflict("alloc already released"));
+        };
+        tx.execute("UPDATE allocs SET state='released' WHERE pool_id=?1 AND alloc_id=?2", [p, id])
+            .map_err(db("release alloc"))?;
+        // No row when the worker was removed: then there is nothing to give back to.
+        tx.execute(
+            "UPDATE workers SET free=free+?3 WHERE pool_id=?1 AND worker_id=?2",
+            params![p, a.worker_id.as_str(), size],
+        )
+        .map_err(db("return capacity"))?;
+        if let Some((e, expected)) = eval {
+            if !update_eval_tx(&tx, e, expected).map_err(db("update eval"))? {
+                return Err(conflict("eval changed"));
+            }
+        }
+        tx.commit().map_err(db("commit release"))
+    }
+
+    async fn cancel_placed(&self, e: &Eval, expected: u64, alloc: &AllocId) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("begin cancel"))?;
+        if !update_eval_tx(&tx, e, expected).map_err(db("update eval"))? {
+            return Err(conflict("eval changed"));
+        }
+        tx.execute(
+            "UPDATE allocs SET stop=1 WHERE pool_id=?1 AND alloc_id=?2 AND state='live'",
+            [e.pool_id.as_str(), alloc.as_str()],
+        )
+        .map_err(db("flag alloc stop"))?;
+        tx.commit().map_err(db("commit cancel"))
+    }
+}
