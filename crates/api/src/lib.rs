@@ -1,0 +1,49 @@
+//! Lineup's HTTP API: one axum `Router`, served by `lineup dev` with `axum::serve`
+//! and by the gateway Lambda with `lambda_http::run` — one router, two front doors.
+//!
+//! # Layout
+//! - `v1.rs`: the REST routes. `compat.rs`: the Go original's RPC routes.
+//! - `extract.rs`: auth and body extractors with JSON rejections.
+//! - `error.rs`: the one error → response mapping. `views.rs`: response bodies.
+
+mod compat;
+mod error;
+mod extract;
+mod v1;
+mod views;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use lineup_core::Lineup;
+use serde_json::json;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+/// Largest request body accepted; larger gets 413.
+pub const MAX_BODY: usize = 256 * 1024;
+
+/// The whole API over `lineup`.
+pub fn router(lineup: Lineup) -> Router {
+    let api = v1::routes()
+        .merge(compat::routes())
+        .nest("/compat/{token}", compat::routes())
+        .route("/health", get(health))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed);
+    api.layer(DefaultBodyLimit::max(MAX_BODY)).layer(TraceLayer::new_for_http()).with_state(lineup)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+}

@@ -1,0 +1,244 @@
+//! The REST routes under `/v1`. Handlers parse and validate, call one `Lineup`
+//! operation, and shape the response; the logic lives in `lineup_core::service`.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use lineup_core::service::{CancelOutcome, Finish, FinishOutcome, HeartbeatRequest, NewEval};
+use lineup_core::*;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::extract::{Auth, JsonBody, QueryParams};
+use crate::views;
+
+type ApiResult = Result<Response, ApiError>;
+
+pub fn routes() -> Router<Lineup> {
+    Router::new()
+        .route("/v1/pools", post(create_pool).get(list_pools))
+        .route("/v1/pools/{pool}", get(get_pool).delete(disband_pool))
+        .route("/v1/pools/{pool}/workers", post(register_worker).get(list_workers))
+        .route("/v1/pools/{pool}/workers/{worker}/heartbeat", post(heartbeat))
+        .route("/v1/pools/{pool}/workers/{worker}/poll", post(poll))
+        .route("/v1/pools/{pool}/evals", post(submit_eval).get(list_evals))
+        .route("/v1/pools/{pool}/evals/{eval}", get(get_eval).delete(cancel_eval))
+        .route("/v1/pools/{pool}/dead-letters", get(dead_letters))
+        .route("/v1/pools/{pool}/allocs/{alloc}/complete", post(complete_alloc))
+        .route("/v1/pools/{pool}/allocs/{alloc}/fail", post(fail_alloc))
+}
+
+fn ok(status: StatusCode, body: serde_json::Value) -> ApiResult {
+    Ok((status, Json(body)).into_response())
+}
+
+#[derive(Deserialize)]
+struct CreatePool {
+    strategy: Option<String>,
+}
+
+async fn create_pool(State(l): State<Lineup>, Auth(who): Auth, JsonBody(b): JsonBody<CreatePool>) -> ApiResult {
+    let strategy = b.strategy.as_deref().map(Strategy::parse).transpose()?.unwrap_or_default();
+    let pool = l.create_pool(&who, strategy).await?;
+    ok(StatusCode::CREATED, views::pool(&pool, &PoolStats::default()))
+}
+
+async fn list_pools(State(l): State<Lineup>, Auth(who): Auth) -> ApiResult {
+    let pools: Vec<_> = l.pools(&who).await?.iter().map(|(p, s)| views::pool(p, s)).collect();
+    ok(StatusCode::OK, json!({ "pools": pools }))
+}
+
+async fn get_pool(State(l): State<Lineup>, Auth(who): Auth, Path(pool): Path<String>) -> ApiResult {
+    let (p, s) = l.pool(&who, &PoolId::parse(&pool)?).await?;
+    ok(StatusCode::OK, views::pool(&p, &s))
+}
+
+async fn disband_pool(State(l): State<Lineup>, Auth(who): Auth, Path(pool): Path<String>) -> ApiResult {
+    let id = PoolId::parse(&pool)?;
+    l.disband_pool(&who, &id).await?;
+    let (p, s) = l.pool(&who, &id).await?;
+    ok(StatusCode::ACCEPTED, views::pool(&p, &s))
+}
+
+#[derive(Deserialize)]
+struct RegisterWorker {
+    capacity: Option<i64>,
+}
+
+async fn register_worker(
+    State(l): State<Lineup>,
+    Auth(who): Auth,
+    Path(pool): Path<String>,
+    JsonBody(b): JsonBody<RegisterWorker>,
+) -> ApiResult {
+    let pool = PoolId::parse(&pool)?;
+    let capacity = b.capacity.ok_or_else(|| Error::invalid("missing_field", "capacity is required"))?;
+    let reg = l.register_worker(&who, &pool, validate::capacity(capacity)?).await?;
+    let mut body = views::worker(&l, &reg.worker);
+    body["token"] = json!(reg.token);
+    body["alloc_ttl"] = json!(l.settings.alloc_ttl);
+    ok(StatusCode::CREATED, body)
+}
+
+async fn list_workers(State(l): State<Lineup>, Auth(who): Auth, Path(pool): Path<String>) -> ApiResult {
+    let ws: Vec<_> = l.workers(&who, &PoolId::parse(&pool)?).await?.iter().map(|w| views::worker(&l, w)).collect();
+    ok(StatusCode::OK, json!({ "workers": ws }))
+}
+
+/// `null` and a missing list both mean "none" (the Go client sends `null`).
+#[derive(Deserialize, Default)]
+pub(crate) struct HeartbeatBody {
+    #[serde(default)]
+    pub datasets: Option<Vec<String>>,
+    #[serde(default)]
+    pub allocs: Option<Vec<String>>,
+}
+
+pub(crate) fn heartbeat_request(b: HeartbeatBody) -> Result<HeartbeatRequest, Error> {
+    let allocs = b.allocs.unwrap_or_default().iter().map(|a| AllocId::parse(a)).collect::<Result<Vec<_>, _>>()?;
+    Ok(HeartbeatRequest { datasets: b.datasets.unwrap_or_default(), allocs })
+}
+
+async fn heartbeat(
+    State(l): State<Lineup>,
+    Auth(who): Auth,
+    Path((pool, worker)): Path<(String, String)>,
+    JsonBody(b): JsonBody<HeartbeatBody>,
+) -> ApiResult {
+    let (pool, worker) = (PoolId::parse(&pool)?, WorkerId::parse(&worker)?);
+    let cancelled = l.heartbeat(&who, &pool, &worker, heartbeat_request(b)?).await?;
+    ok(StatusCode::OK, json!({ "cancelled": cancelled, "ttl": l.settings.worker_ttl, "alloc_ttl": l.settings.alloc_ttl }))
+}
+
+#[derive(Deserialize)]
+struct PollQuery {
+    wait: Option<u64>,
+    max: Option<usize>,
+}
+
+async fn poll(
+    State(l): State<Lineup>,
+    Auth(who): Auth,
+    Path((pool, worker)): Path<(String, String)>,
+    QueryParams(q): QueryParams<PollQuery>,
+) -> ApiResult {
+    let (pool, worker) = (PoolId::parse(&pool)?, WorkerId::parse(&worker)?);
+    let wait = Duration::from_secs(q.wait.unwrap_or(0));
+    let allocs = l.poll(&who, &pool, &worker, wait, q.max.unwrap_or(10)).await?;
+    ok(StatusCode::OK, json!({ "allocs": allocs }))
+}
+
+#[derive(Deserialize)]
+struct SubmitEval {
+    size: Option<i64>,
+    dataset: Option<String>,
+    payload: Option<serde_json::Value>,
+    idempotency_key: Option<String>,
+}
+
+async fn submit_eval(State(l): State<Lineup>, Auth(who): Auth, Path(pool): Path<String>, JsonBody(b): JsonBody<SubmitEval>) -> ApiResult {
+    let pool = PoolId::parse(&pool)?;
+    let size = b.size.ok_or_else(|| Error::invalid("missing_field", "size is required"))?;
+    let new = NewEval {
+        size: validate::size(size)?,
+        dataset: validate::optional_dataset(b.dataset.as_deref())?,
+        payload: b.payload.filter(|p| !p.is_null()),
+        idempotency_key: b.idempotency_key.as_deref().map(validate::idempotency_key).transpose()?,
+    };
+    let out = l.submit_eval(&who, &pool, new).await?;
+    let status = if out.created { StatusCode::ACCEPTED } else { StatusCode::OK };
+    ok(
+        status,
+        json!({
+            "eval_id": out.eval.eval_id,
+            "status": out.eval.status,
+            "url": views::eval_url(&out.eval),
+            "created": out.created,
+        }),
+    )
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_evals(State(l): State<Lineup>, Auth(who): Auth, Path(pool): Path<String>, QueryParams(q): QueryParams<ListQuery>) -> ApiResult {
+    let status = q.status.as_deref().map(EvalStatus::parse).transpose()?;
+    let evals: Vec<_> = l.evals(&who, &PoolId::parse(&pool)?, status, q.limit.unwrap_or(100)).await?.iter().map(views::eval).collect();
+    ok(StatusCode::OK, json!({ "evals": evals }))
+}
+
+async fn dead_letters(State(l): State<Lineup>, Auth(who): Auth, Path(pool): Path<String>, QueryParams(q): QueryParams<ListQuery>) -> ApiResult {
+    let pool = PoolId::parse(&pool)?;
+    let evals: Vec<_> =
+        l.evals(&who, &pool, Some(EvalStatus::Dead), q.limit.unwrap_or(100)).await?.iter().map(views::eval).collect();
+    ok(StatusCode::OK, json!({ "evals": evals }))
+}
+
+async fn get_eval(State(l): State<Lineup>, Auth(who): Auth, Path((pool, eval)): Path<(String, String)>) -> ApiResult {
+    let e = l.eval(&who, &PoolId::parse(&pool)?, &EvalId::parse(&eval)?).await?;
+    ok(StatusCode::OK, views::eval(&e))
+}
+
+async fn cancel_eval(State(l): State<Lineup>, Auth(who): Auth, Path((pool, eval)): Path<(String, String)>) -> ApiResult {
+    match l.cancel_eval(&who, &PoolId::parse(&pool)?, &EvalId::parse(&eval)?).await? {
+        CancelOutcome::Cancelled(e) => ok(StatusCode::ACCEPTED, views::eval(&e)),
+        CancelOutcome::AlreadyFinished(e) if e.status == EvalStatus::Cancelled => ok(StatusCode::ACCEPTED, views::eval(&e)),
+        CancelOutcome::AlreadyFinished(e) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "eval_finished",
+            format!("eval {} is already {}; only queued and placed evals can be cancelled", e.eval_id, e.status.as_str()),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+struct CompleteBody {
+    exit_code: Option<i32>,
+    output: Option<String>,
+}
+
+async fn complete_alloc(
+    State(l): State<Lineup>,
+    Auth(who): Auth,
+    Path((pool, alloc)): Path<(String, String)>,
+    JsonBody(b): JsonBody<CompleteBody>,
+) -> ApiResult {
+    let finish = Finish::Complete { exit_code: b.exit_code.unwrap_or(0), output: b.output };
+    finish_alloc(l, who, pool, alloc, finish).await
+}
+
+#[derive(Deserialize)]
+struct FailBody {
+    reason: Option<String>,
+}
+
+async fn fail_alloc(
+    State(l): State<Lineup>,
+    Auth(who): Auth,
+    Path((pool, alloc)): Path<(String, String)>,
+    JsonBody(b): JsonBody<FailBody>,
+) -> ApiResult {
+    let finish = Finish::Fail { reason: b.reason.unwrap_or_else(|| "failed by the worker".into()) };
+    finish_alloc(l, who, pool, alloc, finish).await
+}
+
+async fn finish_alloc(l: Lineup, who: Principal, pool: String, alloc: String, finish: Finish) -> ApiResult {
+    let (pool, alloc) = (PoolId::parse(&pool)?, AllocId::parse(&alloc)?);
+    let (done, eval) = l.finish_alloc(&who, &pool, &alloc, finish).await?;
+    ok(
+        StatusCode::OK,
+        json!({
+            "alloc_id": alloc,
+            "released": matches!(done, FinishOutcome::Released(_)),
+            "eval": eval.as_ref().map(views::eval),
+        }),
+    )
+}

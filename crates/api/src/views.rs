@@ -1,0 +1,60 @@
+//! Response bodies. Field names are the API's contract (see README and the issue);
+//! times are RFC 3339.
+
+use lineup_core::clock::rfc3339;
+use lineup_core::{Eval, Lineup, Pool, PoolStats, Worker};
+use serde_json::{json, Value};
+
+pub fn pool(p: &Pool, s: &PoolStats) -> Value {
+    json!({
+        "pool_id": p.pool_id,
+        "strategy": p.strategy,
+        "status": p.status,
+        "workers": s.workers,
+        "capacity": s.capacity,
+        "free": s.free,
+        "queued": s.queued,
+        "allocs": s.allocs,
+        "created_at": rfc3339(p.created_at),
+        "disbanded_at": p.disbanded_at.map(rfc3339),
+    })
+}
+
+pub fn worker(l: &Lineup, w: &Worker) -> Value {
+    let now = l.now();
+    json!({
+        "worker_id": w.worker_id,
+        "pool_id": w.pool_id,
+        "capacity": w.capacity,
+        "free": w.free,
+        "queue_url": l.queues.queue_url(&w.queue),
+        "ttl": l.settings.worker_ttl,
+        "live": w.is_live(now),
+        "expires_at": rfc3339(w.ttl),
+        "created_at": rfc3339(w.created_at),
+    })
+}
+
+pub fn eval(e: &Eval) -> Value {
+    json!({
+        "eval_id": e.eval_id,
+        "pool_id": e.pool_id,
+        "status": e.status,
+        "size": e.size,
+        "dataset": e.dataset,
+        "payload": e.payload,
+        "attempts": e.attempt,
+        "worker_id": e.worker_id,
+        "alloc_id": e.alloc_id,
+        "exit_code": e.exit_code,
+        "output": e.output,
+        "reason": e.reason,
+        "idempotency_key": e.idempotency_key,
+        "created_at": rfc3339(e.created_at),
+        "updated_at": rfc3339(e.updated_at),
+    })
+}
+
+pub fn eval_url(e: &Eval) -> String {
+    format!("/v1/pools/{}/evals/{}", e.pool_id, e.eval_id)
+}

@@ -1,0 +1,209 @@
+//! `lineup dev`: API + scheduler + releaser in one process on the embedded store.
+//!
+//! The scheduler supervisor keeps `--schedulers` loops per active pool, each
+//! long-polling the pool's queue; the releaser runs every `LINEUP_RELEASE_INTERVAL`
+//! seconds. Shutdown (SIGINT/SIGTERM) is one `watch` channel every loop selects on.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lineup_core::service::SchedulerOptions;
+use lineup_core::{Lineup, PoolId, PoolStatus, Settings, SystemClock};
+use lineup_sqlite::{Durability, SqliteBackend};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::CliError;
+
+pub struct DevOptions {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub schedulers: usize,
+    pub durability: Durability,
+}
+
+pub const TOKEN_FILE: &str = "admin.token";
+pub const ENDPOINT_FILE: &str = "endpoint";
+
+/// The admin token: `LINEUP_ADMIN_TOKEN`, else the one saved in the data dir, else a
+/// new one, saved there (mode 0600) for the CLI to read.
+fn admin_token(settings: &Settings, dir: &Path) -> Result<String, CliError> {
+    if let Some(t) = settings.admin_token.as_deref().filter(|t| !t.is_empty()) {
+        return Ok(t.to_owned());
+    }
+    let path = dir.join(TOKEN_FILE);
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        if !t.trim().is_empty() {
+            return Ok(t.trim().to_owned());
+        }
+    }
+    let token = format!("lineup-admin-{}", lineup_core::auth::random_secret());
+    write_private(&path, &token)?;
+    Ok(token)
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), CliError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).map_err(|e| CliError::io(&tmp, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(|e| CliError::io(&tmp, e))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| CliError::io(path, e))
+}
+
+pub async fn run(settings: Settings, opts: DevOptions) -> Result<(), CliError> {
+    let backend = Arc::new(SqliteBackend::open_dir(&opts.data_dir, opts.durability)?);
+    let token = admin_token(&settings, &opts.data_dir)?;
+    let lineup = Lineup::new(backend.clone(), backend.clone(), Arc::new(SystemClock), settings, &token);
+    lineup.init().await?;
+
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", opts.listen)))?;
+    let addr = listener.local_addr().map_err(|e| CliError::Usage(format!("listener address: {e}")))?;
+    let endpoint = format!("http://{addr}");
+    write_private(&opts.data_dir.join(ENDPOINT_FILE), &endpoint)?;
+    println!("Lineup dev listening on {endpoint}");
+    println!("data:  {}", backend.path().display());
+    println!("token: {}", opts.data_dir.join(TOKEN_FILE).display());
+    println!("try:   lineup --data-dir {} pool create", opts.data_dir.display());
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let sched = tokio::spawn(supervise_schedulers(lineup.clone(), opts.schedulers.max(1), stop_rx.clone()));
+    let rel = tokio::spawn(releaser_loop(lineup.clone(), stop_rx.clone()));
+
+    let mut server_stop = stop_rx.clone();
+    let app = lineup_api::router(lineup.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                stopped(&mut server_stop).await;
+            })
+            .await
+    });
+
+    shutdown_signal().await;
+    info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = sched.await;
+    let _ = rel.await;
+    match tokio::time::timeout(Duration::from_secs(25), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => warn!(error = %e, "server stopped with an error"),
+        Ok(Err(e)) => warn!(error = %e, "server task failed"),
+        // Long polls may still be open; they end with the process.
+        Err(_) => warn!("server did not drain in time"),
+    }
+    println!("Lineup dev stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Keeps `per_pool` scheduler loops running for every active pool.
+async fn supervise_schedulers(lineup: Lineup, per_pool: usize, mut stop: watch::Receiver<bool>) {
+    let changed = lineup.pools_changed();
+    let mut running: HashMap<PoolId, Vec<JoinHandle<()>>> = HashMap::new();
+    loop {
+        let notified = changed.notified();
+        match lineup.store.list_pools().await {
+            Ok(pools) => {
+                for p in pools.into_iter().filter(|p| p.status == PoolStatus::Active) {
+                    let tasks = running.entry(p.pool_id.clone()).or_default();
+                    tasks.retain(|t| !t.is_finished());
+                    while tasks.len() < per_pool {
+                        tasks.push(tokio::spawn(scheduler_loop(lineup.clone(), p.clone(), stop.clone())));
+                    }
+                }
+                running.retain(|_, tasks| {
+                    tasks.retain(|t| !t.is_finished());
+                    !tasks.is_empty()
+                });
+            }
+            Err(e) => warn!(error = %e, "listing pools for the schedulers"),
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = stopped(&mut stop) => break,
+        }
+    }
+    for (_, tasks) in running {
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn scheduler_loop(lineup: Lineup, pool: lineup_core::Pool, mut stop: watch::Receiver<bool>) {
+    let opts = SchedulerOptions { wait: Duration::from_secs(2), ..SchedulerOptions::default() };
+    loop {
+        tokio::select! {
+            r = lineup.schedule_pass(&pool, &opts) => match r {
+                Ok(s) if s.pool_gone => return,
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(pool = %pool.pool_id, error = %e, "schedule pass failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            },
+            _ = stopped(&mut stop) => return,
+        }
+    }
+}
+
+async fn releaser_loop(lineup: Lineup, mut stop: watch::Receiver<bool>) {
+    let every = lineup.settings.release_interval();
+    loop {
+        match lineup.release_pass().await {
+            Ok(s) if s != Default::default() => info!(?s, "release pass"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "release pass failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// Resolves once the shutdown flag is set. (Not `watch::Receiver::wait_for`: its
+/// future holds a read guard and is not `Send`.)
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! `lineup`: the dev server, the worker agent and the admin commands.
+//!
+//! # Layout
+//! - `main.rs`: arguments (clap), endpoint/token discovery, the admin commands.
+//! - `dev.rs`: `lineup dev`. `worker.rs`: `lineup worker run`. `table.rs`: output.
+
+mod dev;
+mod table;
+mod worker;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use lineup_client::{Client, ClientError, SubmitEval};
+use lineup_core::Settings;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Api(#[from] ClientError),
+    #[error("{0}")]
+    Core(#[from] lineup_core::Error),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+impl CliError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        CliError::Io { path: path.to_owned(), source }
+    }
+}
+
+#[derive(Parser)]
+#[command(name = "lineup", version, about = "Lineup: a capacity scheduler for pools of workers")]
+struct Cli {
+    /// API endpoint; defaults to the one `lineup dev` wrote into the data dir.
+    #[arg(long, global = true, env = "LINEUP_ENDPOINT")]
+    endpoint: Option<String>,
+    /// Bearer token; defaults to the admin token `lineup dev` wrote into the data dir.
+    #[arg(long, global = true, env = "LINEUP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Where `lineup dev` keeps lineup.db, admin.token and endpoint.
+    #[arg(long, global = true, env = "LINEUP_DATA_DIR", default_value = ".lineup")]
+    data_dir: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run API, scheduler and releaser in one process on the embedded store.
+    Dev(DevArgs),
+    /// Create, list, show and disband pools.
+    #[command(subcommand)]
+    Pool(PoolCmd),
+    /// Submit, show, list and cancel evals.
+    #[command(subcommand)]
+    Eval(EvalCmd),
+    /// List workers, or run the worker agent.
+    #[command(subcommand)]
+    Worker(WorkerCmd),
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Scheduler loops per pool.
+    #[arg(long, default_value_t = 1)]
+    schedulers: usize,
+    /// `process`: commits survive the process being killed; `machine`: also power loss (fsync per commit).
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Process)]
+    durability: DurabilityArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    Process,
+    Machine,
+}
+
+#[derive(Subcommand)]
+enum PoolCmd {
+    Create {
+        /// spread (most free first) or binpack (least free that fits).
+        #[arg(long)]
+        strategy: Option<String>,
+    },
+    List,
+    Show { pool: String },
+    Disband { pool: String },
+}
+
+#[derive(Subcommand)]
+enum EvalCmd {
+    Submit {
+        #[arg(long)]
+        pool: String,
+        #[arg(long)]
+        size: u32,
+        #[arg(long)]
+        dataset: Option<String>,
+        /// JSON handed to the worker as LINEUP_PAYLOAD.
+        #[arg(long)]
+        payload: Option<String>,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Wait until the eval is complete, dead or cancelled; exit non-zero unless it completed with 0.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
+    Show {
+        #[arg(long)]
+        pool: String,
+        eval: String,
+    },
+    Cancel {
+        #[arg(long)]
+        pool: String,
+        eval: String,
+    },
+    List {
+        #[arg(long)]
+        pool: String,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Evals that ran out of retries.
+    DeadLetters {
+        #[arg(long)]
+        pool: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum WorkerCmd {
+    List {
+        #[arg(long)]
+        pool: String,
+    },
+    /// Register and run allocs with CMD until SIGTERM.
+    Run {
+        #[arg(long)]
+        pool: String,
+        #[arg(long)]
+        capacity: u32,
+        /// A dataset this worker holds (repeatable); evals naming it prefer this worker.
+        #[arg(long = "dataset")]
+        datasets: Vec<String>,
+        /// Seconds per long poll (at most 20).
+        #[arg(long, default_value_t = 20)]
+        poll_wait: u64,
+        /// The command run once per alloc.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+/// SIGINT or SIGTERM.
+pub(crate) async fn dev_signal() {
+    #[cfg(unix)]
+    {
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        match term {
+            Ok(mut t) => {
+                tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = t.recv() => {} }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn client(cli: &Cli) -> Result<Client, CliError> {
+    let read = |name: &str| std::fs::read_to_string(cli.data_dir.join(name)).ok().map(|s| s.trim().to_owned());
+    let endpoint = cli.endpoint.clone().or_else(|| read(dev::ENDPOINT_FILE)).ok_or_else(|| {
+        CliError::Usage(format!(
+            "no endpoint: pass --endpoint or LINEUP_ENDPOINT, or start `lineup dev` with data dir {}",
+            cli.data_dir.display()
+        ))
+    })?;
+    let token = cli.token.clone().or_else(|| read(dev::TOKEN_FILE)).ok_or_else(|| {
+        CliError::Usage(format!("no token: pass --token or LINEUP_TOKEN, or use the data dir of `lineup dev` ({})", cli.data_dir.display()))
+    })?;
+    Ok(Client::new(&endpoint, &token))
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    match &cli.cmd {
+        Cmd::Dev(a) => {
+            let settings = Settings::from_env()?;
+            let durability = match a.durability {
+                DurabilityArg::Process => lineup_sqlite::Durability::Process,
+                DurabilityArg::Machine => lineup_sqlite::Durability::Machine,
+            };
+            let opts = dev::DevOptions { data_dir: cli.data_dir.clone(), listen: a.listen, schedulers: a.schedulers, durability };
+            dev::run(settings, opts).await?;
+        }
+        Cmd::Pool(p) => {
+            let c = client(&cli)?;
+            match p {
+                PoolCmd::Create { strategy } => {
+                    let pool = c.create_pool(strategy.as_deref()).await?;
+                    if cli.json { print_json(&pool) } else { println!("{}", pool.pool_id) }
+                }
+                PoolCmd::List => {
+                    let pools = c.pools().await?;
+                    if cli.json { print_json(&json!({ "pools": pools })) } else { table::pools(&pools) }
+                }
+                PoolCmd::Show { pool } => {
+                    let p = c.pool(pool).await?;
+                    if cli.json { print_json(&p) } else { table::pools(&[p]) }
+                }
+                PoolCmd::Disband { pool } => {
+                    let p = c.disband_pool(pool).await?;
+                    if cli.json { print_json(&p) } else { println!("pool {} disbanded", p.pool_id) }
+                }
+            }
+        }
+        Cmd::Eval(e) => {
+            let c = client(&cli)?;
+            match e {
+                EvalCmd::Submit { pool, size, dataset, payload, idempotency_key, wait, timeout } => {
+                    let payload = payload
+                        .as_deref()
+                        .map(serde_json::from_str)
+                        .transpose()
+                        .map_err(|e| CliError::Usage(format!("--payload is not valid JSON: {e}")))?;
+                    let req = SubmitEval { size: *size, dataset: dataset.clone(), payload, idempotency_key: idempotency_key.clone() };
+                    let sub = c.submit_eval(pool, &req).await?;
+                    if !*wait {
+                        if cli.json { print_json(&sub) } else { println!("{}", sub.eval_id) }
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    let end = tokio::time::Instant::now() + Duration::from_secs(*timeout);
+                    let ev = loop {
+                        let ev = c.eval(pool, &sub.eval_id).await?;
+                        if ev.is_terminal() {
+                            break ev;
+                        }
+                        if tokio::time::Instant::now() >= end {
+                            return Err(CliError::Usage(format!("eval {} still {} after {timeout} s", ev.eval_id, ev.status)));
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    };
+                    if cli.json { print_json(&ev) } else { table::evals(&[ev.clone()]) }
+                    let ok = ev.status == "complete" && ev.exit_code == Some(0);
+                    return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+                }
+                EvalCmd::Show { pool, eval } => {
+                    let ev = c.eval(pool, eval).await?;
+                    if cli.json { print_json(&ev) } else { table::eval_detail(&ev) }
+                }
+                EvalCmd::Cancel { pool, eval } => {
+                    let ev = c.cancel_eval(pool, eval).await?;
+                    if cli.json { print_json(&ev) } else { println!("eval {} {}", ev.eval_id, ev.status) }
+                }
+                EvalCmd::List { pool, status, limit } => {
+                    let evs = c.evals(pool, status.as_deref(), *limit).await?;
+                    if cli.json { print_json(&json!({ "evals": evs })) } else { table::evals(&evs) }
+                }
+                EvalCmd::DeadLetters { pool } => {
+                    let evs = c.dead_letters(pool).await?;
+                    if cli.json { print_json(&json!({ "evals": evs })) } else { table::evals(&evs) }
+                }
+            }
+        }
+        Cmd::Worker(w) => {
+            let c = client(&cli)?;
+            match w {
+                WorkerCmd::List { pool } => {
+                    let ws = c.workers(pool).await?;
+                    if cli.json { print_json(&json!({ "workers": ws })) } else { table::workers(&ws) }
+                }
+                WorkerCmd::Run { pool, capacity, datasets, poll_wait, command } => {
+                    let opts = worker::WorkerOptions {
+                        pool: pool.clone(),
+                        capacity: *capacity,
+                        datasets: datasets.clone(),
+                        command: command.clone(),
+                        wait: *poll_wait,
+                    };
+                    worker::run(c, opts).await?;
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("LINEUP_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("LINEUP_LOG_FORMAT").as_deref() == Ok("json") {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! A typed client for Lineup's REST API (`/v1`), used by the CLI, the worker agent
+//! and the black-box tests. Every call returns the server's `{"code","message"}` as
+//! `ClientError::Api` when the server said no.
+
+use std::time::Duration;
+
+use lineup_core::AllocMessage;
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error status and body.
+    #[error("{status}: {code}: {message}")]
+    Api { status: u16, code: String, message: String },
+    /// The request did not get an answer (connection refused, timeout, ...).
+    #[error("request to {url} failed: {source}")]
+    Http { url: String, source: reqwest::Error },
+    /// The answer was not what the API promises.
+    #[error("unexpected response from {url}: {message}")]
+    Decode { url: String, message: String },
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct PoolView {
+    pub pool_id: String,
+    pub strategy: String,
+    pub status: String,
+    pub workers: u64,
+    pub capacity: u64,
+    pub free: u64,
+    pub queued: u64,
+    pub allocs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct WorkerView {
+    pub worker_id: String,
+    pub pool_id: String,
+    pub capacity: u32,
+    pub free: u32,
+    pub queue_url: String,
+    /// Seconds a worker stays live without a heartbeat.
+    pub ttl: u64,
+    #[serde(default)]
+    pub live: bool,
+    /// Only in the registration response.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Only in the registration response: seconds an alloc stays live without a heartbeat.
+    #[serde(default)]
+    pub alloc_ttl: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct EvalView {
+    pub eval_id: String,
+    pub pool_id: String,
+    pub status: String,
+    pub size: u32,
+    pub dataset: Option<String>,
+    #[serde(default)]
+    pub payload: Option<Value>,
+    pub attempts: u32,
+    pub worker_id: Option<String>,
+    pub alloc_id: Option<String>,
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub output: Option<String>,
+    pub reason: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl EvalView {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.status.as_str(), "complete" | "dead" | "cancelled")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct Submitted {
+    pub eval_id: String,
+    pub status: String,
+    pub url: String,
+    pub created: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SubmitEval {
+    pub size: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct HeartbeatReply {
+    pub cancelled: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Pools {
+    pools: Vec<PoolView>,
+}
+#[derive(Debug, Clone, Deserialize)]
+struct Workers {
+    workers: Vec<WorkerView>,
+}
+#[derive(Debug, Clone, Deserialize)]
+struct Evals {
+    evals: Vec<EvalView>,
+}
+#[derive(Debug, Clone, Deserialize)]
+struct Allocs {
+    allocs: Vec<AllocMessage>,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    endpoint: String,
+    token: String,
+}
+
+/// How long any request may take beyond its own long-poll wait.
+const SLACK: Duration = Duration::from_secs(30);
+
+impl Client {
+    pub fn new(endpoint: &str, token: &str) -> Self {
+        Client {
+            http: reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(30)).build().unwrap_or_default(),
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
+    /// The same server, acting with another token (a worker's).
+    pub fn with_token(&self, token: &str) -> Self {
+        Client { http: self.http.clone(), endpoint: self.endpoint.clone(), token: token.to_owned() }
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Sends a request and decodes a JSON answer; the raw building block for the typed calls.
+    pub async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&Value>, wait: Duration) -> Result<T> {
+        let url = format!("{}{}", self.endpoint, path);
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token).timeout(wait + SLACK);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|source| ClientError::Http { url: url.clone(), source })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|source| ClientError::Http { url: url.clone(), source })?;
+        if !status.is_success() {
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                code: v["code"].as_str().unwrap_or("http_error").to_owned(),
+                message: v["message"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { url, message: e.to_string() })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call(Method::GET, path, None, Duration::ZERO).await
+    }
+
+    async fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T> {
+        self.call(Method::POST, path, Some(body), Duration::ZERO).await
+    }
+
+    pub async fn health(&self) -> Result<Value> {
+        self.get("/health").await
+    }
+
+    pub async fn create_pool(&self, strategy: Option<&str>) -> Result<PoolView> {
+        let body = match strategy {
+            Some(s) => json!({ "strategy": s }),
+            None => json!({}),
+        };
+        self.post("/v1/pools", &body).await
+    }
+
+    pub async fn pools(&self) -> Result<Vec<PoolView>> {
+        Ok(self.get::<Pools>("/v1/pools").await?.pools)
+    }
+
+    pub async fn pool(&self, pool: &str) -> Result<PoolView> {
+        self.get(&format!("/v1/pools/{pool}")).await
+    }
+
+    pub async fn disband_pool(&self, pool: &str) -> Result<PoolView> {
+        self.call(Method::DELETE, &format!("/v1/pools/{pool}"), None, Duration::ZERO).await
+    }
+
+    pub async fn register_worker(&self, pool: &str, capacity: u32) -> Result<WorkerView> {
+        self.post(&format!("/v1/pools/{pool}/workers"), &json!({ "capacity": capacity })).await
+    }
+
+    pub async fn workers(&self, pool: &str) -> Result<Vec<WorkerView>> {
+        Ok(self.get::<Workers>(&format!("/v1/pools/{pool}/workers")).await?.workers)
+    }
+
+    pub async fn heartbeat(&self, pool: &str, worker: &str, datasets: &[String], allocs: &[String]) -> Result<HeartbeatReply> {
+        self.post(&format!("/v1/pools/{pool}/workers/{worker}/heartbeat"), &json!({ "datasets": datasets, "allocs": allocs }))
+            .await
+    }
+
+    /// Long-polls the worker's queue for up to `wait` (whole seconds, at most 20).
+    pub async fn poll(&self, pool: &str, worker: &str, wait: Duration, max: usize) -> Result<Vec<AllocMessage>> {
+        let path = format!("/v1/pools/{pool}/workers/{worker}/poll?wait={}&max={max}", wait.as_secs());
+        Ok(self.call::<Allocs>(Method::POST, &path, None, wait).await?.allocs)
+    }
+
+    pub async fn submit_eval(&self, pool: &str, eval: &SubmitEval) -> Result<Submitted> {
+        let body = serde_json::to_value(eval).map_err(|e| ClientError::Decode { url: "submit".into(), message: e.to_string() })?;
+        self.post(&format!("/v1/pools/{pool}/evals"), &body).await
+    }
+
+    pub async fn eval(&self, pool: &str, eval: &str) -> Result<EvalView> {
+        self.get(&format!("/v1/pools/{pool}/evals/{eval}")).await
+    }
+
+    pub async fn evals(&self, pool: &str, status: Option<&str>, limit: usize) -> Result<Vec<EvalView>> {
+        let q = status.map(|s| format!("&status={s}")).unwrap_or_default();
+        Ok(self.get::<Evals>(&format!("/v1/pools/{pool}/evals?limit={limit}{q}")).await?.evals)
+    }
+
+    pub async fn dead_letters(&self, pool: &str) -> Result<Vec<EvalView>> {
+        Ok(self.get::<Evals>(&format!("/v1/pools/{pool}/dead-letters")).await?.evals)
+    }
+
+    pub async fn cancel_eval(&self, pool: &str, eval: &str) -> Result<EvalView> {
+        self.call(Method::DELETE, &format!("/v1/pools/{pool}/evals/{eval}"), None, Duration::ZERO).await
+    }
+
+    pub async fn complete(&self, pool: &str, alloc: &str, exit_code: i32, output: Option<&str>) -> Result<Value> {
+        self.post(&format!("/v1/pools/{pool}/allocs/{alloc}/complete"), &json!({ "exit_code": exit_code, "output": output }))
+            .await
+    }
+
+    pub async fn fail(&self, pool: &str, alloc: &str, reason: &str) -> Result<Value> {
+        self.post(&format!("/v1/pools/{pool}/allocs/{alloc}/fail"), &json!({ "reason": reason })).await
+    }
+}
+
+/// True for errors that say the server is unreachable rather than "no".
+pub fn is_transient(e: &ClientError) -> bool {
+    match e {
+        ClientError::Http { .. } => true,
+        ClientError::Api { status, .. } => *status >= 500 || *status == StatusCode::TOO_MANY_REQUESTS.as_u16(),
+        ClientError::Decode { .. } => false,
+    }
+}
