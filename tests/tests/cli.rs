@@ -14,7 +14,19 @@ fn spawn_agent(app: &TestApp, pool: &str, capacity: u32, script: &str) -> Child 
     Command::new(lineup_bin())
         .arg("--data-dir")
         .arg(&app.dir)
-        .args(["worker", "run", "--pool", pool, "--capacity", &capacity.to_string(), "--dataset", "d1", "--poll-wait", "1", "--"])
+        .args([
+            "worker",
+            "run",
+            "--pool",
+            pool,
+            "--capacity",
+            &capacity.to_string(),
+            "--dataset",
+            "d1",
+            "--poll-wait",
+            "1",
+            "--",
+        ])
         .args(["sh", "-c", script])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -51,7 +63,21 @@ async fn walkthrough_with_worker_agent() {
     );
     let mut agent = spawn_agent(&app, &pool, 2, &script);
 
-    let out = app.cli(&["eval", "submit", "--pool", &pool, "--size", "1", "--dataset", "d1", "--payload", r#"{"x":1}"#, "--wait", "--timeout", "60"]);
+    let out = app.cli(&[
+        "eval",
+        "submit",
+        "--pool",
+        &pool,
+        "--size",
+        "1",
+        "--dataset",
+        "d1",
+        "--payload",
+        r#"{"x":1}"#,
+        "--wait",
+        "--timeout",
+        "60",
+    ]);
     assert!(out.status.success(), "{out:?}");
     assert!(stdout(&out).contains("complete"), "{}", stdout(&out));
     let out = app.cli(&["--json", "eval", "list", "--pool", &pool]);
@@ -59,7 +85,19 @@ async fn walkthrough_with_worker_agent() {
     assert_eq!(v["evals"][0]["output"].as_str().unwrap().trim(), r#"hello d1 {"x":1}"#);
 
     // A failing command is retried (MAX_RETRY=1), then dead: --wait exits non-zero.
-    let out = app.cli(&["eval", "submit", "--pool", &pool, "--size", "1", "--payload", r#""fail""#, "--wait", "--timeout", "60"]);
+    let out = app.cli(&[
+        "eval",
+        "submit",
+        "--pool",
+        &pool,
+        "--size",
+        "1",
+        "--payload",
+        r#""fail""#,
+        "--wait",
+        "--timeout",
+        "60",
+    ]);
     assert!(!out.status.success());
     assert!(stdout(&out).contains("dead"), "{}", stdout(&out));
     let out = app.cli(&["eval", "dead-letters", "--pool", &pool]);
@@ -119,7 +157,13 @@ async fn cli_errors_are_clear() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--payload is not valid JSON"));
     // No server in this data dir.
     let empty = tempfile::tempdir().unwrap();
-    let out = Command::new(lineup_bin()).arg("--data-dir").arg(empty.path()).args(["pool", "list"]).env_remove("LINEUP_ENDPOINT").output().unwrap();
+    let out = Command::new(lineup_bin())
+        .arg("--data-dir")
+        .arg(empty.path())
+        .args(["pool", "list"])
+        .env_remove("LINEUP_ENDPOINT")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no endpoint"));
     // clap rejects a non-number with a usage error.

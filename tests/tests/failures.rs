@@ -47,7 +47,11 @@ async fn never_completed_is_retried_then_dead_lettered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_worker_is_removed_and_its_evals_move() {
-    let app = TestApp::spawn_with(&[("LINEUP_WORKER_TTL", "2"), ("LINEUP_ALLOC_TTL", "30"), ("LINEUP_RELEASE_INTERVAL", "1")], &[]).await;
+    let app = TestApp::spawn_with(
+        &[("LINEUP_WORKER_TTL", "2"), ("LINEUP_ALLOC_TTL", "30"), ("LINEUP_RELEASE_INTERVAL", "1")],
+        &[],
+    )
+    .await;
     let admin = &app.admin;
     let pool = admin.create_pool(None).await.unwrap();
     let quiet = admin.register_worker(&pool.pool_id, 4).await.unwrap();
@@ -57,7 +61,8 @@ async fn silent_worker_is_removed_and_its_evals_move() {
 
     // `steady` heartbeats; `quiet` never does again.
     let ev = wait_for_async(Duration::from_secs(30), || {
-        let (admin, pool, steady, e) = (admin.clone(), pool.pool_id.clone(), steady.worker_id.clone(), e.eval_id.clone());
+        let (admin, pool, steady, e) =
+            (admin.clone(), pool.pool_id.clone(), steady.worker_id.clone(), e.eval_id.clone());
         async move {
             admin.heartbeat(&pool, &steady, &[], &[]).await.unwrap();
             let ev = admin.eval(&pool, &e).await.unwrap();

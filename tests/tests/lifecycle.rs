@@ -19,7 +19,10 @@ async fn original_story_over_rest() {
     me.heartbeat(&pool.pool_id, &reg.worker_id, &["d1".into()], &[]).await.unwrap();
 
     let sub = admin
-        .submit_eval(&pool.pool_id, &SubmitEval { size: 3, dataset: Some("d1".into()), payload: Some(json!({"n": 1})), ..Default::default() })
+        .submit_eval(
+            &pool.pool_id,
+            &SubmitEval { size: 3, dataset: Some("d1".into()), payload: Some(json!({"n": 1})), ..Default::default() },
+        )
         .await
         .unwrap();
     assert_eq!(sub.status, "queued");
@@ -63,7 +66,9 @@ async fn original_story_over_compat_routes() {
         assert_eq!(v["capacity"], 10);
         assert!(v["queue_url"].as_str().unwrap().contains(v["worker_id"].as_str().unwrap()));
         let worker = v["worker_id"].as_str().unwrap().to_owned();
-        let (st, v) = call("SendHeartbeat", json!({"pool_id": pool, "worker_id": worker, "allocs": null, "datasets": ["d1"]})).await;
+        let (st, v) =
+            call("SendHeartbeat", json!({"pool_id": pool, "worker_id": worker, "allocs": null, "datasets": ["d1"]}))
+                .await;
         assert_eq!(st, 200, "{v}");
         let (st, v) = call("ScheduleEval", json!({"pool_id": pool, "dataset_id": "d1", "size": 3})).await;
         assert_eq!(st, 200, "{v}");
@@ -75,7 +80,8 @@ async fn original_story_over_compat_routes() {
         assert_eq!(d1.dataset.as_deref(), Some("d1"));
         assert_eq!(allocs.iter().find(|a| a.size == 1).unwrap().dataset, None, "\"\" means no dataset");
         let ids: Vec<String> = allocs.iter().map(|a| a.alloc_id.to_string()).collect();
-        let (st, _) = call("SendHeartbeat", json!({"pool_id": pool, "worker_id": worker, "allocs": ids, "datasets": null})).await;
+        let (st, _) =
+            call("SendHeartbeat", json!({"pool_id": pool, "worker_id": worker, "allocs": ids, "datasets": null})).await;
         assert_eq!(st, 200);
         for a in &allocs {
             let (st, v) = call("CompleteAlloc", json!({"pool_id": pool, "alloc_id": a.alloc_id})).await;
@@ -101,13 +107,22 @@ async fn locality_and_strategies() {
     let w1 = admin.register_worker(&spread.pool_id, 10).await.unwrap();
     let w2 = admin.register_worker(&spread.pool_id, 10).await.unwrap();
     admin.heartbeat(&spread.pool_id, &w2.worker_id, &["d1".into()], &[]).await.unwrap();
-    let e = admin.submit_eval(&spread.pool_id, &SubmitEval { size: 2, dataset: Some("d1".into()), ..Default::default() }).await.unwrap();
+    let e = admin
+        .submit_eval(&spread.pool_id, &SubmitEval { size: 2, dataset: Some("d1".into()), ..Default::default() })
+        .await
+        .unwrap();
     poll_n(admin, &spread.pool_id, &w2.worker_id, 1).await;
-    assert_eq!(admin.eval(&spread.pool_id, &e.eval_id).await.unwrap().worker_id.as_deref(), Some(w2.worker_id.as_str()));
+    assert_eq!(
+        admin.eval(&spread.pool_id, &e.eval_id).await.unwrap().worker_id.as_deref(),
+        Some(w2.worker_id.as_str())
+    );
     // Spread: the most free capacity next, so w1.
     let e = admin.submit_eval(&spread.pool_id, &SubmitEval { size: 2, ..Default::default() }).await.unwrap();
     poll_n(admin, &spread.pool_id, &w1.worker_id, 1).await;
-    assert_eq!(admin.eval(&spread.pool_id, &e.eval_id).await.unwrap().worker_id.as_deref(), Some(w1.worker_id.as_str()));
+    assert_eq!(
+        admin.eval(&spread.pool_id, &e.eval_id).await.unwrap().worker_id.as_deref(),
+        Some(w1.worker_id.as_str())
+    );
 
     let bp = admin.create_pool(Some("binpack")).await.unwrap();
     assert_eq!(bp.strategy, "binpack");
@@ -115,7 +130,10 @@ async fn locality_and_strategies() {
     let small = admin.register_worker(&bp.pool_id, 4).await.unwrap();
     let e1 = admin.submit_eval(&bp.pool_id, &SubmitEval { size: 3, ..Default::default() }).await.unwrap();
     poll_n(admin, &bp.pool_id, &small.worker_id, 1).await;
-    assert_eq!(admin.eval(&bp.pool_id, &e1.eval_id).await.unwrap().worker_id.as_deref(), Some(small.worker_id.as_str()));
+    assert_eq!(
+        admin.eval(&bp.pool_id, &e1.eval_id).await.unwrap().worker_id.as_deref(),
+        Some(small.worker_id.as_str())
+    );
     let e2 = admin.submit_eval(&bp.pool_id, &SubmitEval { size: 3, ..Default::default() }).await.unwrap();
     poll_n(admin, &bp.pool_id, &big.worker_id, 1).await;
     assert_eq!(admin.eval(&bp.pool_id, &e2.eval_id).await.unwrap().worker_id.as_deref(), Some(big.worker_id.as_str()));

@@ -130,7 +130,13 @@ impl TestApp {
     }
 
     /// A raw request, for what the typed client would not send.
-    pub async fn raw(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, serde_json::Value) {
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
         let mut req = reqwest::Client::new().request(method, format!("{}{}", self.endpoint, path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -175,7 +181,10 @@ pub async fn wait_for<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -
     }
 }
 
-pub async fn wait_for_async<T, F: std::future::Future<Output = Option<T>>>(deadline: Duration, mut f: impl FnMut() -> F) -> T {
+pub async fn wait_for_async<T, F: std::future::Future<Output = Option<T>>>(
+    deadline: Duration,
+    mut f: impl FnMut() -> F,
+) -> T {
     let end = tokio::time::Instant::now() + deadline;
     loop {
         if let Some(v) = f().await {

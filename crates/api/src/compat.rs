@@ -47,7 +47,11 @@ struct RegisterWorker {
     capacity: Option<i64>,
 }
 
-async fn register_worker(State(l): State<Lineup>, Auth(who): Auth, JsonBody(b): JsonBody<RegisterWorker>) -> CompatResult {
+async fn register_worker(
+    State(l): State<Lineup>,
+    Auth(who): Auth,
+    JsonBody(b): JsonBody<RegisterWorker>,
+) -> CompatResult {
     let pool = pool_id(&b.pool_id)?;
     let cap = validate::capacity(b.capacity.ok_or_else(|| Error::invalid("missing_field", "capacity is required"))?)?;
     let reg = l.register_worker(&who, &pool, cap).await?;
@@ -73,9 +77,15 @@ struct SendHeartbeat {
     lists: HeartbeatBody,
 }
 
-async fn send_heartbeat(State(l): State<Lineup>, Auth(who): Auth, JsonBody(b): JsonBody<SendHeartbeat>) -> CompatResult {
+async fn send_heartbeat(
+    State(l): State<Lineup>,
+    Auth(who): Auth,
+    JsonBody(b): JsonBody<SendHeartbeat>,
+) -> CompatResult {
     let pool = pool_id(&b.pool_id)?;
-    let worker = WorkerId::parse(b.worker_id.as_deref().ok_or_else(|| Error::invalid("missing_field", "worker_id is required"))?)?;
+    let worker = WorkerId::parse(
+        b.worker_id.as_deref().ok_or_else(|| Error::invalid("missing_field", "worker_id is required"))?,
+    )?;
     let cancelled = l.heartbeat(&who, &pool, &worker, heartbeat_request(b.lists)?).await?;
     Ok(Json(json!({ "cancelled": cancelled })))
 }
@@ -90,7 +100,12 @@ struct ScheduleEval {
 async fn schedule_eval(State(l): State<Lineup>, Auth(who): Auth, JsonBody(b): JsonBody<ScheduleEval>) -> CompatResult {
     let pool = pool_id(&b.pool_id)?;
     let size = validate::size(b.size.ok_or_else(|| Error::invalid("missing_field", "size is required"))?)?;
-    let new = NewEval { size, dataset: validate::optional_dataset(b.dataset_id.as_deref())?, payload: None, idempotency_key: None };
+    let new = NewEval {
+        size,
+        dataset: validate::optional_dataset(b.dataset_id.as_deref())?,
+        payload: None,
+        idempotency_key: None,
+    };
     let out = l.submit_eval(&who, &pool, new).await?;
     Ok(Json(json!({ "eval_id": out.eval.eval_id })))
 }
@@ -101,9 +116,14 @@ struct CompleteAlloc {
     alloc_id: Option<String>,
 }
 
-async fn complete_alloc(State(l): State<Lineup>, Auth(who): Auth, JsonBody(b): JsonBody<CompleteAlloc>) -> CompatResult {
+async fn complete_alloc(
+    State(l): State<Lineup>,
+    Auth(who): Auth,
+    JsonBody(b): JsonBody<CompleteAlloc>,
+) -> CompatResult {
     let pool = pool_id(&b.pool_id)?;
-    let alloc = AllocId::parse(b.alloc_id.as_deref().ok_or_else(|| Error::invalid("missing_field", "alloc_id is required"))?)?;
+    let alloc =
+        AllocId::parse(b.alloc_id.as_deref().ok_or_else(|| Error::invalid("missing_field", "alloc_id is required"))?)?;
     l.finish_alloc(&who, &pool, &alloc, Finish::Complete { exit_code: 0, output: None }).await?;
     Ok(Json(json!({})))
 }

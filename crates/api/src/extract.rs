@@ -31,7 +31,9 @@ impl FromRequestParts<Lineup> for Auth {
                 .strip_prefix("Bearer ")
                 .or_else(|| h.strip_prefix("bearer "))
                 .map(str::trim)
-                .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "Authorization must be \"Bearer <token>\""))?
+                .ok_or_else(|| {
+                    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "Authorization must be \"Bearer <token>\"")
+                })?
                 .to_owned(),
             None => {
                 let path = parts
@@ -39,9 +41,9 @@ impl FromRequestParts<Lineup> for Auth {
                     .get::<OriginalUri>()
                     .map(|u| u.0.path().to_owned())
                     .unwrap_or_else(|| parts.uri.path().to_owned());
-                token_from_path(&path)
-                    .map(str::to_owned)
-                    .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing Authorization: Bearer <token>"))?
+                token_from_path(&path).map(str::to_owned).ok_or_else(|| {
+                    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing Authorization: Bearer <token>")
+                })?
             }
         };
         Ok(Auth(lineup.authenticate(&token).await?))
@@ -58,7 +60,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
             if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("request body over {} bytes", crate::MAX_BODY))
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("request body over {} bytes", crate::MAX_BODY),
+                )
             } else {
                 ApiError::bad_request("invalid_body", rej.body_text())
             }

@@ -112,7 +112,10 @@ async fn heartbeat(
 ) -> ApiResult {
     let (pool, worker) = (PoolId::parse(&pool)?, WorkerId::parse(&worker)?);
     let cancelled = l.heartbeat(&who, &pool, &worker, heartbeat_request(b)?).await?;
-    ok(StatusCode::OK, json!({ "cancelled": cancelled, "ttl": l.settings.worker_ttl, "alloc_ttl": l.settings.alloc_ttl }))
+    ok(
+        StatusCode::OK,
+        json!({ "cancelled": cancelled, "ttl": l.settings.worker_ttl, "alloc_ttl": l.settings.alloc_ttl }),
+    )
 }
 
 #[derive(Deserialize)]
@@ -141,7 +144,12 @@ struct SubmitEval {
     idempotency_key: Option<String>,
 }
 
-async fn submit_eval(State(l): State<Lineup>, Auth(who): Auth, Path(pool): Path<String>, JsonBody(b): JsonBody<SubmitEval>) -> ApiResult {
+async fn submit_eval(
+    State(l): State<Lineup>,
+    Auth(who): Auth,
+    Path(pool): Path<String>,
+    JsonBody(b): JsonBody<SubmitEval>,
+) -> ApiResult {
     let pool = PoolId::parse(&pool)?;
     let size = b.size.ok_or_else(|| Error::invalid("missing_field", "size is required"))?;
     let new = NewEval {
@@ -169,13 +177,24 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn list_evals(State(l): State<Lineup>, Auth(who): Auth, Path(pool): Path<String>, QueryParams(q): QueryParams<ListQuery>) -> ApiResult {
+async fn list_evals(
+    State(l): State<Lineup>,
+    Auth(who): Auth,
+    Path(pool): Path<String>,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> ApiResult {
     let status = q.status.as_deref().map(EvalStatus::parse).transpose()?;
-    let evals: Vec<_> = l.evals(&who, &PoolId::parse(&pool)?, status, q.limit.unwrap_or(100)).await?.iter().map(views::eval).collect();
+    let evals: Vec<_> =
+        l.evals(&who, &PoolId::parse(&pool)?, status, q.limit.unwrap_or(100)).await?.iter().map(views::eval).collect();
     ok(StatusCode::OK, json!({ "evals": evals }))
 }
 
-async fn dead_letters(State(l): State<Lineup>, Auth(who): Auth, Path(pool): Path<String>, QueryParams(q): QueryParams<ListQuery>) -> ApiResult {
+async fn dead_letters(
+    State(l): State<Lineup>,
+    Auth(who): Auth,
+    Path(pool): Path<String>,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> ApiResult {
     let pool = PoolId::parse(&pool)?;
     let evals: Vec<_> =
         l.evals(&who, &pool, Some(EvalStatus::Dead), q.limit.unwrap_or(100)).await?.iter().map(views::eval).collect();
@@ -187,14 +206,24 @@ async fn get_eval(State(l): State<Lineup>, Auth(who): Auth, Path((pool, eval)): 
     ok(StatusCode::OK, views::eval(&e))
 }
 
-async fn cancel_eval(State(l): State<Lineup>, Auth(who): Auth, Path((pool, eval)): Path<(String, String)>) -> ApiResult {
+async fn cancel_eval(
+    State(l): State<Lineup>,
+    Auth(who): Auth,
+    Path((pool, eval)): Path<(String, String)>,
+) -> ApiResult {
     match l.cancel_eval(&who, &PoolId::parse(&pool)?, &EvalId::parse(&eval)?).await? {
         CancelOutcome::Cancelled(e) => ok(StatusCode::ACCEPTED, views::eval(&e)),
-        CancelOutcome::AlreadyFinished(e) if e.status == EvalStatus::Cancelled => ok(StatusCode::ACCEPTED, views::eval(&e)),
+        CancelOutcome::AlreadyFinished(e) if e.status == EvalStatus::Cancelled => {
+            ok(StatusCode::ACCEPTED, views::eval(&e))
+        }
         CancelOutcome::AlreadyFinished(e) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "eval_finished",
-            format!("eval {} is already {}; only queued and placed evals can be cancelled", e.eval_id, e.status.as_str()),
+            format!(
+                "eval {} is already {}; only queued and placed evals can be cancelled",
+                e.eval_id,
+                e.status.as_str()
+            ),
         )),
     }
 }

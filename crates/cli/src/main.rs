@@ -97,8 +97,12 @@ enum PoolCmd {
         strategy: Option<String>,
     },
     List,
-    Show { pool: String },
-    Disband { pool: String },
+    Show {
+        pool: String,
+    },
+    Disband {
+        pool: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -200,7 +204,10 @@ fn client(cli: &Cli) -> Result<Client, CliError> {
         ))
     })?;
     let token = cli.token.clone().or_else(|| read(dev::TOKEN_FILE)).ok_or_else(|| {
-        CliError::Usage(format!("no token: pass --token or LINEUP_TOKEN, or use the data dir of `lineup dev` ({})", cli.data_dir.display()))
+        CliError::Usage(format!(
+            "no token: pass --token or LINEUP_TOKEN, or use the data dir of `lineup dev` ({})",
+            cli.data_dir.display()
+        ))
     })?;
     Ok(Client::new(&endpoint, &token))
 }
@@ -217,7 +224,12 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 DurabilityArg::Process => lineup_sqlite::Durability::Process,
                 DurabilityArg::Machine => lineup_sqlite::Durability::Machine,
             };
-            let opts = dev::DevOptions { data_dir: cli.data_dir.clone(), listen: a.listen, schedulers: a.schedulers, durability };
+            let opts = dev::DevOptions {
+                data_dir: cli.data_dir.clone(),
+                listen: a.listen,
+                schedulers: a.schedulers,
+                durability,
+            };
             dev::run(settings, opts).await?;
         }
         Cmd::Pool(p) => {
@@ -225,19 +237,35 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             match p {
                 PoolCmd::Create { strategy } => {
                     let pool = c.create_pool(strategy.as_deref()).await?;
-                    if cli.json { print_json(&pool) } else { println!("{}", pool.pool_id) }
+                    if cli.json {
+                        print_json(&pool)
+                    } else {
+                        println!("{}", pool.pool_id)
+                    }
                 }
                 PoolCmd::List => {
                     let pools = c.pools().await?;
-                    if cli.json { print_json(&json!({ "pools": pools })) } else { table::pools(&pools) }
+                    if cli.json {
+                        print_json(&json!({ "pools": pools }))
+                    } else {
+                        table::pools(&pools)
+                    }
                 }
                 PoolCmd::Show { pool } => {
                     let p = c.pool(pool).await?;
-                    if cli.json { print_json(&p) } else { table::pools(&[p]) }
+                    if cli.json {
+                        print_json(&p)
+                    } else {
+                        table::pools(&[p])
+                    }
                 }
                 PoolCmd::Disband { pool } => {
                     let p = c.disband_pool(pool).await?;
-                    if cli.json { print_json(&p) } else { println!("pool {} disbanded", p.pool_id) }
+                    if cli.json {
+                        print_json(&p)
+                    } else {
+                        println!("pool {} disbanded", p.pool_id)
+                    }
                 }
             }
         }
@@ -250,10 +278,19 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                         .map(serde_json::from_str)
                         .transpose()
                         .map_err(|e| CliError::Usage(format!("--payload is not valid JSON: {e}")))?;
-                    let req = SubmitEval { size: *size, dataset: dataset.clone(), payload, idempotency_key: idempotency_key.clone() };
+                    let req = SubmitEval {
+                        size: *size,
+                        dataset: dataset.clone(),
+                        payload,
+                        idempotency_key: idempotency_key.clone(),
+                    };
                     let sub = c.submit_eval(pool, &req).await?;
                     if !*wait {
-                        if cli.json { print_json(&sub) } else { println!("{}", sub.eval_id) }
+                        if cli.json {
+                            print_json(&sub)
+                        } else {
+                            println!("{}", sub.eval_id)
+                        }
                         return Ok(ExitCode::SUCCESS);
                     }
                     let end = tokio::time::Instant::now() + Duration::from_secs(*timeout);
@@ -263,29 +300,52 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                             break ev;
                         }
                         if tokio::time::Instant::now() >= end {
-                            return Err(CliError::Usage(format!("eval {} still {} after {timeout} s", ev.eval_id, ev.status)));
+                            return Err(CliError::Usage(format!(
+                                "eval {} still {} after {timeout} s",
+                                ev.eval_id, ev.status
+                            )));
                         }
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     };
-                    if cli.json { print_json(&ev) } else { table::evals(&[ev.clone()]) }
+                    if cli.json {
+                        print_json(&ev)
+                    } else {
+                        table::evals(&[ev.clone()])
+                    }
                     let ok = ev.status == "complete" && ev.exit_code == Some(0);
                     return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
                 }
                 EvalCmd::Show { pool, eval } => {
                     let ev = c.eval(pool, eval).await?;
-                    if cli.json { print_json(&ev) } else { table::eval_detail(&ev) }
+                    if cli.json {
+                        print_json(&ev)
+                    } else {
+                        table::eval_detail(&ev)
+                    }
                 }
                 EvalCmd::Cancel { pool, eval } => {
                     let ev = c.cancel_eval(pool, eval).await?;
-                    if cli.json { print_json(&ev) } else { println!("eval {} {}", ev.eval_id, ev.status) }
+                    if cli.json {
+                        print_json(&ev)
+                    } else {
+                        println!("eval {} {}", ev.eval_id, ev.status)
+                    }
                 }
                 EvalCmd::List { pool, status, limit } => {
                     let evs = c.evals(pool, status.as_deref(), *limit).await?;
-                    if cli.json { print_json(&json!({ "evals": evs })) } else { table::evals(&evs) }
+                    if cli.json {
+                        print_json(&json!({ "evals": evs }))
+                    } else {
+                        table::evals(&evs)
+                    }
                 }
                 EvalCmd::DeadLetters { pool } => {
                     let evs = c.dead_letters(pool).await?;
-                    if cli.json { print_json(&json!({ "evals": evs })) } else { table::evals(&evs) }
+                    if cli.json {
+                        print_json(&json!({ "evals": evs }))
+                    } else {
+                        table::evals(&evs)
+                    }
                 }
             }
         }
@@ -294,7 +354,11 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             match w {
                 WorkerCmd::List { pool } => {
                     let ws = c.workers(pool).await?;
-                    if cli.json { print_json(&json!({ "workers": ws })) } else { table::workers(&ws) }
+                    if cli.json {
+                        print_json(&json!({ "workers": ws }))
+                    } else {
+                        table::workers(&ws)
+                    }
                 }
                 WorkerCmd::Run { pool, capacity, datasets, poll_wait, command } => {
                     let opts = worker::WorkerOptions {

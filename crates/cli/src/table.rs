@@ -46,7 +46,9 @@ pub fn pools(ps: &[PoolView]) {
 pub fn workers(ws: &[WorkerView]) {
     print_table(
         &["WORKER", "CAPACITY", "FREE", "LIVE"],
-        ws.iter().map(|w| vec![w.worker_id.clone(), w.capacity.to_string(), w.free.to_string(), w.live.to_string()]).collect(),
+        ws.iter()
+            .map(|w| vec![w.worker_id.clone(), w.capacity.to_string(), w.free.to_string(), w.live.to_string()])
+            .collect(),
     );
 }
 

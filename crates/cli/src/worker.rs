@@ -36,7 +36,9 @@ fn lock(r: &Running) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sende
 
 pub async fn run(admin: Client, opts: WorkerOptions) -> Result<(), CliError> {
     if opts.command.is_empty() {
-        return Err(CliError::Usage("give the command to run after --, e.g. `lineup worker run --pool P --capacity 4 -- ./job.sh`".into()));
+        return Err(CliError::Usage(
+            "give the command to run after --, e.g. `lineup worker run --pool P --capacity 4 -- ./job.sh`".into(),
+        ));
     }
     let reg = admin.register_worker(&opts.pool, opts.capacity).await?;
     let token = reg.token.clone().ok_or_else(|| CliError::Usage("registration returned no worker token".into()))?;
@@ -51,8 +53,22 @@ pub async fn run(admin: Client, opts: WorkerOptions) -> Result<(), CliError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let opts = Arc::new(opts);
 
-    let hb = tokio::spawn(heartbeat_loop(client.clone(), opts.clone(), worker.clone(), running.clone(), interval, stop_rx.clone()));
-    let poller = tokio::spawn(poll_loop(client.clone(), opts.clone(), worker.clone(), running.clone(), slots.clone(), stop_rx.clone()));
+    let hb = tokio::spawn(heartbeat_loop(
+        client.clone(),
+        opts.clone(),
+        worker.clone(),
+        running.clone(),
+        interval,
+        stop_rx.clone(),
+    ));
+    let poller = tokio::spawn(poll_loop(
+        client.clone(),
+        opts.clone(),
+        worker.clone(),
+        running.clone(),
+        slots.clone(),
+        stop_rx.clone(),
+    ));
 
     tokio::select! {
         _ = crate::dev_signal() => info!("signal: no new allocs; waiting for running ones"),
@@ -207,7 +223,11 @@ async fn run_alloc(client: &Client, opts: &WorkerOptions, a: &AllocMessage, kill
     let text = validate::output(&String::from_utf8_lossy(&output));
     let result = match status {
         Ok(s) if s.success() => Ok(text),
-        Ok(s) => Err(format!("exit status {}: {}", s.code().map(|c| c.to_string()).unwrap_or_else(|| "signal".into()), validate::reason(&text))),
+        Ok(s) => Err(format!(
+            "exit status {}: {}",
+            s.code().map(|c| c.to_string()).unwrap_or_else(|| "signal".into()),
+            validate::reason(&text)
+        )),
         Err(e) => Err(format!("waiting for the command: {e}")),
     };
     report(client, &opts.pool, &alloc, result).await;

@@ -161,7 +161,13 @@ impl Client {
     }
 
     /// Sends a request and decodes a JSON answer; the raw building block for the typed calls.
-    pub async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&Value>, wait: Duration) -> Result<T> {
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        wait: Duration,
+    ) -> Result<T> {
         let url = format!("{}{}", self.endpoint, path);
         let mut req = self.http.request(method, &url).bearer_auth(&self.token).timeout(wait + SLACK);
         if let Some(b) = body {
@@ -224,9 +230,18 @@ impl Client {
         Ok(self.get::<Workers>(&format!("/v1/pools/{pool}/workers")).await?.workers)
     }
 
-    pub async fn heartbeat(&self, pool: &str, worker: &str, datasets: &[String], allocs: &[String]) -> Result<HeartbeatReply> {
-        self.post(&format!("/v1/pools/{pool}/workers/{worker}/heartbeat"), &json!({ "datasets": datasets, "allocs": allocs }))
-            .await
+    pub async fn heartbeat(
+        &self,
+        pool: &str,
+        worker: &str,
+        datasets: &[String],
+        allocs: &[String],
+    ) -> Result<HeartbeatReply> {
+        self.post(
+            &format!("/v1/pools/{pool}/workers/{worker}/heartbeat"),
+            &json!({ "datasets": datasets, "allocs": allocs }),
+        )
+        .await
     }
 
     /// Long-polls the worker's queue for up to `wait` (whole seconds, at most 20).
@@ -236,7 +251,8 @@ impl Client {
     }
 
     pub async fn submit_eval(&self, pool: &str, eval: &SubmitEval) -> Result<Submitted> {
-        let body = serde_json::to_value(eval).map_err(|e| ClientError::Decode { url: "submit".into(), message: e.to_string() })?;
+        let body = serde_json::to_value(eval)
+            .map_err(|e| ClientError::Decode { url: "submit".into(), message: e.to_string() })?;
         self.post(&format!("/v1/pools/{pool}/evals"), &body).await
     }
 
@@ -258,8 +274,11 @@ impl Client {
     }
 
     pub async fn complete(&self, pool: &str, alloc: &str, exit_code: i32, output: Option<&str>) -> Result<Value> {
-        self.post(&format!("/v1/pools/{pool}/allocs/{alloc}/complete"), &json!({ "exit_code": exit_code, "output": output }))
-            .await
+        self.post(
+            &format!("/v1/pools/{pool}/allocs/{alloc}/complete"),
+            &json!({ "exit_code": exit_code, "output": output }),
+        )
+        .await
     }
 
     pub async fn fail(&self, pool: &str, alloc: &str, reason: &str) -> Result<Value> {

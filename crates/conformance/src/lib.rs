@@ -92,7 +92,15 @@ pub async fn assert_capacity_conserved(store: &dyn Store, pool: &PoolId) {
     }
     for w in store.list_workers(pool).await.expect("workers") {
         let u = used.get(&w.worker_id).copied().unwrap_or(0);
-        assert_eq!(w.free + u, w.capacity, "worker {} free {} + live {} != capacity {}", w.worker_id, w.free, u, w.capacity);
+        assert_eq!(
+            w.free + u,
+            w.capacity,
+            "worker {} free {} + live {} != capacity {}",
+            w.worker_id,
+            w.free,
+            u,
+            w.capacity
+        );
     }
 }
 

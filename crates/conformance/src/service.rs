@@ -65,7 +65,10 @@ pub async fn service_original_story(b: Backend) {
     assert_eq!((&a.eval_id, a.size, a.dataset.as_deref(), a.attempt), (&sub.eval.eval_id, 3, Some("d1"), 1));
     assert_eq!(free_of(&l, &pool, &w).await, 7);
     let e = l.eval(&ADMIN, &pool.pool_id, &sub.eval.eval_id).await.unwrap();
-    assert_eq!((e.status, e.worker_id.as_ref(), e.alloc_id.as_ref()), (EvalStatus::Placed, Some(&w), Some(&a.alloc_id)));
+    assert_eq!(
+        (e.status, e.worker_id.as_ref(), e.alloc_id.as_ref()),
+        (EvalStatus::Placed, Some(&w), Some(&a.alloc_id))
+    );
 
     let stop = l.heartbeat(&me, &pool.pool_id, &w, hb_req(&["d1"], &[a.alloc_id.clone()])).await.unwrap();
     assert!(stop.is_empty());
@@ -85,7 +88,11 @@ pub async fn service_locality_and_strategies(b: Backend) {
     l.heartbeat(&ADMIN, &pool.pool_id, &w2, hb_req(&["d1"], &[])).await.unwrap();
     let e = l.submit_eval(&ADMIN, &pool.pool_id, new_eval(2, Some("d1"))).await.unwrap().eval;
     schedule_until(&l, &pool, Duration::from_secs(10), |s| s.placed == 1).await;
-    assert_eq!(l.eval(&ADMIN, &pool.pool_id, &e.eval_id).await.unwrap().worker_id, Some(w2.clone()), "the replica holder wins");
+    assert_eq!(
+        l.eval(&ADMIN, &pool.pool_id, &e.eval_id).await.unwrap().worker_id,
+        Some(w2.clone()),
+        "the replica holder wins"
+    );
     // No dataset: spread goes to the worker with the most free capacity.
     let e = l.submit_eval(&ADMIN, &pool.pool_id, new_eval(2, None)).await.unwrap().eval;
     schedule_until(&l, &pool, Duration::from_secs(10), |s| s.placed == 1).await;
@@ -96,7 +103,11 @@ pub async fn service_locality_and_strategies(b: Backend) {
     let small = worker(&l, &bp, 4).await.worker.worker_id;
     let e1 = l.submit_eval(&ADMIN, &bp.pool_id, new_eval(3, None)).await.unwrap().eval;
     schedule_until(&l, &bp, Duration::from_secs(10), |s| s.placed == 1).await;
-    assert_eq!(l.eval(&ADMIN, &bp.pool_id, &e1.eval_id).await.unwrap().worker_id, Some(small.clone()), "binpack: least free that fits");
+    assert_eq!(
+        l.eval(&ADMIN, &bp.pool_id, &e1.eval_id).await.unwrap().worker_id,
+        Some(small.clone()),
+        "binpack: least free that fits"
+    );
     let e2 = l.submit_eval(&ADMIN, &bp.pool_id, new_eval(3, None)).await.unwrap().eval;
     schedule_until(&l, &bp, Duration::from_secs(10), |s| s.placed == 1).await;
     assert_eq!(l.eval(&ADMIN, &bp.pool_id, &e2.eval_id).await.unwrap().worker_id, Some(big.clone()));
@@ -255,14 +266,22 @@ pub async fn service_cancel(b: Backend) {
     assert_eq!(free_of(&l, &pool, &w).await, 4);
     let got = l.eval(&ADMIN, &pool.pool_id, &e.eval_id).await.unwrap();
     assert_eq!(got.status, EvalStatus::Cancelled, "a cancelled eval is not retried");
-    assert!(matches!(l.cancel_eval(&ADMIN, &pool.pool_id, &e.eval_id).await.unwrap(), CancelOutcome::AlreadyFinished(_)));
+    assert!(matches!(
+        l.cancel_eval(&ADMIN, &pool.pool_id, &e.eval_id).await.unwrap(),
+        CancelOutcome::AlreadyFinished(_)
+    ));
     assert!(matches!(l.cancel_eval(&ADMIN, &pool.pool_id, &EvalId::generate()).await, Err(Error::NotFound(_))));
 }
 
 pub async fn service_idempotency(b: Backend) {
     let (l, _clock) = lineup(&b);
     let pool = pool_with(&l, Strategy::Spread).await;
-    let mk = || NewEval { size: 1, dataset: None, payload: Some(serde_json::json!({"x": 1})), idempotency_key: Some("job-42".into()) };
+    let mk = || NewEval {
+        size: 1,
+        dataset: None,
+        payload: Some(serde_json::json!({"x": 1})),
+        idempotency_key: Some("job-42".into()),
+    };
     let first = l.submit_eval(&ADMIN, &pool.pool_id, mk()).await.unwrap();
     let again = l.submit_eval(&ADMIN, &pool.pool_id, mk()).await.unwrap();
     assert!(first.created && !again.created);

@@ -115,7 +115,8 @@ pub async fn store_workers_and_candidates(b: Backend) {
     assert_eq!(s.get_worker(&p.pool_id, &big.worker_id).await.unwrap(), Some(big.clone()));
     assert_eq!(s.list_workers(&p.pool_id).await.unwrap().len(), 3);
 
-    let mut c: Vec<WorkerId> = s.candidates(&p.pool_id, 3, T0).await.unwrap().into_iter().map(|w| w.worker_id).collect();
+    let mut c: Vec<WorkerId> =
+        s.candidates(&p.pool_id, 3, T0).await.unwrap().into_iter().map(|w| w.worker_id).collect();
     assert_eq!(c, vec![big.worker_id.clone()], "expired and too-small workers are not candidates");
     c = s.candidates(&p.pool_id, 1, T0).await.unwrap().into_iter().map(|w| w.worker_id).collect();
     c.sort();
@@ -123,7 +124,8 @@ pub async fn store_workers_and_candidates(b: Backend) {
     want.sort();
     assert_eq!(c, want);
 
-    let exp: Vec<WorkerId> = s.expired_workers(&p.pool_id, T0).await.unwrap().into_iter().map(|w| w.worker_id).collect();
+    let exp: Vec<WorkerId> =
+        s.expired_workers(&p.pool_id, T0).await.unwrap().into_iter().map(|w| w.worker_id).collect();
     assert_eq!(exp, vec![dead.worker_id.clone()]);
 
     s.delete_worker(&p.pool_id, &dead.worker_id).await.unwrap();
@@ -147,7 +149,10 @@ pub async fn store_heartbeat(b: Backend) {
     s.place(&a, &placed(&e, &a), 1, T0).await.unwrap();
 
     let unknown = AllocId::generate();
-    let stop = s.heartbeat(&hb(&p.pool_id, &w.worker_id, T0 + 500, &["d1"], &[a.alloc_id.clone(), unknown.clone()])).await.unwrap();
+    let stop = s
+        .heartbeat(&hb(&p.pool_id, &w.worker_id, T0 + 500, &["d1"], &[a.alloc_id.clone(), unknown.clone()]))
+        .await
+        .unwrap();
     assert_eq!(stop, vec![unknown], "an unknown alloc is reported back as one to stop");
     let got = s.get_worker(&p.pool_id, &w.worker_id).await.unwrap().unwrap();
     assert_eq!(got.ttl, T0 + 500 + 60_000);
@@ -158,10 +163,7 @@ pub async fn store_heartbeat(b: Backend) {
     assert_eq!(stop, vec![a.alloc_id.clone()]);
     assert_eq!(s.get_alloc(&p.pool_id, &a.alloc_id).await.unwrap().unwrap().ttl, T0 + 500 + 30_000);
 
-    assert!(matches!(
-        s.heartbeat(&hb(&p.pool_id, &WorkerId::generate(), T0, &[], &[])).await,
-        Err(Error::NotFound(_))
-    ));
+    assert!(matches!(s.heartbeat(&hb(&p.pool_id, &WorkerId::generate(), T0, &[], &[])).await, Err(Error::NotFound(_))));
     // Past its TTL a worker does not come back.
     assert!(matches!(
         s.heartbeat(&hb(&p.pool_id, &w.worker_id, T0 + 500 + 60_000, &[], &[])).await,

@@ -100,8 +100,16 @@ mod tests {
 
     #[test]
     fn rejects_everything_else() {
-        for bad in ["", "abc", "0123456789ABCDEF0123", "0123456789abcdef012", "0123456789abcdef01234",
-                    "../../etc/passwd00000", "0123456789abcdef012g", "0123456789abcdef01-3"] {
+        for bad in [
+            "",
+            "abc",
+            "0123456789ABCDEF0123",
+            "0123456789abcdef012",
+            "0123456789abcdef01234",
+            "../../etc/passwd00000",
+            "0123456789abcdef012g",
+            "0123456789abcdef01-3",
+        ] {
             assert!(PoolId::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -157,9 +157,10 @@ impl EvalStatus {
     }
 
     pub fn parse(s: &str) -> Result<Self> {
-        Self::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| {
-            Error::invalid("invalid_status", format!("unknown eval status {s:?}"))
-        })
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| Error::invalid("invalid_status", format!("unknown eval status {s:?}")))
     }
 
     /// Waiting for a placement (in the pool queue).

@@ -132,12 +132,11 @@ mod tests {
     }
 
     fn arb_candidates() -> impl proptest::strategy::Strategy<Value = Vec<Candidate>> {
-        proptest::collection::vec((0u32..20, 0i64..200), 0..30).prop_map(|v| {
-            v.into_iter().enumerate().map(|(i, (free, ttl))| cand(i as u8, free, ttl)).collect()
-        })
+        proptest::collection::vec((0u32..20, 0i64..200), 0..30)
+            .prop_map(|v| v.into_iter().enumerate().map(|(i, (free, ttl))| cand(i as u8, free, ttl)).collect())
     }
-    use proptest::strategy::Strategy as _;
     use crate::model::Strategy;
+    use proptest::strategy::Strategy as _;
 
     proptest! {
         #[test]

@@ -16,10 +16,7 @@ pub fn capacity(n: i64) -> Result<u32> {
     if (1..=MAX_SIZE as i64).contains(&n) {
         Ok(n as u32)
     } else {
-        Err(Error::invalid(
-            "invalid_capacity",
-            format!("capacity must be between 1 and {MAX_SIZE}, got {n}"),
-        ))
+        Err(Error::invalid("invalid_capacity", format!("capacity must be between 1 and {MAX_SIZE}, got {n}")))
     }
 }
 

@@ -45,8 +45,7 @@ pub struct SqliteBackend {
 impl SqliteBackend {
     /// Opens (creating if needed) `<dir>/lineup.db`.
     pub fn open_dir(dir: &Path, durability: Durability) -> Result<Self, Error> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::backend(format!("create data dir {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::backend(format!("create data dir {}", dir.display()), e))?;
         Self::open(&dir.join("lineup.db"), durability)
     }
 

@@ -51,9 +51,11 @@ impl SqliteBackend {
         };
         if rows.is_empty() {
             let next: Option<i64> = tx
-                .query_row("SELECT MIN(visible_at) FROM messages WHERE queue=?1 AND visible_at>?2", params![name, now], |r| {
-                    r.get(0)
-                })
+                .query_row(
+                    "SELECT MIN(visible_at) FROM messages WHERE queue=?1 AND visible_at>?2",
+                    params![name, now],
+                    |r| r.get(0),
+                )
                 .map_err(db("next visible"))?;
             return Ok((Vec::new(), next));
         }
@@ -61,7 +63,9 @@ impl SqliteBackend {
         let mut out = Vec::with_capacity(rows.len());
         {
             let mut upd = tx
-                .prepare_cached("UPDATE messages SET visible_at=?2, receive_count=receive_count+1, parked=0 WHERE id=?1")
+                .prepare_cached(
+                    "UPDATE messages SET visible_at=?2, receive_count=receive_count+1, parked=0 WHERE id=?1",
+                )
                 .map_err(db("prepare hide"))?;
             for (id, body, count) in rows {
                 upd.execute(params![id, hide_until]).map_err(db("hide message"))?;

@@ -23,8 +23,10 @@ fn id_col<T: std::str::FromStr>(row: &Row, i: usize) -> rusqlite::Result<T> {
 
 fn opt_id_col<T: std::str::FromStr>(row: &Row, i: usize) -> rusqlite::Result<Option<T>> {
     let s: Option<String> = row.get(i)?;
-    s.map(|s| s.parse().map_err(|_| rusqlite::Error::InvalidColumnType(i, format!("id {s:?}"), rusqlite::types::Type::Text)))
-        .transpose()
+    s.map(|s| {
+        s.parse().map_err(|_| rusqlite::Error::InvalidColumnType(i, format!("id {s:?}"), rusqlite::types::Type::Text))
+    })
+    .transpose()
 }
 
 fn bad(i: usize, what: String) -> rusqlite::Error {
@@ -187,11 +189,21 @@ impl Store for SqliteBackend {
     }
 
     async fn get_pool(&self, pool: &PoolId) -> Result<Option<Pool>> {
-        self.query_opt(&format!("SELECT {POOL_COLS} FROM pools WHERE pool_id=?1"), [pool.as_str()], pool_row, "get pool")
+        self.query_opt(
+            &format!("SELECT {POOL_COLS} FROM pools WHERE pool_id=?1"),
+            [pool.as_str()],
+            pool_row,
+            "get pool",
+        )
     }
 
     async fn list_pools(&self) -> Result<Vec<Pool>> {
-        self.query_vec(&format!("SELECT {POOL_COLS} FROM pools ORDER BY created_at, pool_id"), [], pool_row, "list pools")
+        self.query_vec(
+            &format!("SELECT {POOL_COLS} FROM pools ORDER BY created_at, pool_id"),
+            [],
+            pool_row,
+            "list pools",
+        )
     }
 
     async fn disband_pool(&self, pool: &PoolId, now: Millis) -> Result<Pool> {
@@ -226,7 +238,9 @@ impl Store for SqliteBackend {
             )
             .map_err(db("worker stats"))?;
         let queued: i64 = conn
-            .query_row("SELECT COUNT(*) FROM evals WHERE pool_id=?1 AND status IN ('queued','failed')", [p], |r| r.get(0))
+            .query_row("SELECT COUNT(*) FROM evals WHERE pool_id=?1 AND status IN ('queued','failed')", [p], |r| {
+                r.get(0)
+            })
             .map_err(db("eval stats"))?;
         let allocs: i64 = conn
             .query_row("SELECT COUNT(*) FROM allocs WHERE pool_id=?1 AND state='live'", [p], |r| r.get(0))
@@ -246,7 +260,16 @@ impl Store for SqliteBackend {
         Self::check_active(&tx, &w.pool_id)?;
         tx.execute(
             &format!("INSERT INTO workers ({WORKER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
-            params![w.pool_id.as_str(), w.worker_id.as_str(), w.capacity, w.free, w.ttl, w.token_hash, w.queue, w.created_at],
+            params![
+                w.pool_id.as_str(),
+                w.worker_id.as_str(),
+                w.capacity,
+                w.free,
+                w.ttl,
+                w.token_hash,
+                w.queue,
+                w.created_at
+            ],
         )
         .map_err(db("insert worker"))?;
         tx.commit().map_err(db("commit register"))
@@ -354,7 +377,9 @@ impl Store for SqliteBackend {
             out.extend(self.query_vec(
                 &sql,
                 params_from_iter(params),
-                |r| Ok(Replica { pool_id: id_col(r, 0)?, dataset: r.get(1)?, worker_id: id_col(r, 2)?, ttl: r.get(3)? }),
+                |r| {
+                    Ok(Replica { pool_id: id_col(r, 0)?, dataset: r.get(1)?, worker_id: id_col(r, 2)?, ttl: r.get(3)? })
+                },
                 "read replicas",
             )?);
         }
@@ -556,7 +581,9 @@ impl Store for SqliteBackend {
         let tx = conn.transaction().map_err(db("begin release"))?;
         let (p, id) = (a.pool_id.as_str(), a.alloc_id.as_str());
         let size: Option<u32> = tx
-            .query_row("SELECT size FROM allocs WHERE pool_id=?1 AND alloc_id=?2 AND state='live'", [p, id], |r| r.get(0))
+            .query_row("SELECT size FROM allocs WHERE pool_id=?1 AND alloc_id=?2 AND state='live'", [p, id], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(db("read alloc"))?;
         let Some(size) = size else {

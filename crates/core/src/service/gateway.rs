@@ -169,10 +169,16 @@ impl Lineup {
     ) -> Result<Vec<AllocId>> {
         require_worker(who, pool, worker)?;
         if req.datasets.len() > MAX_DATASETS_PER_HEARTBEAT {
-            return Err(Error::invalid("too_many_datasets", format!("at most {MAX_DATASETS_PER_HEARTBEAT} datasets per heartbeat")));
+            return Err(Error::invalid(
+                "too_many_datasets",
+                format!("at most {MAX_DATASETS_PER_HEARTBEAT} datasets per heartbeat"),
+            ));
         }
         if req.allocs.len() > MAX_ALLOCS_PER_HEARTBEAT {
-            return Err(Error::invalid("too_many_allocs", format!("at most {MAX_ALLOCS_PER_HEARTBEAT} allocs per heartbeat")));
+            return Err(Error::invalid(
+                "too_many_allocs",
+                format!("at most {MAX_ALLOCS_PER_HEARTBEAT} allocs per heartbeat"),
+            ));
         }
         let mut datasets = req.datasets.iter().map(|d| validate::dataset(d)).collect::<Result<Vec<_>>>()?;
         datasets.sort();
@@ -209,10 +215,14 @@ impl Lineup {
             return Err(Error::invalid("invalid_max", format!("max must be between 1 and {MAX_POLL_BATCH}")));
         }
         if wait > MAX_POLL_WAIT {
-            return Err(Error::invalid("invalid_wait", format!("wait must be at most {} seconds", MAX_POLL_WAIT.as_secs())));
+            return Err(Error::invalid(
+                "invalid_wait",
+                format!("wait must be at most {} seconds", MAX_POLL_WAIT.as_secs()),
+            ));
         }
         self.active_pool(pool).await?;
-        let w = self.store.get_worker(pool, worker).await?.ok_or_else(|| Error::not_found(format!("worker {worker}")))?;
+        let w =
+            self.store.get_worker(pool, worker).await?.ok_or_else(|| Error::not_found(format!("worker {worker}")))?;
         if !w.is_live(self.now()) {
             return Err(Error::Expired(worker.to_string()));
         }
@@ -293,7 +303,13 @@ impl Lineup {
         self.store.get_eval(pool, eval).await?.ok_or_else(|| Error::not_found(format!("eval {eval}")))
     }
 
-    pub async fn evals(&self, who: &Principal, pool: &PoolId, status: Option<EvalStatus>, limit: usize) -> Result<Vec<Eval>> {
+    pub async fn evals(
+        &self,
+        who: &Principal,
+        pool: &PoolId,
+        status: Option<EvalStatus>,
+        limit: usize,
+    ) -> Result<Vec<Eval>> {
         require_admin(who)?;
         self.active_or_any_pool(pool).await?;
         self.store.list_evals(pool, status, limit.clamp(1, 10_000)).await
@@ -329,7 +345,11 @@ impl Lineup {
                     return Ok(CancelOutcome::Cancelled(next));
                 }
                 Err(Error::Conflict(_)) => {
-                    e = self.store.get_eval(&e.pool_id, &e.eval_id).await?.ok_or_else(|| Error::not_found(format!("eval {}", e.eval_id)))?;
+                    e = self
+                        .store
+                        .get_eval(&e.pool_id, &e.eval_id)
+                        .await?
+                        .ok_or_else(|| Error::not_found(format!("eval {}", e.eval_id)))?;
                 }
                 Err(err) => return Err(err),
             }
@@ -340,7 +360,13 @@ impl Lineup {
     // ---- allocs
 
     /// Completes (or fails) an alloc on behalf of its worker. Doing it twice is harmless.
-    pub async fn finish_alloc(&self, who: &Principal, pool: &PoolId, alloc: &AllocId, finish: Finish) -> Result<(Finished, Option<Eval>)> {
+    pub async fn finish_alloc(
+        &self,
+        who: &Principal,
+        pool: &PoolId,
+        alloc: &AllocId,
+        finish: Finish,
+    ) -> Result<(Finished, Option<Eval>)> {
         let a = self.store.get_alloc(pool, alloc).await?.ok_or_else(|| Error::not_found(format!("alloc {alloc}")))?;
         require_worker(who, pool, &a.worker_id)?;
         let eval_id = a.eval_id.clone();

@@ -40,7 +40,10 @@ impl Lineup {
 
             for alloc in self.store.expired_allocs(id, now).await? {
                 let (a, e) = (alloc.alloc_id.clone(), alloc.eval_id.clone());
-                match self.finish(alloc, &Finish::Fail { reason: "alloc expired: no heartbeat listed it in time".into() }).await {
+                match self
+                    .finish(alloc, &Finish::Fail { reason: "alloc expired: no heartbeat listed it in time".into() })
+                    .await
+                {
                     Ok(Finished::Released(_)) => sum.allocs_released += 1,
                     Ok(Finished::AlreadyReleased) => {}
                     Err(err) => {
