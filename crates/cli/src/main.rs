@@ -310,7 +310,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     if cli.json {
                         print_json(&ev)
                     } else {
-                        table::evals(&[ev.clone()])
+                        table::evals(std::slice::from_ref(&ev))
                     }
                     let ok = ev.status == "complete" && ev.exit_code == Some(0);
                     return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });

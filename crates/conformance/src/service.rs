@@ -70,7 +70,7 @@ pub async fn service_original_story(b: Backend) {
         (EvalStatus::Placed, Some(&w), Some(&a.alloc_id))
     );
 
-    let stop = l.heartbeat(&me, &pool.pool_id, &w, hb_req(&["d1"], &[a.alloc_id.clone()])).await.unwrap();
+    let stop = l.heartbeat(&me, &pool.pool_id, &w, hb_req(&["d1"], std::slice::from_ref(&a.alloc_id))).await.unwrap();
     assert!(stop.is_empty());
     let (done, eval) = l.finish_alloc(&me, &pool.pool_id, &a.alloc_id, complete(0)).await.unwrap();
     assert_eq!(done, FinishOutcome::Released(Some(EvalStatus::Complete)));
@@ -260,7 +260,7 @@ pub async fn service_cancel(b: Backend) {
     assert!(matches!(l.cancel_eval(&ADMIN, &pool.pool_id, &e.eval_id).await.unwrap(), CancelOutcome::Cancelled(_)));
     // The capacity stays held until the worker has stopped it.
     assert_eq!(free_of(&l, &pool, &w).await, 1);
-    let stop = l.heartbeat(&ADMIN, &pool.pool_id, &w, hb_req(&[], &[a.alloc_id.clone()])).await.unwrap();
+    let stop = l.heartbeat(&ADMIN, &pool.pool_id, &w, hb_req(&[], std::slice::from_ref(&a.alloc_id))).await.unwrap();
     assert_eq!(stop, vec![a.alloc_id.clone()], "the heartbeat tells the worker to stop it");
     l.finish_alloc(&ADMIN, &pool.pool_id, &a.alloc_id, Finish::Fail { reason: "killed".into() }).await.unwrap();
     assert_eq!(free_of(&l, &pool, &w).await, 4);

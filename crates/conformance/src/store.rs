@@ -159,7 +159,8 @@ pub async fn store_heartbeat(b: Backend) {
     assert_eq!(s.get_alloc(&p.pool_id, &a.alloc_id).await.unwrap().unwrap().ttl, T0 + 500 + 30_000);
 
     // Another worker cannot extend this worker's alloc.
-    let stop = s.heartbeat(&hb(&p.pool_id, &other.worker_id, T0 + 900, &[], &[a.alloc_id.clone()])).await.unwrap();
+    let stop =
+        s.heartbeat(&hb(&p.pool_id, &other.worker_id, T0 + 900, &[], std::slice::from_ref(&a.alloc_id))).await.unwrap();
     assert_eq!(stop, vec![a.alloc_id.clone()]);
     assert_eq!(s.get_alloc(&p.pool_id, &a.alloc_id).await.unwrap().unwrap().ttl, T0 + 500 + 30_000);
 
@@ -307,7 +308,8 @@ pub async fn store_cancel_placed(b: Backend) {
     s.cancel_placed(&c, pe.version, &a.alloc_id).await.unwrap();
     let got = s.get_alloc(&p.pool_id, &a.alloc_id).await.unwrap().unwrap();
     assert!(got.stop && got.state == AllocState::Live, "capacity stays held until the worker stops it");
-    let stop = s.heartbeat(&hb(&p.pool_id, &w.worker_id, T0 + 10, &[], &[a.alloc_id.clone()])).await.unwrap();
+    let stop =
+        s.heartbeat(&hb(&p.pool_id, &w.worker_id, T0 + 10, &[], std::slice::from_ref(&a.alloc_id))).await.unwrap();
     assert_eq!(stop, vec![a.alloc_id.clone()]);
 }
 
