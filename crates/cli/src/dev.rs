@@ -59,6 +59,11 @@ fn write_private(path: &Path, contents: &str) -> Result<(), CliError> {
 
 pub async fn run(settings: Settings, opts: DevOptions) -> Result<(), CliError> {
     let backend = Arc::new(SqliteBackend::open_dir(&opts.data_dir, opts.durability)?);
+    // This process owns the file: what a previous process had in flight is redelivered now.
+    let redelivered = backend.redeliver_in_flight()?;
+    if redelivered > 0 {
+        info!(redelivered, "messages in flight at the last stop are visible again");
+    }
     let token = admin_token(&settings, &opts.data_dir)?;
     let lineup = Lineup::new(backend.clone(), backend.clone(), Arc::new(SystemClock), settings, &token);
     lineup.init().await?;

@@ -1,7 +1,7 @@
 //! The backend conformance suite: the same tests for every backend. A backend crate
 //! runs them all with one line in a test file:
 //!
-//! ```ignore
+//! ```text
 //! lineup_conformance::conformance_tests!(my_backend_factory);
 //! ```
 //!

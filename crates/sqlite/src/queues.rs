@@ -78,6 +78,17 @@ impl SqliteBackend {
     }
 }
 
+impl SqliteBackend {
+    /// Makes every hidden message visible now. For a process that owns the file alone
+    /// (`lineup dev`) at start: receipts held by a previous, dead process mean nothing,
+    /// so their messages need not wait out a visibility timeout. Returns how many.
+    pub fn redeliver_in_flight(&self) -> Result<usize> {
+        self.conn()
+            .execute("UPDATE messages SET visible_at=?1, parked=0 WHERE visible_at>?1", [now_ms()])
+            .map_err(db("redeliver in-flight messages"))
+    }
+}
+
 #[async_trait]
 impl Queues for SqliteBackend {
     async fn create_queue(&self, name: &str) -> Result<String> {
