@@ -27,7 +27,7 @@ pub fn worker(l: &Lineup, w: &Worker) -> Value {
         "pool_id": w.pool_id,
         "capacity": w.capacity,
         "free": w.free,
-        "queue_url": l.queues.queue_url(&w.queue),
+        "queue_url": w.queue,
         "ttl": l.settings.worker_ttl,
         "live": w.is_live(now),
         "expires_at": rfc3339(w.ttl),

@@ -43,7 +43,7 @@ pub async fn queue_visibility_and_receive_count(b: Backend) {
     assert_eq!(again.len(), 1, "message reappears after the visibility timeout");
     assert_eq!(again[0].receive_count, 2);
     // Hide it briefly, then it comes back once more.
-    q.change_visibility(&name, &again[0].receipt, Duration::ZERO, false).await.unwrap();
+    q.change_visibility(&name, &[(again[0].receipt.clone(), Duration::ZERO)], false).await.unwrap();
     let third = q.receive(&name, 1, Duration::from_secs(5), VIS).await.unwrap();
     assert_eq!(third.len(), 1);
     assert_eq!(third[0].receive_count, 3);
@@ -51,7 +51,7 @@ pub async fn queue_visibility_and_receive_count(b: Backend) {
     // SQS it may; the services never rely on either).
     let _ = m;
     q.delete(&name, &[third[0].receipt.clone()]).await.unwrap();
-    q.change_visibility(&name, &third[0].receipt, Duration::ZERO, false).await.unwrap();
+    q.change_visibility(&name, &[(third[0].receipt.clone(), Duration::ZERO)], false).await.unwrap();
     assert!(q.receive(&name, 1, Duration::from_millis(300), VIS).await.unwrap().is_empty(), "deleted for good");
     q.delete_queue(&name).await.unwrap();
 }
@@ -95,7 +95,7 @@ pub async fn queue_wake_parked(b: Backend) {
     q.create_queue(&name).await.unwrap();
     q.send(&name, &["blocked".into()]).await.unwrap();
     let m = q.receive(&name, 1, NO_WAIT, VIS).await.unwrap().remove(0);
-    q.change_visibility(&name, &m.receipt, Duration::from_secs(2), true).await.unwrap();
+    q.change_visibility(&name, &[(m.receipt.clone(), Duration::from_secs(2))], true).await.unwrap();
     q.wake(&name).await.unwrap();
     // Where the backend can wake parked messages they come back at once; where it
     // cannot (SQS) they come back when the backoff ends. Either way they come back.

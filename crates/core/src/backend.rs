@@ -122,12 +122,10 @@ pub struct Received {
 /// visibility timeout and comes back unless deleted, long polls wake on arrival.
 #[async_trait]
 pub trait Queues: Send + Sync + 'static {
-    /// Creates the queue if missing; returns its URL.
+    /// Creates the queue if missing; returns its URL (what a worker is told to read from).
     async fn create_queue(&self, name: &str) -> Result<String>;
     /// Deletes the queue and its messages; deleting a missing queue is fine.
     async fn delete_queue(&self, name: &str) -> Result<()>;
-    /// The URL a worker is told to read from.
-    fn queue_url(&self, name: &str) -> String;
     /// Sends the bodies in order (batched by the backend). `QueueGone` if deleted.
     async fn send(&self, name: &str, bodies: &[String]) -> Result<()>;
     /// Up to `max` visible messages, waiting up to `wait` for the first. Received
@@ -135,9 +133,10 @@ pub trait Queues: Send + Sync + 'static {
     async fn receive(&self, name: &str, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<Received>>;
     /// Deletes received messages; stale receipts are ignored.
     async fn delete(&self, name: &str, receipts: &[String]) -> Result<()>;
-    /// Hides a received message for `hide` from now. `parked` marks it as waiting for
-    /// capacity, so that `wake` can bring it back early.
-    async fn change_visibility(&self, name: &str, receipt: &str, hide: Duration, parked: bool) -> Result<()>;
+    /// Hides received messages, each for its own duration from now (one batch call
+    /// where the backend has one). `parked` marks them as waiting for capacity, so that
+    /// `wake` can bring them back early. Stale receipts are ignored.
+    async fn change_visibility(&self, name: &str, changes: &[(String, Duration)], parked: bool) -> Result<()>;
     /// Makes parked messages visible now, where the backend can (new capacity appeared).
     /// SQS cannot; the default does nothing and the backoff bounds the wait.
     async fn wake(&self, _name: &str) -> Result<()> {

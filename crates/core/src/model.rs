@@ -93,6 +93,7 @@ pub struct Worker {
     pub ttl: Millis,
     /// SHA-256 of the worker's token, hex.
     pub token_hash: String,
+    /// The URL of the worker's queue.
     pub queue: String,
     pub created_at: Millis,
 }

@@ -95,7 +95,7 @@ impl Queues for SqliteBackend {
         self.conn()
             .execute("INSERT OR IGNORE INTO queues (name, created_at) VALUES (?1, ?2)", params![name, now_ms()])
             .map_err(db("create queue"))?;
-        Ok(self.queue_url(name))
+        Ok(format!("sqlite://{}#{name}", self.path.display()))
     }
 
     async fn delete_queue(&self, name: &str) -> Result<()> {
@@ -110,10 +110,6 @@ impl Queues for SqliteBackend {
         self.notifier(name).notify_waiters();
         self.notifiers.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         Ok(())
-    }
-
-    fn queue_url(&self, name: &str) -> String {
-        format!("sqlite://{}#{name}", self.path.display())
     }
 
     async fn send(&self, name: &str, bodies: &[String]) -> Result<()> {
@@ -187,18 +183,27 @@ impl Queues for SqliteBackend {
         tx.commit().map_err(db("commit delete"))
     }
 
-    async fn change_visibility(&self, name: &str, receipt: &str, hide: Duration, parked: bool) -> Result<()> {
-        let Some((id, count)) = parse_receipt(receipt) else {
-            return Ok(());
-        };
-        let visible_at = now_ms() + hide.as_millis() as i64;
-        self.conn()
-            .execute(
-                "UPDATE messages SET visible_at=?3, parked=?4 WHERE id=?1 AND receive_count=?2 AND queue=?5",
-                params![id, count, visible_at, parked, name],
-            )
-            .map_err(db("change visibility"))?;
-        if hide.is_zero() {
+    async fn change_visibility(&self, name: &str, changes: &[(String, Duration)], parked: bool) -> Result<()> {
+        let now = now_ms();
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction().map_err(db("begin change visibility"))?;
+            {
+                let mut upd = tx
+                    .prepare_cached(
+                        "UPDATE messages SET visible_at=?3, parked=?4 WHERE id=?1 AND receive_count=?2 AND queue=?5",
+                    )
+                    .map_err(db("prepare change visibility"))?;
+                for (receipt, hide) in changes {
+                    if let Some((id, count)) = parse_receipt(receipt) {
+                        let visible_at = now + hide.as_millis() as i64;
+                        upd.execute(params![id, count, visible_at, parked, name]).map_err(db("change visibility"))?;
+                    }
+                }
+            }
+            tx.commit().map_err(db("commit change visibility"))?;
+        }
+        if changes.iter().any(|(_, hide)| hide.is_zero()) {
             self.notifier(name).notify_waiters();
         }
         Ok(())

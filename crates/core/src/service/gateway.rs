@@ -138,10 +138,11 @@ impl Lineup {
             free: capacity,
             ttl: now + self.settings.worker_ttl_ms(),
             token_hash: auth::hash(&token),
-            queue: queue.clone(),
+            queue: String::new(),
             created_at: now,
         };
         let queue_url = self.queues.create_queue(&queue).await?;
+        let worker = Worker { queue: queue_url.clone(), ..worker };
         if let Err(e) = self.store.register_worker(&worker).await {
             // The pool was disbanded meanwhile: don't leave an orphan queue behind.
             let _ = self.queues.delete_queue(&queue).await;

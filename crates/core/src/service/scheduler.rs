@@ -124,6 +124,8 @@ impl Lineup {
         let no_holders = HashSet::new();
 
         let mut deliveries: HashMap<WorkerId, Vec<String>> = HashMap::new();
+        let mut deferred: Vec<(String, Duration)> = Vec::new();
+        let mut parked: Vec<(String, Duration)> = Vec::new();
         for (msg, rcv) in work {
             let Some(eval) = evals.get(&msg.eval_id) else {
                 if rcv.receive_count >= ORPHAN_RECEIVES {
@@ -131,7 +133,7 @@ impl Lineup {
                     to_delete.push(rcv.receipt);
                     sum.dropped += 1;
                 } else {
-                    self.queues.change_visibility(&queue, &rcv.receipt, DEFER, false).await?;
+                    deferred.push((rcv.receipt, DEFER));
                     sum.deferred += 1;
                 }
                 continue;
@@ -145,7 +147,7 @@ impl Lineup {
                 continue;
             }
             if eval.attempt < msg.attempt {
-                self.queues.change_visibility(&queue, &rcv.receipt, DEFER, false).await?;
+                deferred.push((rcv.receipt, DEFER));
                 sum.deferred += 1;
                 continue;
             }
@@ -174,8 +176,7 @@ impl Lineup {
                 }
                 Placed::Blocked(why) => {
                     self.note_blocked(eval, &why).await;
-                    let hide = self.backoff(rcv.receive_count);
-                    self.queues.change_visibility(&queue, &rcv.receipt, hide, true).await?;
+                    parked.push((rcv.receipt, self.backoff(rcv.receive_count)));
                     sum.blocked += 1;
                 }
             }
@@ -193,6 +194,12 @@ impl Lineup {
         }
         if !to_delete.is_empty() {
             self.queues.delete(&queue, &to_delete).await?;
+        }
+        if !deferred.is_empty() {
+            self.queues.change_visibility(&queue, &deferred, false).await?;
+        }
+        if !parked.is_empty() {
+            self.queues.change_visibility(&queue, &parked, true).await?;
         }
         if sum.placed > 0 || sum.blocked > 0 {
             info!(pool = %pool.pool_id, placed = sum.placed, blocked = sum.blocked, dropped = sum.dropped, "schedule pass");
