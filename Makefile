@@ -1,9 +1,22 @@
 # Lineup. `make run` starts Lineup on the embedded store; `make test` runs every test.
 CARGO ?= cargo
+PYTHON ?= python3
 DATA_DIR ?= .lineup
 LISTEN ?= 127.0.0.1:8080
+VENV := .venv
+# moto: DynamoDB + SQS on loopback for the AWS backend's tests (versions measured in
+# ../shared/AWS-LOCAL.md). The stamp file re-installs when this line changes.
+PY_PACKAGES := 'moto[dynamodb,sqs]==5.2.5' flask flask-cors
+VENV_STAMP := $(VENV)/.installed-$(shell echo "$(PY_PACKAGES)" | cksum | cut -d' ' -f1)
 
-.PHONY: build run test lint fmt clean
+.PHONY: build run test lint fmt clean venv
+
+$(VENV_STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PY_PACKAGES)
+	touch $@
+
+venv: $(VENV_STAMP)
 
 build:
 	$(CARGO) build --workspace
@@ -13,7 +26,7 @@ run:
 	$(CARGO) run -q -p lineup-cli --bin lineup -- dev --data-dir $(DATA_DIR) --listen $(LISTEN)
 
 # The black-box tests start the real `lineup` binary: build it first.
-test:
+test: $(VENV_STAMP)
 	$(CARGO) build -p lineup-cli --bin lineup
 	$(CARGO) test --workspace
 
@@ -26,4 +39,4 @@ fmt:
 
 clean:
 	$(CARGO) clean
-	rm -rf $(DATA_DIR)
+	rm -rf $(DATA_DIR) $(VENV)

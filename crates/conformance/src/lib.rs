@@ -17,6 +17,7 @@ use lineup_core::backend::Heartbeat;
 use lineup_core::service::{Finish, HeartbeatRequest, NewEval, SchedulerOptions};
 use lineup_core::*;
 
+pub mod moto;
 mod queues;
 mod service;
 mod store;
@@ -72,8 +73,10 @@ pub fn lineup_with(b: &Backend, settings: Settings) -> (Lineup, Arc<ManualClock>
     (l, clock)
 }
 
+/// A long poll of 1 s: SQS counts waits in whole seconds, and a shorter one would be a
+/// short poll that spins.
 pub fn fast_opts() -> SchedulerOptions {
-    SchedulerOptions { batch: 10, wait: Duration::from_millis(50), visibility: Duration::from_secs(30) }
+    SchedulerOptions { batch: 10, wait: Duration::from_secs(1), visibility: Duration::from_secs(30) }
 }
 
 pub const ADMIN: Principal = Principal::Admin;

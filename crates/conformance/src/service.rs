@@ -216,18 +216,26 @@ pub async fn service_concurrent_schedulers(b: Backend) {
             }
         }));
     }
-    // Workers: take what arrives and complete it.
-    let mut delivered: HashMap<EvalId, usize> = HashMap::new();
-    let end = tokio::time::Instant::now() + Duration::from_secs(120);
-    while delivered.len() < N {
-        assert!(tokio::time::Instant::now() < end, "only {} of {N} evals delivered", delivered.len());
-        for w in &workers {
-            for a in l.poll(&ADMIN, &pool.pool_id, w, Duration::ZERO, 10).await.unwrap() {
-                *delivered.entry(a.eval_id.clone()).or_default() += 1;
-                l.finish_alloc(&ADMIN, &pool.pool_id, &a.alloc_id, complete(0)).await.unwrap();
+    // Workers, each on its own task: long-poll, complete what arrives.
+    let delivered: Arc<std::sync::Mutex<HashMap<EvalId, usize>>> = Arc::default();
+    let mut runners = Vec::new();
+    for w in workers.clone() {
+        let (l, pool, delivered) = (l.clone(), pool.clone(), delivered.clone());
+        runners.push(tokio::spawn(async move {
+            let end = tokio::time::Instant::now() + Duration::from_secs(120);
+            while delivered.lock().unwrap().len() < N && tokio::time::Instant::now() < end {
+                for a in l.poll(&ADMIN, &pool.pool_id, &w, Duration::from_secs(1), 10).await.unwrap() {
+                    *delivered.lock().unwrap().entry(a.eval_id.clone()).or_default() += 1;
+                    l.finish_alloc(&ADMIN, &pool.pool_id, &a.alloc_id, complete(0)).await.unwrap();
+                }
             }
-        }
+        }));
     }
+    for r in runners {
+        r.await.unwrap();
+    }
+    let delivered = delivered.lock().unwrap().clone();
+    assert_eq!(delivered.len(), N, "every eval delivered");
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     for s in schedulers {
         s.await.unwrap();

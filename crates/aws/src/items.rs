@@ -1,0 +1,291 @@
+//! DynamoDB items and their conversion to the core's model. Attribute names follow the
+//! Go original where it had one (`pool`, `wrk`, `cap`, `ttl`, `rpl`, `alloc`). `None`
+//! is never written as NULL: absent attributes keep the sparse indexes sparse.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use lineup_core::*;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub type Item = HashMap<String, AttributeValue>;
+
+pub fn to_item<T: Serialize>(v: &T) -> Result<Item> {
+    serde_dynamo::to_item(v).map_err(|e| Error::backend("encode item", e))
+}
+
+pub fn from_item<T: DeserializeOwned>(i: Item) -> Result<T> {
+    serde_dynamo::from_item(i).map_err(|e| Error::backend("decode item", e))
+}
+
+pub fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+pub fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+/// A table key: `pool` plus an optional range attribute.
+pub fn key(pool: &PoolId, range: Option<(&str, &str)>) -> Item {
+    let mut k = HashMap::from([("pool".to_owned(), s(pool.as_str()))]);
+    if let Some((name, v)) = range {
+        k.insert(name.to_owned(), s(v));
+    }
+    k
+}
+
+/// Seconds since the epoch, for the DynamoDB TTL attribute `purge_at`.
+pub fn purge_at(ms: Millis, keep_secs: i64) -> i64 {
+    ms / 1000 + keep_secs
+}
+
+pub const DAY: i64 = 24 * 3600;
+
+#[derive(Serialize, Deserialize)]
+pub struct PoolItem {
+    pub pool: PoolId,
+    pub strategy: Strategy,
+    pub status: PoolStatus,
+    pub created: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disbanded_at: Option<Millis>,
+}
+
+impl From<&Pool> for PoolItem {
+    fn from(p: &Pool) -> Self {
+        PoolItem {
+            pool: p.pool_id.clone(),
+            strategy: p.strategy,
+            status: p.status,
+            created: p.created_at,
+            disbanded_at: p.disbanded_at,
+        }
+    }
+}
+
+impl From<PoolItem> for Pool {
+    fn from(p: PoolItem) -> Self {
+        Pool { pool_id: p.pool, strategy: p.strategy, status: p.status, created_at: p.created, disbanded_at: p.disbanded_at }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct WorkerItem {
+    pub pool: PoolId,
+    pub wrk: WorkerId,
+    pub capacity: u32,
+    /// Free capacity.
+    pub cap: u32,
+    pub ttl: Millis,
+    pub token_hash: String,
+    pub queue: String,
+    pub created: Millis,
+}
+
+impl From<&Worker> for WorkerItem {
+    fn from(w: &Worker) -> Self {
+        WorkerItem {
+            pool: w.pool_id.clone(),
+            wrk: w.worker_id.clone(),
+            capacity: w.capacity,
+            cap: w.free,
+            ttl: w.ttl,
+            token_hash: w.token_hash.clone(),
+            queue: w.queue.clone(),
+            created: w.created_at,
+        }
+    }
+}
+
+impl From<WorkerItem> for Worker {
+    fn from(w: WorkerItem) -> Self {
+        Worker {
+            pool_id: w.pool,
+            worker_id: w.wrk,
+            capacity: w.capacity,
+            free: w.cap,
+            ttl: w.ttl,
+            token_hash: w.token_hash,
+            queue: w.queue,
+            created_at: w.created,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ReplicaItem {
+    pub pool: PoolId,
+    /// `{dataset}:{worker}`, the original's key.
+    pub rpl: String,
+    pub dataset: String,
+    pub wrk: WorkerId,
+    pub ttl: Millis,
+    pub purge_at: i64,
+}
+
+impl From<ReplicaItem> for Replica {
+    fn from(r: ReplicaItem) -> Self {
+        Replica { pool_id: r.pool, dataset: r.dataset, worker_id: r.wrk, ttl: r.ttl }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct AllocItem {
+    pub pool: PoolId,
+    pub alloc: AllocId,
+    pub wrk: WorkerId,
+    pub eval: EvalId,
+    pub size: u32,
+    pub attempt: u32,
+    /// Present only while live, so the `by_ttl` index holds live allocs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Millis>,
+    /// The alloc's TTL, kept after release.
+    pub exp: Millis,
+    pub state: AllocState,
+    pub stop: bool,
+    pub created: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purge_at: Option<i64>,
+}
+
+impl From<&Alloc> for AllocItem {
+    fn from(a: &Alloc) -> Self {
+        let live = a.state == AllocState::Live;
+        AllocItem {
+            pool: a.pool_id.clone(),
+            alloc: a.alloc_id.clone(),
+            wrk: a.worker_id.clone(),
+            eval: a.eval_id.clone(),
+            size: a.size,
+            attempt: a.attempt,
+            ttl: live.then_some(a.ttl),
+            exp: a.ttl,
+            state: a.state,
+            stop: a.stop,
+            created: a.created_at,
+            purge_at: None,
+        }
+    }
+}
+
+impl From<AllocItem> for Alloc {
+    fn from(a: AllocItem) -> Self {
+        Alloc {
+            pool_id: a.pool,
+            alloc_id: a.alloc,
+            worker_id: a.wrk,
+            eval_id: a.eval,
+            size: a.size,
+            attempt: a.attempt,
+            ttl: a.ttl.unwrap_or(a.exp),
+            state: a.state,
+            stop: a.stop,
+            created_at: a.created,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct EvalItem {
+    pub pool: PoolId,
+    pub eval: EvalId,
+    pub size: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    /// The payload as JSON text: exact, whatever its shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    pub status: EvalStatus,
+    pub attempt: u32,
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrk: Option<WorkerId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alloc_id: Option<AllocId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ikey: Option<String>,
+    pub created: Millis,
+    pub updated: Millis,
+    /// `{pool}#{status}`: the `by_status` index's partition.
+    pub pst: String,
+}
+
+pub fn pst(pool: &PoolId, status: EvalStatus) -> String {
+    format!("{pool}#{}", status.as_str())
+}
+
+impl From<&Eval> for EvalItem {
+    fn from(e: &Eval) -> Self {
+        EvalItem {
+            pool: e.pool_id.clone(),
+            eval: e.eval_id.clone(),
+            size: e.size,
+            dataset: e.dataset.clone(),
+            payload: e.payload.as_ref().map(|p| p.to_string()),
+            status: e.status,
+            attempt: e.attempt,
+            version: e.version,
+            wrk: e.worker_id.clone(),
+            alloc_id: e.alloc_id.clone(),
+            exit_code: e.exit_code,
+            output: e.output.clone(),
+            reason: e.reason.clone(),
+            ikey: e.idempotency_key.clone(),
+            created: e.created_at,
+            updated: e.updated_at,
+            pst: pst(&e.pool_id, e.status),
+        }
+    }
+}
+
+impl TryFrom<EvalItem> for Eval {
+    type Error = Error;
+    fn try_from(e: EvalItem) -> Result<Self> {
+        let payload =
+            e.payload.map(|p| serde_json::from_str(&p)).transpose().map_err(|err| Error::backend("decode payload", err))?;
+        Ok(Eval {
+            pool_id: e.pool,
+            eval_id: e.eval,
+            size: e.size,
+            dataset: e.dataset,
+            payload,
+            status: e.status,
+            attempt: e.attempt,
+            version: e.version,
+            worker_id: e.wrk,
+            alloc_id: e.alloc_id,
+            exit_code: e.exit_code,
+            output: e.output,
+            reason: e.reason,
+            idempotency_key: e.ikey,
+            created_at: e.created,
+            updated_at: e.updated,
+        })
+    }
+}
+
+/// An idempotency key's claim, stored in the evals table beside the evals.
+#[derive(Serialize, Deserialize)]
+pub struct KeyItem {
+    pub pool: PoolId,
+    /// `k#{key}`: never a valid eval id, so it cannot collide with one.
+    pub eval: String,
+    pub target: EvalId,
+}
+
+pub fn key_sk(key: &str) -> String {
+    format!("k#{key}")
+}
+
+pub fn eval_from_item(i: Item) -> Result<Eval> {
+    Eval::try_from(from_item::<EvalItem>(i)?)
+}

@@ -1,0 +1,797 @@
+//! `Store` over DynamoDB. The writes that move capacity are single
+//! `TransactWriteItems`; a cancelled transaction is read from its cancellation
+//! reasons. Reads of records are strongly consistent; the `by_cap` and `by_status`
+//! GSIs are eventually consistent and used only where a stale answer is harmless
+//! (candidates are re-checked by the conditional claim). Every query paginates.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    ConditionCheck, DeleteRequest, KeysAndAttributes, Put, PutRequest, Select, TransactWriteItem, Update,
+    WriteRequest,
+};
+use lineup_core::backend::Heartbeat;
+use lineup_core::*;
+
+use crate::items::*;
+use crate::tables::{BY_CAP, BY_CREATED, BY_STATUS, BY_TTL};
+use crate::{sdk_err, AwsBackend};
+
+/// What a cancelled transaction says, item by item: `Some("ConditionalCheckFailed")`, …
+enum TxError {
+    Cancelled(Vec<Option<String>>),
+    Other(Error),
+}
+
+impl TxError {
+    fn failed(reasons: &[Option<String>], i: usize) -> bool {
+        reasons.get(i).and_then(|r| r.as_deref()) == Some("ConditionalCheckFailed")
+    }
+}
+
+fn names(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+    Some(pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect())
+}
+
+fn build<T, E: std::error::Error>(r: std::result::Result<T, E>) -> Result<T> {
+    r.map_err(|e| sdk_err("build request", e))
+}
+
+fn ccf<E: std::error::Error + 'static, R: std::fmt::Debug>(e: &SdkError<E, R>) -> bool
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    e.as_service_error().and_then(|s| s.code()) == Some("ConditionalCheckFailedException")
+}
+
+impl AwsBackend {
+    async fn get(&self, table: &str, key: Item) -> Result<Option<Item>> {
+        let r = self
+            .ddb
+            .get_item()
+            .table_name(table)
+            .set_key(Some(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_err(format!("get from {table}"), e))?;
+        Ok(r.item)
+    }
+
+    /// Every page of a query.
+    async fn query_all(&self, q: QueryFluentBuilder, context: &str) -> Result<Vec<Item>> {
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let r = q.clone().set_exclusive_start_key(start).send().await.map_err(|e| sdk_err(context, e))?;
+            out.extend(r.items.unwrap_or_default());
+            match r.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Pages until `limit` items.
+    async fn query_limit(&self, q: QueryFluentBuilder, limit: usize, context: &str) -> Result<Vec<Item>> {
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let page = (limit - out.len()).min(1000) as i32;
+            let r = q.clone().limit(page).set_exclusive_start_key(start).send().await.map_err(|e| sdk_err(context, e))?;
+            out.extend(r.items.unwrap_or_default());
+            match r.last_evaluated_key {
+                Some(k) if !k.is_empty() && out.len() < limit => start = Some(k),
+                _ => {
+                    out.truncate(limit);
+                    return Ok(out);
+                }
+            }
+        }
+    }
+
+    async fn count_all(&self, q: QueryFluentBuilder, context: &str) -> Result<u64> {
+        let q = q.select(Select::Count);
+        let mut total = 0u64;
+        let mut start = None;
+        loop {
+            let r = q.clone().set_exclusive_start_key(start).send().await.map_err(|e| sdk_err(context, e))?;
+            total += r.count.max(0) as u64;
+            match r.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(total),
+            }
+        }
+    }
+
+    fn by_pool(&self, table: &str, pool: &PoolId) -> QueryFluentBuilder {
+        self.ddb
+            .query()
+            .table_name(table)
+            .key_condition_expression("#p = :p")
+            .expression_attribute_names("#p", "pool")
+            .expression_attribute_values(":p", s(pool.as_str()))
+            .consistent_read(true)
+    }
+
+    /// Batch writes, 25 per request, retrying what comes back unprocessed.
+    async fn batch_write(&self, table: &str, mut reqs: Vec<WriteRequest>) -> Result<()> {
+        while !reqs.is_empty() {
+            let rest = reqs.split_off(reqs.len().min(25));
+            let mut batch = HashMap::from([(table.to_owned(), reqs)]);
+            for attempt in 0..8u32 {
+                let r = self
+                    .ddb
+                    .batch_write_item()
+                    .set_request_items(Some(batch))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err(format!("batch write {table}"), e))?;
+                match r.unprocessed_items {
+                    Some(u) if !u.is_empty() => {
+                        batch = u;
+                        tokio::time::sleep(std::time::Duration::from_millis(20 << attempt)).await;
+                    }
+                    _ => {
+                        batch = HashMap::new();
+                        break;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                return Err(Error::Backend(format!("batch write {table}: items still unprocessed after retries")));
+            }
+            reqs = rest;
+        }
+        Ok(())
+    }
+
+    async fn batch_delete(&self, table: &str, keys: Vec<Item>) -> Result<()> {
+        let reqs = keys
+            .into_iter()
+            .map(|k| build(DeleteRequest::builder().set_key(Some(k)).build()).map(|d| WriteRequest::builder().delete_request(d).build()))
+            .collect::<Result<Vec<_>>>()?;
+        self.batch_write(table, reqs).await
+    }
+
+    async fn transact(&self, items: Vec<TransactWriteItem>, context: &str) -> std::result::Result<(), TxError> {
+        match self.ddb.transact_write_items().set_transact_items(Some(items)).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => match e.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(c)) => Err(TxError::Cancelled(
+                    c.cancellation_reasons().iter().map(|r| r.code().map(str::to_owned)).collect(),
+                )),
+                _ => Err(TxError::Other(sdk_err(context, e))),
+            },
+        }
+    }
+
+    /// `NotFound` or `Disbanded`, after a check that the pool is active failed.
+    async fn pool_not_active(&self, pool: &PoolId) -> Error {
+        match self.get_pool(pool).await {
+            Ok(None) => Error::not_found(format!("pool {pool}")),
+            Ok(Some(p)) if p.status == PoolStatus::Active => Error::Conflict("pool changed; try again".into()),
+            Ok(Some(_)) => Error::Disbanded(pool.to_string()),
+            Err(e) => e,
+        }
+    }
+
+    fn pool_is_active(&self, pool: &PoolId) -> Result<TransactWriteItem> {
+        let check = build(
+            ConditionCheck::builder()
+                .table_name(&self.tables.pools)
+                .set_key(Some(key(pool, None)))
+                .condition_expression("#s = :active")
+                .set_expression_attribute_names(names(&[("#s", "status")]))
+                .expression_attribute_values(":active", s("active"))
+                .build(),
+        )?;
+        Ok(TransactWriteItem::builder().condition_check(check).build())
+    }
+
+    fn put_eval(&self, e: &Eval, expected: Option<u64>) -> Result<TransactWriteItem> {
+        let mut put = Put::builder().table_name(&self.tables.evals).set_item(Some(to_item(&EvalItem::from(e))?));
+        put = match expected {
+            Some(v) => put
+                .condition_expression("#v = :v")
+                .set_expression_attribute_names(names(&[("#v", "version")]))
+                .expression_attribute_values(":v", n(v)),
+            None => put.condition_expression("attribute_not_exists(#e)").set_expression_attribute_names(names(&[("#e", "eval")])),
+        };
+        Ok(TransactWriteItem::builder().put(build(put.build())?).build())
+    }
+
+    fn items<T: serde::de::DeserializeOwned>(items: Vec<Item>) -> Result<Vec<T>> {
+        items.into_iter().map(from_item).collect()
+    }
+}
+
+#[async_trait]
+impl Store for AwsBackend {
+    async fn create_pool(&self, p: &Pool) -> Result<()> {
+        self.ddb
+            .put_item()
+            .table_name(&self.tables.pools)
+            .set_item(Some(to_item(&PoolItem::from(p))?))
+            .condition_expression("attribute_not_exists(#p)")
+            .expression_attribute_names("#p", "pool")
+            .send()
+            .await
+            .map_err(|e| if ccf(&e) { Error::Conflict("pool id exists".into()) } else { sdk_err("put pool", e) })?;
+        Ok(())
+    }
+
+    async fn get_pool(&self, pool: &PoolId) -> Result<Option<Pool>> {
+        match self.get(&self.tables.pools, key(pool, None)).await? {
+            Some(i) => Ok(Some(from_item::<PoolItem>(i)?.into())),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_pools(&self) -> Result<Vec<Pool>> {
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let r = self
+                .ddb
+                .scan()
+                .table_name(&self.tables.pools)
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_err("scan pools", e))?;
+            for i in r.items.unwrap_or_default() {
+                out.push(Pool::from(from_item::<PoolItem>(i)?));
+            }
+            match r.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| (a.created_at, &a.pool_id).cmp(&(b.created_at, &b.pool_id)));
+        Ok(out)
+    }
+
+    async fn disband_pool(&self, pool: &PoolId, now: Millis) -> Result<Pool> {
+        let r = self
+            .ddb
+            .update_item()
+            .table_name(&self.tables.pools)
+            .set_key(Some(key(pool, None)))
+            .update_expression("SET #s = :d, #at = :now")
+            .condition_expression("#s = :active")
+            .set_expression_attribute_names(names(&[("#s", "status"), ("#at", "disbanded_at")]))
+            .expression_attribute_values(":d", s("disbanded"))
+            .expression_attribute_values(":active", s("active"))
+            .expression_attribute_values(":now", n(now))
+            .send()
+            .await;
+        match r {
+            Ok(_) => {}
+            Err(e) if ccf(&e) => {}
+            Err(e) => return Err(sdk_err("disband pool", e)),
+        }
+        self.get_pool(pool).await?.ok_or_else(|| Error::not_found(format!("pool {pool}")))
+    }
+
+    async fn purge_pool(&self, pool: &PoolId) -> Result<()> {
+        let t = &self.tables;
+        for (table, range) in [(&t.allocs, "alloc"), (&t.evals, "eval"), (&t.replicas, "rpl"), (&t.workers, "wrk")] {
+            let q = self
+                .by_pool(table, pool)
+                .projection_expression("#p, #r")
+                .expression_attribute_names("#r", range);
+            let keys = self.query_all(q, "purge query").await?;
+            self.batch_delete(table, keys).await?;
+        }
+        self.ddb
+            .delete_item()
+            .table_name(&t.pools)
+            .set_key(Some(key(pool, None)))
+            .send()
+            .await
+            .map_err(|e| sdk_err("delete pool", e))?;
+        Ok(())
+    }
+
+    async fn pool_stats(&self, pool: &PoolId, now: Millis) -> Result<PoolStats> {
+        let mut st = PoolStats::default();
+        for w in self.list_workers(pool).await? {
+            if w.is_live(now) {
+                st.workers += 1;
+                st.capacity += w.capacity as u64;
+                st.free += w.free as u64;
+            }
+        }
+        for status in [EvalStatus::Queued, EvalStatus::Failed] {
+            let q = self
+                .ddb
+                .query()
+                .table_name(&self.tables.evals)
+                .index_name(BY_STATUS)
+                .key_condition_expression("#k = :k")
+                .expression_attribute_names("#k", "pst")
+                .expression_attribute_values(":k", s(pst(pool, status)));
+            st.queued += self.count_all(q, "count evals").await?;
+        }
+        let q = self.by_pool(&self.tables.allocs, pool).index_name(BY_TTL);
+        st.allocs = self.count_all(q, "count allocs").await?;
+        Ok(st)
+    }
+
+    async fn register_worker(&self, w: &Worker) -> Result<()> {
+        let put = build(
+            Put::builder()
+                .table_name(&self.tables.workers)
+                .set_item(Some(to_item(&WorkerItem::from(w))?))
+                .condition_expression("attribute_not_exists(#w)")
+                .expression_attribute_names("#w", "wrk")
+                .build(),
+        )?;
+        let items = vec![self.pool_is_active(&w.pool_id)?, TransactWriteItem::builder().put(put).build()];
+        match self.transact(items, "register worker").await {
+            Ok(()) => Ok(()),
+            Err(TxError::Cancelled(r)) if TxError::failed(&r, 0) => Err(self.pool_not_active(&w.pool_id).await),
+            Err(TxError::Cancelled(_)) => Err(Error::Conflict("worker id exists".into())),
+            Err(TxError::Other(e)) => Err(e),
+        }
+    }
+
+    async fn get_worker(&self, pool: &PoolId, worker: &WorkerId) -> Result<Option<Worker>> {
+        match self.get(&self.tables.workers, key(pool, Some(("wrk", worker.as_str())))).await? {
+            Some(i) => Ok(Some(from_item::<WorkerItem>(i)?.into())),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_workers(&self, pool: &PoolId) -> Result<Vec<Worker>> {
+        let items = self.query_all(self.by_pool(&self.tables.workers, pool), "list workers").await?;
+        let mut ws: Vec<Worker> = Self::items::<WorkerItem>(items)?.into_iter().map(Worker::from).collect();
+        ws.sort_by(|a, b| (a.created_at, &a.worker_id).cmp(&(b.created_at, &b.worker_id)));
+        Ok(ws)
+    }
+
+    async fn candidates(&self, pool: &PoolId, min_free: u32, now: Millis) -> Result<Vec<Worker>> {
+        // The GSI cannot be read consistently: a hint, which the claim re-checks.
+        let q = self
+            .ddb
+            .query()
+            .table_name(&self.tables.workers)
+            .index_name(BY_CAP)
+            .key_condition_expression("#p = :p AND #c >= :m")
+            .filter_expression("#t > :now")
+            .set_expression_attribute_names(names(&[("#p", "pool"), ("#c", "cap"), ("#t", "ttl")]))
+            .expression_attribute_values(":p", s(pool.as_str()))
+            .expression_attribute_values(":m", n(min_free))
+            .expression_attribute_values(":now", n(now));
+        let items = self.query_all(q, "candidate workers").await?;
+        Ok(Self::items::<WorkerItem>(items)?.into_iter().map(Worker::from).collect())
+    }
+
+    async fn expired_workers(&self, pool: &PoolId, now: Millis) -> Result<Vec<Worker>> {
+        let q = self
+            .ddb
+            .query()
+            .table_name(&self.tables.workers)
+            .index_name(BY_TTL)
+            .key_condition_expression("#p = :p AND #t <= :now")
+            .set_expression_attribute_names(names(&[("#p", "pool"), ("#t", "ttl")]))
+            .expression_attribute_values(":p", s(pool.as_str()))
+            .expression_attribute_values(":now", n(now))
+            .consistent_read(true);
+        let items = self.query_all(q, "expired workers").await?;
+        Ok(Self::items::<WorkerItem>(items)?.into_iter().map(Worker::from).collect())
+    }
+
+    async fn delete_worker(&self, pool: &PoolId, worker: &WorkerId) -> Result<()> {
+        let q = self
+            .by_pool(&self.tables.replicas, pool)
+            .filter_expression("#w = :w")
+            .projection_expression("#p, #r")
+            .expression_attribute_names("#w", "wrk")
+            .expression_attribute_names("#r", "rpl")
+            .expression_attribute_values(":w", s(worker.as_str()));
+        let keys = self.query_all(q, "replicas of worker").await?;
+        self.batch_delete(&self.tables.replicas, keys).await?;
+        self.ddb
+            .delete_item()
+            .table_name(&self.tables.workers)
+            .set_key(Some(key(pool, Some(("wrk", worker.as_str())))))
+            .send()
+            .await
+            .map_err(|e| sdk_err("delete worker", e))?;
+        Ok(())
+    }
+
+    async fn heartbeat(&self, hb: &Heartbeat) -> Result<Vec<AllocId>> {
+        let r = self
+            .ddb
+            .update_item()
+            .table_name(&self.tables.workers)
+            .set_key(Some(key(&hb.pool, Some(("wrk", hb.worker.as_str())))))
+            .update_expression("SET #t = :t")
+            .condition_expression("attribute_exists(#w) AND #t > :now")
+            .set_expression_attribute_names(names(&[("#t", "ttl"), ("#w", "wrk")]))
+            .expression_attribute_values(":t", n(hb.ttl))
+            .expression_attribute_values(":now", n(hb.now))
+            .send()
+            .await;
+        match r {
+            Ok(_) => {}
+            Err(e) if ccf(&e) => {
+                return Err(match self.get_worker(&hb.pool, &hb.worker).await? {
+                    None => Error::not_found(format!("worker {}", hb.worker)),
+                    Some(_) => Error::Expired(hb.worker.to_string()),
+                });
+            }
+            Err(e) => return Err(sdk_err("heartbeat", e)),
+        }
+        if !hb.datasets.is_empty() {
+            let mut reqs = Vec::with_capacity(hb.datasets.len());
+            for d in &hb.datasets {
+                let item = ReplicaItem {
+                    pool: hb.pool.clone(),
+                    rpl: format!("{d}:{}", hb.worker),
+                    dataset: d.clone(),
+                    wrk: hb.worker.clone(),
+                    ttl: hb.replica_ttl,
+                    purge_at: purge_at(hb.replica_ttl, DAY),
+                };
+                let put = build(PutRequest::builder().set_item(Some(to_item(&item)?)).build())?;
+                reqs.push(WriteRequest::builder().put_request(put).build());
+            }
+            self.batch_write(&self.tables.replicas, reqs).await?;
+        }
+        let mut stop = Vec::new();
+        for a in &hb.allocs {
+            let r = self
+                .ddb
+                .update_item()
+                .table_name(&self.tables.allocs)
+                .set_key(Some(key(&hb.pool, Some(("alloc", a.as_str())))))
+                .update_expression("SET #t = :t, #e = :t")
+                .condition_expression("#w = :w AND #st = :live AND #stop = :no")
+                .set_expression_attribute_names(names(&[
+                    ("#t", "ttl"),
+                    ("#e", "exp"),
+                    ("#w", "wrk"),
+                    ("#st", "state"),
+                    ("#stop", "stop"),
+                ]))
+                .expression_attribute_values(":t", n(hb.alloc_ttl))
+                .expression_attribute_values(":w", s(hb.worker.as_str()))
+                .expression_attribute_values(":live", s("live"))
+                .expression_attribute_values(":no", aws_sdk_dynamodb::types::AttributeValue::Bool(false))
+                .send()
+                .await;
+            match r {
+                Ok(_) => {}
+                Err(e) if ccf(&e) => stop.push(a.clone()),
+                Err(e) => return Err(sdk_err("extend alloc", e)),
+            }
+        }
+        Ok(stop)
+    }
+
+    async fn replicas(&self, pool: &PoolId, datasets: &[String], now: Millis) -> Result<Vec<Replica>> {
+        let mut out = Vec::new();
+        for d in datasets {
+            let q = self
+                .ddb
+                .query()
+                .table_name(&self.tables.replicas)
+                .key_condition_expression("#p = :p AND begins_with(#r, :prefix)")
+                .filter_expression("#t > :now AND #d = :d")
+                .set_expression_attribute_names(names(&[("#p", "pool"), ("#r", "rpl"), ("#t", "ttl"), ("#d", "dataset")]))
+                .expression_attribute_values(":p", s(pool.as_str()))
+                .expression_attribute_values(":prefix", s(format!("{d}:")))
+                .expression_attribute_values(":now", n(now))
+                .expression_attribute_values(":d", s(d.as_str()))
+                .consistent_read(true);
+            let items = self.query_all(q, "replicas").await?;
+            out.extend(Self::items::<ReplicaItem>(items)?.into_iter().map(Replica::from));
+        }
+        Ok(out)
+    }
+
+    async fn delete_expired_replicas(&self, pool: &PoolId, now: Millis) -> Result<u64> {
+        let q = self
+            .ddb
+            .query()
+            .table_name(&self.tables.replicas)
+            .index_name(BY_TTL)
+            .key_condition_expression("#p = :p AND #t <= :now")
+            .projection_expression("#p, #r")
+            .set_expression_attribute_names(names(&[("#p", "pool"), ("#t", "ttl"), ("#r", "rpl")]))
+            .expression_attribute_values(":p", s(pool.as_str()))
+            .expression_attribute_values(":now", n(now))
+            .consistent_read(true);
+        let keys = self.query_all(q, "expired replicas").await?;
+        let count = keys.len() as u64;
+        self.batch_delete(&self.tables.replicas, keys).await?;
+        Ok(count)
+    }
+
+    async fn insert_eval(&self, e: &Eval) -> Result<Option<Eval>> {
+        let mut items = vec![self.pool_is_active(&e.pool_id)?, self.put_eval(e, None)?];
+        if let Some(k) = &e.idempotency_key {
+            let claim = KeyItem { pool: e.pool_id.clone(), eval: key_sk(k), target: e.eval_id.clone() };
+            let put = build(
+                Put::builder()
+                    .table_name(&self.tables.evals)
+                    .set_item(Some(to_item(&claim)?))
+                    .condition_expression("attribute_not_exists(#e)")
+                    .expression_attribute_names("#e", "eval")
+                    .build(),
+            )?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        match self.transact(items, "insert eval").await {
+            Ok(()) => Ok(None),
+            Err(TxError::Cancelled(r)) if TxError::failed(&r, 0) => Err(self.pool_not_active(&e.pool_id).await),
+            Err(TxError::Cancelled(r)) if TxError::failed(&r, 2) => {
+                let key = e.idempotency_key.as_deref().unwrap_or_default();
+                match self.find_eval_by_key(&e.pool_id, key).await? {
+                    Some(existing) => Ok(Some(existing)),
+                    None => Err(Error::Conflict("idempotency key being claimed; try again".into())),
+                }
+            }
+            Err(TxError::Cancelled(r)) => Err(Error::Conflict(format!("insert eval cancelled: {r:?}"))),
+            Err(TxError::Other(e)) => Err(e),
+        }
+    }
+
+    async fn get_eval(&self, pool: &PoolId, eval: &EvalId) -> Result<Option<Eval>> {
+        match self.get(&self.tables.evals, key(pool, Some(("eval", eval.as_str())))).await? {
+            Some(i) => Ok(Some(eval_from_item(i)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn find_eval_by_key(&self, pool: &PoolId, k: &str) -> Result<Option<Eval>> {
+        let Some(i) = self.get(&self.tables.evals, key(pool, Some(("eval", &key_sk(k))))).await? else {
+            return Ok(None);
+        };
+        let claim: KeyItem = from_item(i)?;
+        self.get_eval(pool, &claim.target).await
+    }
+
+    async fn get_evals(&self, pool: &PoolId, ids: &[EvalId]) -> Result<Vec<Eval>> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut unique: Vec<&EvalId> = ids.iter().collect();
+        unique.sort();
+        unique.dedup();
+        for chunk in unique.chunks(100) {
+            let keys: Vec<Item> = chunk.iter().map(|id| key(pool, Some(("eval", id.as_str())))).collect();
+            let mut req = HashMap::from([(
+                self.tables.evals.clone(),
+                build(KeysAndAttributes::builder().set_keys(Some(keys)).consistent_read(true).build())?,
+            )]);
+            for attempt in 0..8u32 {
+                let r = self
+                    .ddb
+                    .batch_get_item()
+                    .set_request_items(Some(req))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err("batch get evals", e))?;
+                for i in r.responses.unwrap_or_default().remove(&self.tables.evals).unwrap_or_default() {
+                    out.push(eval_from_item(i)?);
+                }
+                match r.unprocessed_keys {
+                    Some(u) if !u.is_empty() => {
+                        req = u;
+                        tokio::time::sleep(std::time::Duration::from_millis(20 << attempt)).await;
+                    }
+                    _ => {
+                        req = HashMap::new();
+                        break;
+                    }
+                }
+            }
+            if !req.is_empty() {
+                return Err(Error::Backend("batch get evals: keys still unprocessed after retries".into()));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn list_evals(&self, pool: &PoolId, status: Option<EvalStatus>, limit: usize) -> Result<Vec<Eval>> {
+        let q = match status {
+            Some(st) => self
+                .ddb
+                .query()
+                .table_name(&self.tables.evals)
+                .index_name(BY_STATUS)
+                .key_condition_expression("#k = :k")
+                .expression_attribute_names("#k", "pst")
+                .expression_attribute_values(":k", s(pst(pool, st))),
+            None => self.by_pool(&self.tables.evals, pool).index_name(BY_CREATED),
+        };
+        let items = self.query_limit(q.scan_index_forward(false), limit, "list evals").await?;
+        items.into_iter().map(eval_from_item).collect()
+    }
+
+    async fn unfinished_evals(&self, pool: &PoolId) -> Result<Vec<Eval>> {
+        let mut out = Vec::new();
+        for st in [EvalStatus::Queued, EvalStatus::Placed, EvalStatus::Failed] {
+            let q = self
+                .ddb
+                .query()
+                .table_name(&self.tables.evals)
+                .index_name(BY_STATUS)
+                .key_condition_expression("#k = :k")
+                .expression_attribute_names("#k", "pst")
+                .expression_attribute_values(":k", s(pst(pool, st)));
+            for i in self.query_all(q, "unfinished evals").await? {
+                out.push(eval_from_item(i)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn update_eval(&self, e: &Eval, expected: u64) -> Result<()> {
+        self.ddb
+            .put_item()
+            .table_name(&self.tables.evals)
+            .set_item(Some(to_item(&EvalItem::from(e))?))
+            .condition_expression("#v = :v")
+            .expression_attribute_names("#v", "version")
+            .expression_attribute_values(":v", n(expected))
+            .send()
+            .await
+            .map_err(|err| if ccf(&err) { Error::Conflict("eval changed".into()) } else { sdk_err("update eval", err) })?;
+        Ok(())
+    }
+
+    async fn get_alloc(&self, pool: &PoolId, alloc: &AllocId) -> Result<Option<Alloc>> {
+        match self.get(&self.tables.allocs, key(pool, Some(("alloc", alloc.as_str())))).await? {
+            Some(i) => Ok(Some(from_item::<AllocItem>(i)?.into())),
+            None => Ok(None),
+        }
+    }
+
+    async fn live_allocs(&self, pool: &PoolId, worker: Option<&WorkerId>) -> Result<Vec<Alloc>> {
+        // The sparse by_ttl index holds exactly the live allocs.
+        let mut q = self.by_pool(&self.tables.allocs, pool).index_name(BY_TTL);
+        if let Some(w) = worker {
+            q = q.filter_expression("#w = :w").expression_attribute_names("#w", "wrk").expression_attribute_values(":w", s(w.as_str()));
+        }
+        let items = self.query_all(q, "live allocs").await?;
+        Ok(Self::items::<AllocItem>(items)?.into_iter().map(Alloc::from).collect())
+    }
+
+    async fn expired_allocs(&self, pool: &PoolId, now: Millis) -> Result<Vec<Alloc>> {
+        let q = self
+            .ddb
+            .query()
+            .table_name(&self.tables.allocs)
+            .index_name(BY_TTL)
+            .key_condition_expression("#p = :p AND #t <= :now")
+            .set_expression_attribute_names(names(&[("#p", "pool"), ("#t", "ttl")]))
+            .expression_attribute_values(":p", s(pool.as_str()))
+            .expression_attribute_values(":now", n(now))
+            .consistent_read(true);
+        let items = self.query_all(q, "expired allocs").await?;
+        Ok(Self::items::<AllocItem>(items)?.into_iter().map(Alloc::from).collect())
+    }
+
+    async fn place(&self, a: &Alloc, e: &Eval, expected: u64, now: Millis) -> Result<()> {
+        let claim = build(
+            Update::builder()
+                .table_name(&self.tables.workers)
+                .set_key(Some(key(&a.pool_id, Some(("wrk", a.worker_id.as_str())))))
+                .update_expression("SET #c = #c - :size")
+                .condition_expression("#c >= :size AND #t > :now")
+                .set_expression_attribute_names(names(&[("#c", "cap"), ("#t", "ttl")]))
+                .expression_attribute_values(":size", n(a.size))
+                .expression_attribute_values(":now", n(now))
+                .build(),
+        )?;
+        let put_alloc = build(
+            Put::builder()
+                .table_name(&self.tables.allocs)
+                .set_item(Some(to_item(&AllocItem::from(a))?))
+                .condition_expression("attribute_not_exists(#a)")
+                .expression_attribute_names("#a", "alloc")
+                .build(),
+        )?;
+        let items = vec![
+            TransactWriteItem::builder().update(claim).build(),
+            TransactWriteItem::builder().put(put_alloc).build(),
+            self.put_eval(e, Some(expected))?,
+        ];
+        match self.transact(items, "place").await {
+            Ok(()) => Ok(()),
+            Err(TxError::Cancelled(r)) => Err(Error::Conflict(
+                if TxError::failed(&r, 0) {
+                    "worker has not enough free capacity or is not live"
+                } else if TxError::failed(&r, 1) {
+                    "alloc id exists"
+                } else if TxError::failed(&r, 2) {
+                    "eval changed"
+                } else {
+                    "transaction cancelled"
+                }
+                .into(),
+            )),
+            Err(TxError::Other(e)) => Err(e),
+        }
+    }
+
+    async fn release(&self, a: &Alloc, eval: Option<(&Eval, u64)>) -> Result<()> {
+        let free_alloc = build(
+            Update::builder()
+                .table_name(&self.tables.allocs)
+                .set_key(Some(key(&a.pool_id, Some(("alloc", a.alloc_id.as_str())))))
+                .update_expression("SET #st = :rel, #pa = :pa REMOVE #t")
+                .condition_expression("#st = :live")
+                .set_expression_attribute_names(names(&[("#st", "state"), ("#pa", "purge_at"), ("#t", "ttl")]))
+                .expression_attribute_values(":rel", s("released"))
+                .expression_attribute_values(":live", s("live"))
+                .expression_attribute_values(":pa", n(purge_at(a.ttl.max(0), DAY)))
+                .build(),
+        )?;
+        let give_back = build(
+            Update::builder()
+                .table_name(&self.tables.workers)
+                .set_key(Some(key(&a.pool_id, Some(("wrk", a.worker_id.as_str())))))
+                .update_expression("SET #c = #c + :size")
+                .condition_expression("attribute_exists(#w)")
+                .set_expression_attribute_names(names(&[("#c", "cap"), ("#w", "wrk")]))
+                .expression_attribute_values(":size", n(a.size))
+                .build(),
+        )?;
+        let eval_put = eval.map(|(e, v)| self.put_eval(e, Some(v))).transpose()?;
+        // First with the worker; if only the worker is gone, again without it: a removed
+        // worker must not make release fail forever.
+        for with_worker in [true, false] {
+            let mut items = vec![TransactWriteItem::builder().update(free_alloc.clone()).build()];
+            if with_worker {
+                items.push(TransactWriteItem::builder().update(give_back.clone()).build());
+            }
+            if let Some(p) = &eval_put {
+                items.push(p.clone());
+            }
+            let eval_idx = if with_worker { 2 } else { 1 };
+            match self.transact(items, "release").await {
+                Ok(()) => return Ok(()),
+                Err(TxError::Cancelled(r)) if TxError::failed(&r, 0) => {
+                    return Err(Error::Conflict("alloc already released".into()))
+                }
+                Err(TxError::Cancelled(r)) if eval.is_some() && TxError::failed(&r, eval_idx) => {
+                    return Err(Error::Conflict("eval changed".into()))
+                }
+                Err(TxError::Cancelled(r)) if with_worker && TxError::failed(&r, 1) => continue,
+                Err(TxError::Cancelled(r)) => return Err(Error::Conflict(format!("release cancelled: {r:?}"))),
+                Err(TxError::Other(e)) => return Err(e),
+            }
+        }
+        Err(Error::Conflict("release cancelled".into()))
+    }
+
+    async fn cancel_placed(&self, e: &Eval, expected: u64, alloc: &AllocId) -> Result<()> {
+        let flag = build(
+            Update::builder()
+                .table_name(&self.tables.allocs)
+                .set_key(Some(key(&e.pool_id, Some(("alloc", alloc.as_str())))))
+                .update_expression("SET #stop = :yes")
+                .condition_expression("#st = :live")
+                .set_expression_attribute_names(names(&[("#stop", "stop"), ("#st", "state")]))
+                .expression_attribute_values(":yes", aws_sdk_dynamodb::types::AttributeValue::Bool(true))
+                .expression_attribute_values(":live", s("live"))
+                .build(),
+        )?;
+        let items = vec![self.put_eval(e, Some(expected))?, TransactWriteItem::builder().update(flag).build()];
+        match self.transact(items, "cancel placed").await {
+            Ok(()) => Ok(()),
+            Err(TxError::Cancelled(_)) => Err(Error::Conflict("eval or alloc changed".into())),
+            Err(TxError::Other(e)) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! A moto server (DynamoDB + SQS) on a free loopback port, started once per test
+//! process and stopped when the process ends. `make test` installs moto into `.venv`.
+//!
+//! Tests share the server and keep apart by naming: each test gets its own table
+//! prefix and its own queue names, so they run in parallel without a reset between them.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub struct Moto {
+    pub endpoint: String,
+    pub port: u16,
+}
+
+fn moto_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("LINEUP_MOTO_SERVER") {
+        return PathBuf::from(p);
+    }
+    // crates/conformance → the workspace root.
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.join(".venv/bin/moto_server")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+fn ready(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(s.read(&mut buf), Ok(n) if n >= 12 && buf.starts_with(b"HTTP/1.") && &buf[9..12] == b"200")
+}
+
+impl Moto {
+    /// The shared server of this test process.
+    pub fn shared() -> &'static Moto {
+        static MOTO: OnceLock<Moto> = OnceLock::new();
+        MOTO.get_or_init(Moto::start)
+    }
+
+    fn start() -> Moto {
+        let bin = moto_bin();
+        assert!(bin.exists(), "{} not found: run `make test` (it installs moto into .venv)", bin.display());
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("lineup-moto-{port}.log"));
+        // A watchdog shell stops moto when this test process is gone, however it ends.
+        let script = format!(
+            "\"{bin}\" -H 127.0.0.1 -p {port} >\"{log}\" 2>&1 & m=$!; \
+             while kill -0 {pid} 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 0.5; done; kill $m 2>/dev/null",
+            bin = bin.display(),
+            log = log.display(),
+            pid = std::process::id()
+        );
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let end = Instant::now() + Duration::from_secs(30);
+        while !ready(port) {
+            assert!(Instant::now() < end, "moto_server did not answer on port {port}; see {}", log.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Moto { endpoint: format!("http://127.0.0.1:{port}"), port }
+    }
+}
+
+/// Environment that points the AWS SDK (in this process or a child) at moto.
+pub fn sdk_env(m: &Moto) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", m.endpoint.clone()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+    ]
+}
