@@ -27,7 +27,7 @@ run:
 
 # The black-box tests start the real `lineup` binary: build it first.
 test: $(VENV_STAMP)
-	$(CARGO) build -p lineup-cli --bin lineup
+	$(CARGO) build -p lineup-cli -p lineup-fn-dispatch --bins
 	$(CARGO) test --workspace
 
 lint:

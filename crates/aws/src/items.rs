@@ -67,7 +67,13 @@ impl From<&Pool> for PoolItem {
 
 impl From<PoolItem> for Pool {
     fn from(p: PoolItem) -> Self {
-        Pool { pool_id: p.pool, strategy: p.strategy, status: p.status, created_at: p.created, disbanded_at: p.disbanded_at }
+        Pool {
+            pool_id: p.pool,
+            strategy: p.strategy,
+            status: p.status,
+            created_at: p.created,
+            disbanded_at: p.disbanded_at,
+        }
     }
 }
 
@@ -250,8 +256,11 @@ impl From<&Eval> for EvalItem {
 impl TryFrom<EvalItem> for Eval {
     type Error = Error;
     fn try_from(e: EvalItem) -> Result<Self> {
-        let payload =
-            e.payload.map(|p| serde_json::from_str(&p)).transpose().map_err(|err| Error::backend("decode payload", err))?;
+        let payload = e
+            .payload
+            .map(|p| serde_json::from_str(&p))
+            .transpose()
+            .map_err(|err| Error::backend("decode payload", err))?;
         Ok(Eval {
             pool_id: e.pool,
             eval_id: e.eval,

@@ -67,6 +67,23 @@ impl AwsBackend {
         Self::from_conf(&conf, &opts.table_prefix)
     }
 
+    /// For a local emulator (moto): fixed region and static test credentials, unless the
+    /// environment gives credentials of its own.
+    pub async fn for_emulator(endpoint_url: &str, table_prefix: &str) -> Self {
+        let creds = match (std::env::var("AWS_ACCESS_KEY_ID"), std::env::var("AWS_SECRET_ACCESS_KEY")) {
+            (Ok(k), Ok(s)) => (k, s),
+            _ => ("test".to_owned(), "test".to_owned()),
+        };
+        let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".to_owned());
+        Self::connect(&AwsOptions {
+            endpoint_url: Some(endpoint_url.to_owned()),
+            region: Some(region),
+            static_credentials: Some(creds),
+            table_prefix: table_prefix.to_owned(),
+        })
+        .await
+    }
+
     pub fn from_conf(conf: &aws_config::SdkConfig, table_prefix: &str) -> Self {
         let calls = CallCounter::default();
         let ddb_conf = aws_sdk_dynamodb::config::Builder::from(conf).interceptor(calls.interceptor()).build();

@@ -52,7 +52,8 @@ impl AwsBackend {
         if let Some(prefix) = self.queue_prefix.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
             return Ok(format!("{prefix}{name}"));
         }
-        let r = self.sqs.get_queue_url().queue_name(name).send().await.map_err(|e| map_err(name, "get queue url", e))?;
+        let r =
+            self.sqs.get_queue_url().queue_name(name).send().await.map_err(|e| map_err(name, "get queue url", e))?;
         let url = r.queue_url.ok_or_else(|| Error::Backend(format!("no url for queue {name}")))?;
         self.learn_prefix(name, &url);
         Ok(url)
@@ -98,7 +99,10 @@ impl Queues for AwsBackend {
         while start < bodies.len() {
             let mut end = start;
             let mut bytes = 0;
-            while end < bodies.len() && end - start < 10 && (end == start || bytes + bodies[end].len() <= MAX_BATCH_BYTES) {
+            while end < bodies.len()
+                && end - start < 10
+                && (end == start || bytes + bodies[end].len() <= MAX_BATCH_BYTES)
+            {
                 bytes += bodies[end].len();
                 end += 1;
             }

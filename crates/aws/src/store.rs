@@ -11,8 +11,7 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    ConditionCheck, DeleteRequest, KeysAndAttributes, Put, PutRequest, Select, TransactWriteItem, Update,
-    WriteRequest,
+    ConditionCheck, DeleteRequest, KeysAndAttributes, Put, PutRequest, Select, TransactWriteItem, Update, WriteRequest,
 };
 use lineup_core::backend::Heartbeat;
 use lineup_core::*;
@@ -82,7 +81,8 @@ impl AwsBackend {
         let mut start = None;
         loop {
             let page = (limit - out.len()).min(1000) as i32;
-            let r = q.clone().limit(page).set_exclusive_start_key(start).send().await.map_err(|e| sdk_err(context, e))?;
+            let r =
+                q.clone().limit(page).set_exclusive_start_key(start).send().await.map_err(|e| sdk_err(context, e))?;
             out.extend(r.items.unwrap_or_default());
             match r.last_evaluated_key {
                 Some(k) if !k.is_empty() && out.len() < limit => start = Some(k),
@@ -153,7 +153,10 @@ impl AwsBackend {
     async fn batch_delete(&self, table: &str, keys: Vec<Item>) -> Result<()> {
         let reqs = keys
             .into_iter()
-            .map(|k| build(DeleteRequest::builder().set_key(Some(k)).build()).map(|d| WriteRequest::builder().delete_request(d).build()))
+            .map(|k| {
+                build(DeleteRequest::builder().set_key(Some(k)).build())
+                    .map(|d| WriteRequest::builder().delete_request(d).build())
+            })
             .collect::<Result<Vec<_>>>()?;
         self.batch_write(table, reqs).await
     }
@@ -200,7 +203,9 @@ impl AwsBackend {
                 .condition_expression("#v = :v")
                 .set_expression_attribute_names(names(&[("#v", "version")]))
                 .expression_attribute_values(":v", n(v)),
-            None => put.condition_expression("attribute_not_exists(#e)").set_expression_attribute_names(names(&[("#e", "eval")])),
+            None => put
+                .condition_expression("attribute_not_exists(#e)")
+                .set_expression_attribute_names(names(&[("#e", "eval")])),
         };
         Ok(TransactWriteItem::builder().put(build(put.build())?).build())
     }
@@ -282,10 +287,7 @@ impl Store for AwsBackend {
     async fn purge_pool(&self, pool: &PoolId) -> Result<()> {
         let t = &self.tables;
         for (table, range) in [(&t.allocs, "alloc"), (&t.evals, "eval"), (&t.replicas, "rpl"), (&t.workers, "wrk")] {
-            let q = self
-                .by_pool(table, pool)
-                .projection_expression("#p, #r")
-                .expression_attribute_names("#r", range);
+            let q = self.by_pool(table, pool).projection_expression("#p, #r").expression_attribute_names("#r", range);
             let keys = self.query_all(q, "purge query").await?;
             self.batch_delete(table, keys).await?;
         }
@@ -487,7 +489,12 @@ impl Store for AwsBackend {
                 .table_name(&self.tables.replicas)
                 .key_condition_expression("#p = :p AND begins_with(#r, :prefix)")
                 .filter_expression("#t > :now AND #d = :d")
-                .set_expression_attribute_names(names(&[("#p", "pool"), ("#r", "rpl"), ("#t", "ttl"), ("#d", "dataset")]))
+                .set_expression_attribute_names(names(&[
+                    ("#p", "pool"),
+                    ("#r", "rpl"),
+                    ("#t", "ttl"),
+                    ("#d", "dataset"),
+                ]))
                 .expression_attribute_values(":p", s(pool.as_str()))
                 .expression_attribute_values(":prefix", s(format!("{d}:")))
                 .expression_attribute_values(":now", n(now))
@@ -645,7 +652,9 @@ impl Store for AwsBackend {
             .expression_attribute_values(":v", n(expected))
             .send()
             .await
-            .map_err(|err| if ccf(&err) { Error::Conflict("eval changed".into()) } else { sdk_err("update eval", err) })?;
+            .map_err(
+                |err| if ccf(&err) { Error::Conflict("eval changed".into()) } else { sdk_err("update eval", err) },
+            )?;
         Ok(())
     }
 
@@ -660,7 +669,10 @@ impl Store for AwsBackend {
         // The sparse by_ttl index holds exactly the live allocs.
         let mut q = self.by_pool(&self.tables.allocs, pool).index_name(BY_TTL);
         if let Some(w) = worker {
-            q = q.filter_expression("#w = :w").expression_attribute_names("#w", "wrk").expression_attribute_values(":w", s(w.as_str()));
+            q = q
+                .filter_expression("#w = :w")
+                .expression_attribute_names("#w", "wrk")
+                .expression_attribute_values(":w", s(w.as_str()));
         }
         let items = self.query_all(q, "live allocs").await?;
         Ok(Self::items::<AllocItem>(items)?.into_iter().map(Alloc::from).collect())

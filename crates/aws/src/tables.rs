@@ -15,8 +15,8 @@
 //! relies on DynamoDB deleting anything on time.
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, LocalSecondaryIndex,
-    Projection, ProjectionType, ScalarAttributeType,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, LocalSecondaryIndex, Projection,
+    ProjectionType, ScalarAttributeType,
 };
 use lineup_core::{Error, Result};
 
@@ -96,8 +96,20 @@ pub async fn create_tables(ddb: &aws_sdk_dynamodb::Client, t: &Tables) -> Result
             vec![gsi(BY_CAP, "pool", "cap")?],
             vec![lsi(BY_TTL, "ttl")?],
         ),
-        (t.replicas.clone(), vec![attr("pool", S)?, attr("rpl", S)?, attr("ttl", N)?], Some("rpl"), vec![], vec![lsi(BY_TTL, "ttl")?]),
-        (t.allocs.clone(), vec![attr("pool", S)?, attr("alloc", S)?, attr("ttl", N)?], Some("alloc"), vec![], vec![lsi(BY_TTL, "ttl")?]),
+        (
+            t.replicas.clone(),
+            vec![attr("pool", S)?, attr("rpl", S)?, attr("ttl", N)?],
+            Some("rpl"),
+            vec![],
+            vec![lsi(BY_TTL, "ttl")?],
+        ),
+        (
+            t.allocs.clone(),
+            vec![attr("pool", S)?, attr("alloc", S)?, attr("ttl", N)?],
+            Some("alloc"),
+            vec![],
+            vec![lsi(BY_TTL, "ttl")?],
+        ),
         (
             t.evals.clone(),
             vec![attr("pool", S)?, attr("eval", S)?, attr("pst", S)?, attr("created", N)?],
@@ -130,7 +142,12 @@ pub async fn create_tables(ddb: &aws_sdk_dynamodb::Client, t: &Tables) -> Result
     }
     for name in t.all() {
         for _ in 0..120 {
-            let d = ddb.describe_table().table_name(name).send().await.map_err(|e| sdk_err(format!("describe {name}"), e))?;
+            let d = ddb
+                .describe_table()
+                .table_name(name)
+                .send()
+                .await
+                .map_err(|e| sdk_err(format!("describe {name}"), e))?;
             if d.table().and_then(|t| t.table_status()).is_some_and(|s| s.as_str() == "ACTIVE") {
                 break;
             }

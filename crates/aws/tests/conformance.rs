@@ -3,20 +3,13 @@
 
 use std::sync::Arc;
 
-use lineup_aws::{create_tables, AwsBackend, AwsOptions};
+use lineup_aws::{create_tables, AwsBackend};
 use lineup_conformance::moto::Moto;
 use lineup_conformance::Backend;
 
 pub async fn aws_backend() -> AwsBackend {
-    let moto = Moto::shared();
     let prefix = format!("t{}", lineup_core::PoolId::generate());
-    let opts = AwsOptions {
-        endpoint_url: Some(moto.endpoint.clone()),
-        region: Some("us-east-1".into()),
-        static_credentials: Some(("test".into(), "test".into())),
-        table_prefix: prefix,
-    };
-    let b = AwsBackend::connect(&opts).await;
+    let b = AwsBackend::for_emulator(&Moto::shared().endpoint, &prefix).await;
     create_tables(b.dynamodb(), b.tables()).await.expect("create tables");
     b
 }

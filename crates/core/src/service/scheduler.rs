@@ -299,3 +299,83 @@ enum Placed {
     Stale,
     Blocked(String),
 }
+
+/// What `schedule_until` did, summed over its pools.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ScheduleSummary {
+    pub pools: usize,
+    pub passes: usize,
+    pub received: usize,
+    pub placed: usize,
+    pub blocked: usize,
+    pub dropped: usize,
+    pub deferred: usize,
+    pub errors: usize,
+}
+
+impl Lineup {
+    /// Schedules every active pool concurrently until `deadline` (the schedule Lambda
+    /// passes its own deadline minus a safety margin). No pass starts a long poll that
+    /// would outlast the deadline. Overlapping calls are safe.
+    pub async fn schedule_until(
+        &self,
+        deadline: tokio::time::Instant,
+        opts: &SchedulerOptions,
+    ) -> Result<ScheduleSummary> {
+        let pools: Vec<Pool> =
+            self.store.list_pools().await?.into_iter().filter(|p| p.status == PoolStatus::Active).collect();
+        let mut sum = ScheduleSummary { pools: pools.len(), ..Default::default() };
+        let mut tasks = tokio::task::JoinSet::new();
+        for pool in pools {
+            let (l, opts) = (self.clone(), opts.clone());
+            tasks.spawn(async move {
+                let mut s = ScheduleSummary::default();
+                loop {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if left < Duration::from_secs(1) {
+                        break;
+                    }
+                    let wait = opts.wait.min(left - Duration::from_secs(1));
+                    let o = SchedulerOptions { wait, ..opts.clone() };
+                    match l.schedule_pass(&pool, &o).await {
+                        Ok(p) => {
+                            s.passes += 1;
+                            s.received += p.received;
+                            s.placed += p.placed;
+                            s.blocked += p.blocked;
+                            s.dropped += p.dropped;
+                            s.deferred += p.deferred;
+                            if p.pool_gone {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            warn!(pool = %pool.pool_id, error = %e, "schedule pass failed");
+                            s.errors += 1;
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                        }
+                    }
+                }
+                s
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            match r {
+                Ok(s) => {
+                    sum.passes += s.passes;
+                    sum.received += s.received;
+                    sum.placed += s.placed;
+                    sum.blocked += s.blocked;
+                    sum.dropped += s.dropped;
+                    sum.deferred += s.deferred;
+                    sum.errors += s.errors;
+                }
+                Err(e) => {
+                    warn!(error = %e, "scheduler task failed");
+                    sum.errors += 1;
+                }
+            }
+        }
+        Ok(sum)
+    }
+}

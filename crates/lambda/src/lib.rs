@@ -1,0 +1,231 @@
+//! Lineup's Lambda handlers, shared by the thin binaries in `functions/`.
+//!
+//! - `schedule`: invoked by an EventBridge schedule; schedules every active pool until
+//!   its deadline minus a safety margin; returns a summary.
+//! - `release`: invoked by an EventBridge schedule; one release pass; returns a summary.
+//! - `gateway`: the same axum router as `lineup dev`, served by `lambda_http` (REST v1
+//!   and HTTP API v2 events; the stage prefix is ignored).
+//!
+//! As in the Go original, one `bootstrap` can serve all three: `role_for` maps the
+//! suffix of the invoked function's ARN (`-schedule`, `-release`, `-gateway`) to its
+//! handler, falling back to `AWS_LAMBDA_FUNCTION_NAME` where an emulator reports a
+//! placeholder ARN.
+
+use std::time::Duration;
+
+use lambda_runtime::LambdaEvent;
+use lineup_aws::{AwsBackend, AwsOptions};
+use lineup_core::service::{ScheduleSummary, SchedulerOptions};
+use lineup_core::{Lineup, Settings, SystemClock};
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LambdaError {
+    #[error("cannot tell which handler to run for {0:?}: the function name must end in one of {SUFFIXES}")]
+    UnknownRole(String),
+    #[error("invoked as {invoked:?}, but this instance runs the {running} handler")]
+    WrongRole { invoked: String, running: &'static str },
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Core(#[from] lineup_core::Error),
+}
+
+impl From<LambdaError> for lambda_runtime::Diagnostic {
+    fn from(e: LambdaError) -> Self {
+        let error_type = match &e {
+            LambdaError::UnknownRole(_) | LambdaError::WrongRole { .. } => "Lineup.Dispatch",
+            LambdaError::Config(_) => "Lineup.Config",
+            LambdaError::Core(c) => c.code(),
+        };
+        lambda_runtime::Diagnostic { error_type: error_type.to_owned(), error_message: e.to_string() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Schedule,
+    Release,
+    Gateway,
+}
+
+/// The dispatch table: function-name suffix → handler.
+pub const ROLES: [(&str, Role); 3] =
+    [("-schedule", Role::Schedule), ("-release", Role::Release), ("-gateway", Role::Gateway)];
+const SUFFIXES: &str = "-schedule, -release, -gateway";
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Schedule => "schedule",
+            Role::Release => "release",
+            Role::Gateway => "gateway",
+        }
+    }
+}
+
+/// The function name in an ARN (`arn:aws:lambda:REGION:ACCOUNT:function:NAME[:ALIAS]`),
+/// or `None` for anything else (emulators send placeholders such as `function-arn`).
+fn function_name_of(arn: &str) -> Option<&str> {
+    let parts: Vec<&str> = arn.split(':').collect();
+    (parts.len() >= 7 && parts[0] == "arn" && parts[5] == "function").then(|| parts[6])
+}
+
+/// Which handler serves `arn`; `function_name` (from `AWS_LAMBDA_FUNCTION_NAME`) is
+/// used when the ARN is not a real one.
+pub fn role_for(arn: &str, function_name: Option<&str>) -> Result<Role, LambdaError> {
+    let name = function_name_of(arn).or(function_name).unwrap_or(arn);
+    ROLES
+        .iter()
+        .find(|(suffix, _)| name.ends_with(suffix))
+        .map(|(_, role)| *role)
+        .ok_or_else(|| LambdaError::UnknownRole(name.to_owned()))
+}
+
+/// Checks that an invocation was meant for `running` (a real ARN with another suffix is
+/// a deployment mistake worth failing loudly on).
+pub fn check_invocation(arn: &str, running: Role) -> Result<(), LambdaError> {
+    match function_name_of(arn) {
+        Some(_) => match role_for(arn, None)? {
+            r if r == running => Ok(()),
+            _ => Err(LambdaError::WrongRole { invoked: arn.to_owned(), running: running.name() }),
+        },
+        None => Ok(()),
+    }
+}
+
+/// Settings only the functions need, from `LINEUP_*`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct FunctionSettings {
+    /// Table names are `{table_prefix}-pools` etc.; defaults to the deployment name.
+    pub table_prefix: Option<String>,
+    /// Seconds kept free before the schedule function's deadline.
+    pub schedule_margin: u64,
+    /// Long-poll wait per receive in the schedule function (at most 20).
+    pub schedule_wait: u64,
+}
+
+impl Default for FunctionSettings {
+    fn default() -> Self {
+        FunctionSettings { table_prefix: None, schedule_margin: 5, schedule_wait: 20 }
+    }
+}
+
+/// What every handler needs, built once per instance.
+#[derive(Clone)]
+pub struct Deps {
+    pub lineup: Lineup,
+    pub backend: AwsBackend,
+    pub functions: FunctionSettings,
+}
+
+impl Deps {
+    /// Settings from the environment, SDK clients from the usual chain.
+    pub async fn from_env(role: Role) -> Result<Deps, LambdaError> {
+        let settings = Settings::from_env()?;
+        let functions: FunctionSettings =
+            envy::prefixed("LINEUP_").from_env().map_err(|e| LambdaError::Config(e.to_string()))?;
+        let prefix = functions.table_prefix.clone().unwrap_or_else(|| settings.deployment.clone());
+        let backend = AwsBackend::connect(&AwsOptions { table_prefix: prefix, ..Default::default() }).await;
+        let token = match (role, settings.admin_token.clone()) {
+            (_, Some(t)) if !t.is_empty() => t,
+            (Role::Gateway, _) => {
+                return Err(LambdaError::Config("LINEUP_ADMIN_TOKEN must be set for the gateway".into()))
+            }
+            // Schedule and release authenticate nobody; an unguessable token keeps it so.
+            _ => lineup_core::auth::random_secret(),
+        };
+        Ok(Deps::new(backend, settings, functions, &token))
+    }
+
+    pub fn new(backend: AwsBackend, settings: Settings, functions: FunctionSettings, admin_token: &str) -> Deps {
+        let b = std::sync::Arc::new(backend.clone());
+        let lineup = Lineup::new(b.clone(), b, std::sync::Arc::new(SystemClock), settings, admin_token);
+        Deps { lineup, backend, functions }
+    }
+}
+
+/// How long the schedule handler may run: until the invocation's deadline (ms since
+/// the epoch) minus the safety margin; 60 s when the context has no deadline.
+pub fn schedule_budget(deadline_ms: u64, now_ms: u64, margin: Duration) -> Duration {
+    let left = if deadline_ms == 0 {
+        Duration::from_secs(60)
+    } else {
+        Duration::from_millis(deadline_ms.saturating_sub(now_ms))
+    };
+    left.saturating_sub(margin)
+}
+
+/// The schedule handler: an EventBridge event in, a summary out.
+pub async fn schedule(event: LambdaEvent<Value>, deps: &Deps) -> Result<ScheduleSummary, LambdaError> {
+    check_invocation(&event.context.invoked_function_arn, Role::Schedule)?;
+    let now_ms = lineup_core::clock::Clock::now(&SystemClock) as u64;
+    let budget = schedule_budget(event.context.deadline, now_ms, Duration::from_secs(deps.functions.schedule_margin));
+    let opts = SchedulerOptions {
+        wait: Duration::from_secs(deps.functions.schedule_wait.min(20)),
+        ..SchedulerOptions::default()
+    };
+    let sum = deps.lineup.schedule_until(tokio::time::Instant::now() + budget, &opts).await?;
+    tracing::info!(?sum, calls = deps.backend.calls().total(), "schedule invocation done");
+    Ok(sum)
+}
+
+/// The release handler: an EventBridge event in, a summary out.
+pub async fn release(
+    event: LambdaEvent<Value>,
+    deps: &Deps,
+) -> Result<lineup_core::service::ReleaseSummary, LambdaError> {
+    check_invocation(&event.context.invoked_function_arn, Role::Release)?;
+    let sum = deps.lineup.release_pass().await?;
+    tracing::info!(?sum, "release invocation done");
+    Ok(sum)
+}
+
+/// The gateway: the API's router, for `lambda_http::run`.
+pub fn gateway(deps: &Deps) -> axum::Router {
+    lineup_api::router(deps.lineup.clone())
+}
+
+/// JSON logs for CloudWatch (which adds its own timestamps).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LINEUP_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().json().with_env_filter(filter).without_time().with_target(false).init();
+}
+
+/// `lambda_http` puts a REST API's stage in front of the path unless told not to; our
+/// routes have no stage. Must run before any other thread exists (it sets the environment).
+pub fn ignore_stage_in_path() {
+    if std::env::var_os("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH").is_none() {
+        std::env::set_var("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH", "true");
+    }
+}
+
+/// Runs `role`'s handler loop until the runtime stops.
+pub async fn run(role: Role, deps: Deps) -> Result<(), lambda_runtime::Error> {
+    use lambda_runtime::service_fn;
+    match role {
+        Role::Gateway => lambda_http::run(gateway(&deps)).await,
+        Role::Schedule => {
+            let deps = &deps;
+            lambda_runtime::run(service_fn(move |ev| async move { schedule(ev, deps).await })).await
+        }
+        Role::Release => {
+            let deps = &deps;
+            lambda_runtime::run(service_fn(move |ev| async move { release(ev, deps).await })).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_keeps_the_margin() {
+        assert_eq!(schedule_budget(100_000, 40_000, Duration::from_secs(5)), Duration::from_secs(55));
+        assert_eq!(schedule_budget(41_000, 40_000, Duration::from_secs(5)), Duration::ZERO);
+        assert_eq!(schedule_budget(0, 40_000, Duration::from_secs(5)), Duration::from_secs(55));
+    }
+}
