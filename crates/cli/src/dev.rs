@@ -23,7 +23,41 @@ pub struct DevOptions {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub schedulers: usize,
-    pub durability: Durability,
+    pub backend: BackendChoice,
+}
+
+pub enum BackendChoice {
+    /// One SQLite file in the data dir.
+    Sqlite(Durability),
+    /// DynamoDB + SQS: real AWS from the usual chain, or an emulator at `endpoint`.
+    Aws { endpoint: Option<String>, table_prefix: Option<String>, init: bool },
+}
+
+type Backends = (Arc<dyn lineup_core::Store>, Arc<dyn lineup_core::Queues>, String);
+
+async fn open_backend(settings: &Settings, opts: &DevOptions) -> Result<Backends, CliError> {
+    match &opts.backend {
+        BackendChoice::Sqlite(durability) => {
+            let b = Arc::new(SqliteBackend::open_dir(&opts.data_dir, *durability)?);
+            // This process owns the file: what a previous process had in flight is redelivered now.
+            let redelivered = b.redeliver_in_flight()?;
+            if redelivered > 0 {
+                info!(redelivered, "messages in flight at the last stop are visible again");
+            }
+            let what = format!("sqlite {}", b.path().display());
+            Ok((b.clone(), b, what))
+        }
+        BackendChoice::Aws { endpoint, table_prefix, init } => {
+            let prefix = table_prefix.clone().unwrap_or_else(|| settings.deployment.clone());
+            let b = crate::aws_backend(endpoint.as_deref(), &prefix).await;
+            if *init {
+                lineup_aws::create_tables(b.dynamodb(), b.tables()).await?;
+            }
+            let what = format!("aws tables {prefix}-* {}", endpoint.as_deref().unwrap_or(""));
+            let b = Arc::new(b);
+            Ok((b.clone(), b, what))
+        }
+    }
 }
 
 pub const TOKEN_FILE: &str = "admin.token";
@@ -58,14 +92,10 @@ fn write_private(path: &Path, contents: &str) -> Result<(), CliError> {
 }
 
 pub async fn run(settings: Settings, opts: DevOptions) -> Result<(), CliError> {
-    let backend = Arc::new(SqliteBackend::open_dir(&opts.data_dir, opts.durability)?);
-    // This process owns the file: what a previous process had in flight is redelivered now.
-    let redelivered = backend.redeliver_in_flight()?;
-    if redelivered > 0 {
-        info!(redelivered, "messages in flight at the last stop are visible again");
-    }
+    std::fs::create_dir_all(&opts.data_dir).map_err(|e| CliError::io(&opts.data_dir, e))?;
+    let (store, queues, what) = open_backend(&settings, &opts).await?;
     let token = admin_token(&settings, &opts.data_dir)?;
-    let lineup = Lineup::new(backend.clone(), backend.clone(), Arc::new(SystemClock), settings, &token);
+    let lineup = Lineup::new(store, queues, Arc::new(SystemClock), settings, &token);
     lineup.init().await?;
 
     let listener = tokio::net::TcpListener::bind(opts.listen)
@@ -75,7 +105,7 @@ pub async fn run(settings: Settings, opts: DevOptions) -> Result<(), CliError> {
     let endpoint = format!("http://{addr}");
     write_private(&opts.data_dir.join(ENDPOINT_FILE), &endpoint)?;
     println!("Lineup dev listening on {endpoint}");
-    println!("data:  {}", backend.path().display());
+    println!("data:  {what}");
     println!("token: {}", opts.data_dir.join(TOKEN_FILE).display());
     println!("try:   lineup --data-dir {} pool create", opts.data_dir.display());
 

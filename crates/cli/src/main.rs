@@ -68,6 +68,30 @@ enum Cmd {
     /// List workers, or run the worker agent.
     #[command(subcommand)]
     Worker(WorkerCmd),
+    /// Set up the AWS backend.
+    #[command(subcommand)]
+    Aws(AwsCmd),
+}
+
+#[derive(Subcommand)]
+enum AwsCmd {
+    /// Create the DynamoDB tables and the dead-letter queue if missing.
+    Init {
+        /// An emulator's URL (e.g. moto); real AWS from the usual chain when absent.
+        #[arg(long, env = "LINEUP_AWS_ENDPOINT")]
+        aws_endpoint: Option<String>,
+        /// Table name prefix; defaults to LINEUP_DEPLOYMENT.
+        #[arg(long, env = "LINEUP_TABLE_PREFIX")]
+        table_prefix: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum BackendArg {
+    /// One SQLite file in the data dir.
+    Sqlite,
+    /// DynamoDB + SQS.
+    Aws,
 }
 
 #[derive(Args)]
@@ -81,6 +105,18 @@ struct DevArgs {
     /// `process`: commits survive the process being killed; `machine`: also power loss (fsync per commit).
     #[arg(long, value_enum, default_value_t = DurabilityArg::Process)]
     durability: DurabilityArg,
+    /// Where records and queues live.
+    #[arg(long, value_enum, default_value_t = BackendArg::Sqlite)]
+    backend: BackendArg,
+    /// With `--backend aws`: an emulator's URL; real AWS from the usual chain when absent.
+    #[arg(long, env = "LINEUP_AWS_ENDPOINT")]
+    aws_endpoint: Option<String>,
+    /// With `--backend aws`: table name prefix; defaults to LINEUP_DEPLOYMENT.
+    #[arg(long, env = "LINEUP_TABLE_PREFIX")]
+    table_prefix: Option<String>,
+    /// With `--backend aws`: create missing tables first (as `lineup aws init`).
+    #[arg(long)]
+    init: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -195,6 +231,14 @@ pub(crate) async fn dev_signal() {
     }
 }
 
+/// The AWS backend: an emulator at `endpoint`, or real AWS from the usual chain.
+pub(crate) async fn aws_backend(endpoint: Option<&str>, table_prefix: &str) -> lineup_aws::AwsBackend {
+    match endpoint {
+        Some(ep) => lineup_aws::AwsBackend::for_emulator(ep, table_prefix).await,
+        None => lineup_aws::AwsBackend::connect(&lineup_aws::AwsOptions { table_prefix: table_prefix.to_owned(), ..Default::default() }).await,
+    }
+}
+
 fn client(cli: &Cli) -> Result<Client, CliError> {
     let read = |name: &str| std::fs::read_to_string(cli.data_dir.join(name)).ok().map(|s| s.trim().to_owned());
     let endpoint = cli.endpoint.clone().or_else(|| read(dev::ENDPOINT_FILE)).ok_or_else(|| {
@@ -224,13 +268,25 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 DurabilityArg::Process => lineup_sqlite::Durability::Process,
                 DurabilityArg::Machine => lineup_sqlite::Durability::Machine,
             };
-            let opts = dev::DevOptions {
-                data_dir: cli.data_dir.clone(),
-                listen: a.listen,
-                schedulers: a.schedulers,
-                durability,
+            let backend = match a.backend {
+                BackendArg::Sqlite => dev::BackendChoice::Sqlite(durability),
+                BackendArg::Aws => dev::BackendChoice::Aws {
+                    endpoint: a.aws_endpoint.clone(),
+                    table_prefix: a.table_prefix.clone(),
+                    init: a.init,
+                },
             };
+            let opts =
+                dev::DevOptions { data_dir: cli.data_dir.clone(), listen: a.listen, schedulers: a.schedulers, backend };
             dev::run(settings, opts).await?;
+        }
+        Cmd::Aws(AwsCmd::Init { aws_endpoint, table_prefix }) => {
+            let settings = Settings::from_env()?;
+            let prefix = table_prefix.clone().unwrap_or_else(|| settings.deployment.clone());
+            let b = aws_backend(aws_endpoint.as_deref(), &prefix).await;
+            lineup_aws::create_tables(b.dynamodb(), b.tables()).await?;
+            let dlq = lineup_core::Queues::create_queue(&b, &settings.dead_letter_queue()).await?;
+            println!("tables {} ready; dead-letter queue {dlq}", b.tables().all().join(", "));
         }
         Cmd::Pool(p) => {
             let c = client(&cli)?;

@@ -1,0 +1,50 @@
+//! `lineup dev --backend aws` against moto (DynamoDB + SQS on loopback, through the
+//! real SDK): `lineup aws init`, then the original story over HTTP.
+
+use std::process::Command;
+
+use lineup_client::SubmitEval;
+use lineup_conformance::moto::{sdk_env, Moto};
+use lineup_tests::{lineup_bin, poll_n, TestApp};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn original_story_on_dynamodb_and_sqs() {
+    let moto = Moto::shared();
+    let deployment = format!("bb{}", &lineup_core::PoolId::generate().as_str()[..8]);
+    let mut env: Vec<(String, String)> = sdk_env(moto).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    env.push(("LINEUP_DEPLOYMENT".into(), deployment.clone()));
+
+    let out = Command::new(lineup_bin())
+        .args(["aws", "init", "--aws-endpoint", &moto.endpoint])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{deployment}-workers")));
+
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let app = TestApp::spawn_with(&env_refs, &["--backend", "aws", "--aws-endpoint", &moto.endpoint]).await;
+    let admin = &app.admin;
+    let pool = admin.create_pool(None).await.unwrap();
+    let reg = admin.register_worker(&pool.pool_id, 10).await.unwrap();
+    assert!(reg.queue_url.ends_with(&format!("/{deployment}-{}-{}", pool.pool_id, reg.worker_id)), "{}", reg.queue_url);
+    let me = admin.with_token(reg.token.as_deref().unwrap());
+    me.heartbeat(&pool.pool_id, &reg.worker_id, &["d1".into()], &[]).await.unwrap();
+    let sub = admin
+        .submit_eval(&pool.pool_id, &SubmitEval { size: 3, dataset: Some("d1".into()), ..Default::default() })
+        .await
+        .unwrap();
+    let a = poll_n(&me, &pool.pool_id, &reg.worker_id, 1).await.remove(0);
+    assert_eq!((a.eval_id.as_str(), a.size), (sub.eval_id.as_str(), 3));
+    assert_eq!(admin.workers(&pool.pool_id).await.unwrap()[0].free, 7);
+    me.heartbeat(&pool.pool_id, &reg.worker_id, &["d1".into()], &[a.alloc_id.to_string()]).await.unwrap();
+    me.complete(&pool.pool_id, a.alloc_id.as_str(), 0, Some("ok")).await.unwrap();
+    assert_eq!(admin.workers(&pool.pool_id).await.unwrap()[0].free, 10);
+    let ev = admin.eval(&pool.pool_id, &sub.eval_id).await.unwrap();
+    assert_eq!((ev.status.as_str(), ev.exit_code), ("complete", Some(0)));
+    let p = admin.pool(&pool.pool_id).await.unwrap();
+    assert_eq!((p.workers, p.capacity, p.free, p.queued, p.allocs), (1, 10, 10, 0, 0));
+
+    admin.disband_pool(&pool.pool_id).await.unwrap();
+    assert_eq!(admin.submit_eval(&pool.pool_id, &SubmitEval { size: 1, ..Default::default() }).await.unwrap_err().status(), Some(409));
+}
