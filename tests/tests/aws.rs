@@ -46,5 +46,8 @@ async fn original_story_on_dynamodb_and_sqs() {
     assert_eq!((p.workers, p.capacity, p.free, p.queued, p.allocs), (1, 10, 10, 0, 0));
 
     admin.disband_pool(&pool.pool_id).await.unwrap();
-    assert_eq!(admin.submit_eval(&pool.pool_id, &SubmitEval { size: 1, ..Default::default() }).await.unwrap_err().status(), Some(409));
+    assert_eq!(
+        admin.submit_eval(&pool.pool_id, &SubmitEval { size: 1, ..Default::default() }).await.unwrap_err().status(),
+        Some(409)
+    );
 }

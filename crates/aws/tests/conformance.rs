@@ -20,3 +20,18 @@ async fn backend() -> Backend {
 }
 
 lineup_conformance::conformance_tests!(backend);
+
+#[tokio::test]
+async fn calls_are_counted_by_operation() {
+    use lineup_core::Store;
+    let b = aws_backend().await;
+    b.calls().reset();
+    b.list_pools().await.unwrap();
+    b.get_pool(&lineup_core::PoolId::generate()).await.unwrap();
+    lineup_core::Queues::create_queue(&b, &format!("c{}", lineup_core::PoolId::generate())).await.unwrap();
+    let calls = b.calls().snapshot();
+    assert_eq!(calls.get("DynamoDB.Scan"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("DynamoDB.GetItem"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("SQS.CreateQueue"), Some(&1), "{calls:?}");
+    assert_eq!(b.calls().total(), 3);
+}

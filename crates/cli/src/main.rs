@@ -235,7 +235,13 @@ pub(crate) async fn dev_signal() {
 pub(crate) async fn aws_backend(endpoint: Option<&str>, table_prefix: &str) -> lineup_aws::AwsBackend {
     match endpoint {
         Some(ep) => lineup_aws::AwsBackend::for_emulator(ep, table_prefix).await,
-        None => lineup_aws::AwsBackend::connect(&lineup_aws::AwsOptions { table_prefix: table_prefix.to_owned(), ..Default::default() }).await,
+        None => {
+            lineup_aws::AwsBackend::connect(&lineup_aws::AwsOptions {
+                table_prefix: table_prefix.to_owned(),
+                ..Default::default()
+            })
+            .await
+        }
     }
 }
 

@@ -3,6 +3,9 @@
 //!
 //! Tests share the server and keep apart by naming: each test gets its own table
 //! prefix and its own queue names, so they run in parallel without a reset between them.
+//!
+//! moto runs through `python/moto_serialized.py`, which serializes DynamoDB requests:
+//! moto's own transactions are not isolated under concurrency (see that file).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -16,13 +19,17 @@ pub struct Moto {
     pub port: u16,
 }
 
-fn moto_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("LINEUP_MOTO_SERVER") {
+/// The venv's Python, which has moto.
+fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("LINEUP_MOTO_PYTHON") {
         return PathBuf::from(p);
     }
     // crates/conformance → the workspace root.
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    root.join(".venv/bin/moto_server")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python")
+}
+
+fn launcher() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/moto_serialized.py")
 }
 
 fn free_port() -> u16 {
@@ -47,15 +54,16 @@ impl Moto {
     }
 
     fn start() -> Moto {
-        let bin = moto_bin();
-        assert!(bin.exists(), "{} not found: run `make test` (it installs moto into .venv)", bin.display());
+        let python = python();
+        assert!(python.exists(), "{} not found: run `make test` (it installs moto into .venv)", python.display());
         let port = free_port();
         let log = std::env::temp_dir().join(format!("lineup-moto-{port}.log"));
         // A watchdog shell stops moto when this test process is gone, however it ends.
         let script = format!(
-            "\"{bin}\" -H 127.0.0.1 -p {port} >\"{log}\" 2>&1 & m=$!; \
+            "\"{python}\" \"{launcher}\" -H 127.0.0.1 -p {port} >\"{log}\" 2>&1 & m=$!; \
              while kill -0 {pid} 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 0.5; done; kill $m 2>/dev/null",
-            bin = bin.display(),
+            python = python.display(),
+            launcher = launcher().display(),
             log = log.display(),
             pid = std::process::id()
         );

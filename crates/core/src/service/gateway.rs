@@ -221,16 +221,18 @@ impl Lineup {
                 format!("wait must be at most {} seconds", MAX_POLL_WAIT.as_secs()),
             ));
         }
-        self.active_pool(pool).await?;
-        let w =
-            self.store.get_worker(pool, worker).await?.ok_or_else(|| Error::not_found(format!("worker {worker}")))?;
-        if !w.is_live(self.now()) {
-            return Err(Error::Expired(worker.to_string()));
-        }
+        // The queue answers first; only when it is gone do we read why (pool disbanded,
+        // worker removed), so a poll costs no record reads on the hot path.
         let queue = self.worker_queue(pool, worker);
         let got = match self.queues.receive(&queue, max, wait, Duration::from_secs(30)).await {
             Ok(got) => got,
-            Err(Error::QueueGone(_)) => return Err(Error::Expired(worker.to_string())),
+            Err(Error::QueueGone(_)) => {
+                self.active_pool(pool).await?;
+                return Err(match self.store.get_worker(pool, worker).await? {
+                    None => Error::not_found(format!("worker {worker}")),
+                    Some(_) => Error::Expired(worker.to_string()),
+                });
+            }
             Err(e) => return Err(e),
         };
         let mut out = Vec::with_capacity(got.len());
