@@ -33,6 +33,8 @@ where
     }
 }
 
+/// Whole seconds, rounded up: SQS counts waits and timeouts in seconds, and rounding a
+/// 300 ms long poll down to 0 would make it a short poll that spins.
 fn secs_up(d: Duration) -> i32 {
     let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
     s.min(43_200) as i32
@@ -148,7 +150,7 @@ impl Queues for AwsBackend {
             .receive_message()
             .queue_url(url)
             .max_number_of_messages(max.clamp(1, 10) as i32)
-            .wait_time_seconds(wait.as_secs().min(20) as i32)
+            .wait_time_seconds(secs_up(wait).min(20))
             .visibility_timeout(secs_up(visibility))
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()

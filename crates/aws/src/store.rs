@@ -40,9 +40,9 @@ fn build<T, E: std::error::Error>(r: std::result::Result<T, E>) -> Result<T> {
     r.map_err(|e| sdk_err("build request", e))
 }
 
-fn ccf<E: std::error::Error + 'static, R: std::fmt::Debug>(e: &SdkError<E, R>) -> bool
+fn ccf<E, R: std::fmt::Debug>(e: &SdkError<E, R>) -> bool
 where
-    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+    E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + 'static,
 {
     e.as_service_error().and_then(|s| s.code()) == Some("ConditionalCheckFailedException")
 }

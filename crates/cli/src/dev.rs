@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lineup_core::service::SchedulerOptions;
+use lineup_core::service::{PoolScheduler, SchedulerOptions};
 use lineup_core::{Lineup, PoolId, PoolStatus, Settings, SystemClock};
 use lineup_sqlite::{Durability, SqliteBackend};
 use tokio::sync::watch;
@@ -199,19 +199,28 @@ async fn supervise_schedulers(lineup: Lineup, per_pool: usize, mut stop: watch::
 }
 
 async fn scheduler_loop(lineup: Lineup, pool: lineup_core::Pool, mut stop: watch::Receiver<bool>) {
-    let opts = SchedulerOptions { wait: Duration::from_secs(2), ..SchedulerOptions::default() };
+    // Locally a candidate read is cheap: look at held (blocked) evals every second.
+    let opts = SchedulerOptions {
+        wait: Duration::from_secs(2),
+        recheck: Duration::from_secs(1),
+        ..SchedulerOptions::default()
+    };
+    let mut ps = PoolScheduler::new(lineup, pool.clone(), opts);
     loop {
         tokio::select! {
-            r = lineup.schedule_pass(&pool, &opts) => match r {
-                Ok(s) if s.pool_gone => return,
+            r = ps.step(Duration::from_secs(2)) => match r {
+                Ok(_) if ps.gone => return,
                 Ok(_) => {}
                 Err(e) => {
                     warn!(pool = %pool.pool_id, error = %e, "schedule pass failed; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             },
-            _ = stopped(&mut stop) => return,
+            _ = stopped(&mut stop) => break,
         }
+    }
+    if let Err(e) = ps.release_held().await {
+        warn!(pool = %pool.pool_id, error = %e, "handing back held evals");
     }
 }
 

@@ -46,7 +46,7 @@ macro_rules! conformance_tests {
             service_original_story, service_locality_and_strategies, service_retry_then_dead,
             service_expired_worker_evals_move, service_redelivered_message_placed_once,
             service_concurrent_schedulers, service_cancel, service_idempotency, service_disband_in_flight,
-            service_blocked_reason_and_wake, service_complete_twice
+            service_blocked_reason_and_wake, service_complete_twice, service_held_evals_placed_when_capacity_appears
         );
     };
     (@each $factory:path; $($name:ident),* $(,)?) => {
@@ -76,7 +76,7 @@ pub fn lineup_with(b: &Backend, settings: Settings) -> (Lineup, Arc<ManualClock>
 /// A long poll of 1 s: SQS counts waits in whole seconds, and a shorter one would be a
 /// short poll that spins.
 pub fn fast_opts() -> SchedulerOptions {
-    SchedulerOptions { batch: 10, wait: Duration::from_secs(1), visibility: Duration::from_secs(30) }
+    SchedulerOptions { wait: Duration::from_secs(1), recheck: Duration::from_secs(1), ..SchedulerOptions::default() }
 }
 
 pub const ADMIN: Principal = Principal::Admin;

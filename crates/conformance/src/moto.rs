@@ -67,7 +67,9 @@ impl Moto {
             log = log.display(),
             pid = std::process::id()
         );
-        Command::new("sh")
+        // Not waited for: the watchdog outlives us by design and ends on its own.
+        #[allow(clippy::zombie_processes)]
+        let _watchdog = Command::new("sh")
             .args(["-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

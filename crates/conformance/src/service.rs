@@ -368,3 +368,41 @@ pub async fn service_complete_twice(b: Backend) {
         Err(Error::NotFound(_))
     ));
 }
+
+/// A scheduler loop holds blocked evals instead of cycling them through the queue; when
+/// capacity appears they are placed within a recheck, and a message is never placed twice.
+pub async fn service_held_evals_placed_when_capacity_appears(b: Backend) {
+    let (l, _clock) = lineup(&b);
+    let pool = pool_with(&l, Strategy::Spread).await;
+    worker(&l, &pool, 1).await;
+    let mut ids = Vec::new();
+    for _ in 0..25 {
+        ids.push(l.submit_eval(&ADMIN, &pool.pool_id, new_eval(2, None)).await.unwrap().eval.eval_id);
+    }
+    let mut ps = lineup_core::service::PoolScheduler::new(l.clone(), pool.clone(), fast_opts());
+    let end = tokio::time::Instant::now() + Duration::from_secs(30);
+    while ps.held() < 25 {
+        assert!(tokio::time::Instant::now() < end, "only {} held", ps.held());
+        ps.step(Duration::from_secs(1)).await.unwrap();
+    }
+    // All blocked, all held: the queue has nothing visible.
+    let q = l.settings.pool_queue(&pool.pool_id);
+    assert!(b.queues.receive(&q, 10, Duration::ZERO, Duration::from_secs(30)).await.unwrap().is_empty());
+    let w = worker(&l, &pool, 100).await.worker.worker_id;
+    let started = tokio::time::Instant::now();
+    let mut placed = 0;
+    while placed < 25 {
+        assert!(tokio::time::Instant::now() < end, "only {placed} placed");
+        placed += ps.step(Duration::from_secs(1)).await.unwrap().placed;
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "placed {:?} after capacity appeared", started.elapsed());
+    assert_eq!(ps.held(), 0);
+    assert_eq!(free_of(&l, &pool, &w).await, 50);
+    for id in &ids {
+        assert_eq!(l.eval(&ADMIN, &pool.pool_id, id).await.unwrap().status, EvalStatus::Placed);
+    }
+    // Handing back an empty hold is fine; nothing is left to place.
+    ps.release_held().await.unwrap();
+    assert_eq!(ps.step(Duration::from_secs(1)).await.unwrap().placed, 0);
+    assert_capacity_conserved(l.store.as_ref(), &pool.pool_id).await;
+}

@@ -27,11 +27,23 @@ pub struct SchedulerOptions {
     pub wait: Duration,
     /// How long a received message stays hidden while this pass works on it.
     pub visibility: Duration,
+    /// How often a `PoolScheduler` looks again at the blocked evals it holds (one
+    /// candidate read each time; placement only when something could fit).
+    pub recheck: Duration,
+    /// At most this many blocked evals held in memory per pool; beyond it, blocked
+    /// messages are parked back in the queue with a backoff.
+    pub hold_max: usize,
 }
 
 impl Default for SchedulerOptions {
     fn default() -> Self {
-        SchedulerOptions { batch: 10, wait: Duration::from_secs(5), visibility: Duration::from_secs(30) }
+        SchedulerOptions {
+            batch: 10,
+            wait: Duration::from_secs(5),
+            visibility: Duration::from_secs(30),
+            recheck: Duration::from_secs(5),
+            hold_max: 1_000,
+        }
     }
 }
 
@@ -83,7 +95,29 @@ impl Lineup {
         if msgs.is_empty() {
             return Ok(sum);
         }
+        let (mut s, blocked) = self.process(pool, msgs, None).await?;
+        // No one holds these: park them in the queue with a backoff.
+        let parked: Vec<(String, Duration)> =
+            blocked.into_iter().map(|(m, _)| (m.receipt, self.backoff(m.receive_count))).collect();
+        if !parked.is_empty() {
+            self.queues.change_visibility(&queue, &parked, true).await?;
+        }
+        s.received = sum.received;
+        Ok(s)
+    }
 
+    /// Places what `msgs` ask for. Returns the summary and the messages whose evals
+    /// are blocked (still hidden; the caller parks or holds them). `cands`, when given,
+    /// is a fresh candidate read to use instead of reading again.
+    async fn process(
+        &self,
+        pool: &Pool,
+        msgs: Vec<crate::backend::Received>,
+        cands: Option<Vec<Candidate>>,
+    ) -> Result<(PassSummary, Vec<(crate::backend::Received, u32)>)> {
+        let mut sum = PassSummary::default();
+        let queue = self.pool_queue(&pool.pool_id);
+        let mut blocked_out = Vec::new();
         let mut to_delete: Vec<String> = Vec::new();
         let mut work: Vec<(EvalMessage, crate::backend::Received)> = Vec::new();
         for m in msgs {
@@ -102,15 +136,10 @@ impl Lineup {
 
         // One candidate read and one replica read for the whole batch.
         let now = self.now();
-        // Every worker with any room, not just those fitting the smallest eval: the
-        // blocked reason then names the largest free capacity.
-        let mut cands: Vec<Candidate> = self
-            .store
-            .candidates(&pool.pool_id, 1, now)
-            .await?
-            .into_iter()
-            .map(|w| Candidate { worker_id: w.worker_id, free: w.free, ttl: w.ttl })
-            .collect();
+        let mut cands: Vec<Candidate> = match cands {
+            Some(c) => c,
+            None => self.candidate_view(pool).await?,
+        };
         let datasets: Vec<String> = {
             let set: HashSet<&String> = evals.values().filter_map(|e| e.dataset.as_ref()).collect();
             set.into_iter().cloned().collect()
@@ -125,7 +154,6 @@ impl Lineup {
 
         let mut deliveries: HashMap<WorkerId, Vec<String>> = HashMap::new();
         let mut deferred: Vec<(String, Duration)> = Vec::new();
-        let mut parked: Vec<(String, Duration)> = Vec::new();
         for (msg, rcv) in work {
             let Some(eval) = evals.get(&msg.eval_id) else {
                 if rcv.receive_count >= ORPHAN_RECEIVES {
@@ -176,7 +204,7 @@ impl Lineup {
                 }
                 Placed::Blocked(why) => {
                     self.note_blocked(eval, &why).await;
-                    parked.push((rcv.receipt, self.backoff(rcv.receive_count)));
+                    blocked_out.push((rcv, eval.size));
                     sum.blocked += 1;
                 }
             }
@@ -198,13 +226,23 @@ impl Lineup {
         if !deferred.is_empty() {
             self.queues.change_visibility(&queue, &deferred, false).await?;
         }
-        if !parked.is_empty() {
-            self.queues.change_visibility(&queue, &parked, true).await?;
-        }
-        if sum.placed > 0 || sum.blocked > 0 {
+        if sum.placed > 0 {
             info!(pool = %pool.pool_id, placed = sum.placed, blocked = sum.blocked, dropped = sum.dropped, "schedule pass");
         }
-        Ok(sum)
+        Ok((sum, blocked_out))
+    }
+
+    /// Every live worker with any room: one read for a whole batch. (Not only those
+    /// fitting the smallest eval: the blocked reason then names the largest free.)
+    async fn candidate_view(&self, pool: &Pool) -> Result<Vec<Candidate>> {
+        let now = self.now();
+        Ok(self
+            .store
+            .candidates(&pool.pool_id, 1, now)
+            .await?
+            .into_iter()
+            .map(|w| Candidate { worker_id: w.worker_id, free: w.free, ttl: w.ttl })
+            .collect())
     }
 
     async fn place_one(
@@ -293,6 +331,144 @@ impl Lineup {
     }
 }
 
+/// A blocked eval's message, held (hidden) by a `PoolScheduler` instead of cycling
+/// through the queue.
+struct Held {
+    rcv: crate::backend::Received,
+    size: u32,
+    hidden_until: tokio::time::Instant,
+}
+
+/// How long a held message stays hidden; extended at half-time, made visible at `release_held`.
+const HOLD: Duration = Duration::from_secs(300);
+
+/// A scheduler loop's state for one pool. Blocked evals are held here rather than
+/// re-received over and over: a stable pool with blocked evals costs one candidate read
+/// and one (long-poll) receive per `recheck`, however many are blocked, and when
+/// capacity appears they are placed within one `recheck`.
+pub struct PoolScheduler {
+    lineup: Lineup,
+    pool: Pool,
+    opts: SchedulerOptions,
+    held: Vec<Held>,
+    next_check: tokio::time::Instant,
+    /// The pool's queue is gone (disbanded): the loop should end.
+    pub gone: bool,
+}
+
+impl PoolScheduler {
+    pub fn new(lineup: Lineup, pool: Pool, opts: SchedulerOptions) -> Self {
+        PoolScheduler { lineup, pool, opts, held: Vec::new(), next_check: tokio::time::Instant::now(), gone: false }
+    }
+
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    fn queue(&self) -> String {
+        self.lineup.pool_queue(&self.pool.pool_id)
+    }
+
+    /// One step: look at the held evals if due, then one receive-and-place pass whose
+    /// long poll lasts at most `wait_cap`.
+    pub async fn step(&mut self, wait_cap: Duration) -> Result<PassSummary> {
+        let mut sum = PassSummary::default();
+        let now = tokio::time::Instant::now();
+        let mut room = true;
+        if !self.held.is_empty() && now >= self.next_check {
+            self.next_check = now + self.opts.recheck;
+            let cands = self.lineup.candidate_view(&self.pool).await?;
+            let t = self.lineup.now();
+            let max_free = cands.iter().filter(|c| c.ttl > t).map(|c| c.free).max().unwrap_or(0);
+            room = max_free > 0;
+            if self.held.iter().any(|h| h.size <= max_free) {
+                let held = std::mem::take(&mut self.held);
+                let until: HashMap<String, tokio::time::Instant> =
+                    held.iter().map(|h| (h.rcv.receipt.clone(), h.hidden_until)).collect();
+                let (s, still) =
+                    self.lineup.process(&self.pool, held.into_iter().map(|h| h.rcv).collect(), Some(cands)).await?;
+                sum.add(&s);
+                for (rcv, size) in still {
+                    let hidden_until = until.get(&rcv.receipt).copied().unwrap_or(now);
+                    self.held.push(Held { rcv, size, hidden_until });
+                }
+            }
+            self.extend_held().await?;
+        }
+        // A full hold takes in more only while there is some room (a smaller eval may fit).
+        if self.held.len() >= self.opts.hold_max && !room {
+            tokio::time::sleep(self.opts.recheck.min(wait_cap)).await;
+            return Ok(sum);
+        }
+        let mut wait = self.opts.wait.min(wait_cap);
+        if !self.held.is_empty() {
+            wait = wait.min(self.next_check.saturating_duration_since(tokio::time::Instant::now()));
+        }
+        let queue = self.queue();
+        let msgs = match self.lineup.queues.receive(&queue, self.opts.batch, wait, self.opts.visibility).await {
+            Ok(m) => m,
+            Err(Error::QueueGone(_)) => {
+                self.gone = true;
+                self.held.clear();
+                sum.pool_gone = true;
+                return Ok(sum);
+            }
+            Err(e) => return Err(e),
+        };
+        if msgs.is_empty() {
+            return Ok(sum);
+        }
+        let received = msgs.len();
+        let (s, blocked) = self.lineup.process(&self.pool, msgs, None).await?;
+        sum.add(&s);
+        sum.received += received;
+        if !blocked.is_empty() {
+            let room_left = self.opts.hold_max.saturating_sub(self.held.len());
+            let mut hide = Vec::new();
+            let mut park = Vec::new();
+            let hidden_until = tokio::time::Instant::now() + HOLD;
+            for (i, (rcv, size)) in blocked.into_iter().enumerate() {
+                if i < room_left {
+                    hide.push((rcv.receipt.clone(), HOLD));
+                    self.held.push(Held { rcv, size, hidden_until });
+                } else {
+                    park.push((rcv.receipt.clone(), self.lineup.backoff(rcv.receive_count)));
+                }
+            }
+            self.lineup.queues.change_visibility(&queue, &hide, false).await?;
+            self.lineup.queues.change_visibility(&queue, &park, true).await?;
+            if self.next_check <= tokio::time::Instant::now() {
+                self.next_check = tokio::time::Instant::now() + self.opts.recheck;
+            }
+        }
+        Ok(sum)
+    }
+
+    /// Keeps held messages hidden: those past half their hold get another.
+    async fn extend_held(&mut self) -> Result<()> {
+        let now = tokio::time::Instant::now();
+        let mut changes = Vec::new();
+        for h in self.held.iter_mut().filter(|h| h.hidden_until < now + HOLD / 2) {
+            changes.push((h.rcv.receipt.clone(), HOLD));
+            h.hidden_until = now + HOLD;
+        }
+        if !changes.is_empty() {
+            self.lineup.queues.change_visibility(&self.queue(), &changes, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Hands the held messages back to the queue (visible now), for whoever runs next.
+    pub async fn release_held(&mut self) -> Result<()> {
+        let changes: Vec<(String, Duration)> =
+            std::mem::take(&mut self.held).into_iter().map(|h| (h.rcv.receipt, Duration::ZERO)).collect();
+        match self.lineup.queues.change_visibility(&self.queue(), &changes, false).await {
+            Ok(()) | Err(Error::QueueGone(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 enum Placed {
     Yes(Alloc),
     /// The eval changed under us (cancelled or placed elsewhere): drop the message.
@@ -330,14 +506,13 @@ impl Lineup {
             let (l, opts) = (self.clone(), opts.clone());
             tasks.spawn(async move {
                 let mut s = ScheduleSummary::default();
+                let mut ps = PoolScheduler::new(l, pool, opts);
                 loop {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    if left < Duration::from_secs(1) {
+                    if left < Duration::from_secs(1) || ps.gone {
                         break;
                     }
-                    let wait = opts.wait.min(left - Duration::from_secs(1));
-                    let o = SchedulerOptions { wait, ..opts.clone() };
-                    match l.schedule_pass(&pool, &o).await {
+                    match ps.step(left - Duration::from_secs(1)).await {
                         Ok(p) => {
                             s.passes += 1;
                             s.received += p.received;
@@ -345,16 +520,18 @@ impl Lineup {
                             s.blocked += p.blocked;
                             s.dropped += p.dropped;
                             s.deferred += p.deferred;
-                            if p.pool_gone {
-                                break;
-                            }
                         }
                         Err(e) => {
-                            warn!(pool = %pool.pool_id, error = %e, "schedule pass failed");
+                            warn!(pool = %ps.pool.pool_id, error = %e, "schedule pass failed");
                             s.errors += 1;
                             tokio::time::sleep(Duration::from_millis(250)).await;
                         }
                     }
+                }
+                // The next invocation picks up what this one held.
+                if let Err(e) = ps.release_held().await {
+                    warn!(pool = %ps.pool.pool_id, error = %e, "handing back held evals");
+                    s.errors += 1;
                 }
                 s
             });
