@@ -25,9 +25,11 @@ build:
 run:
 	$(CARGO) run -q -p lineup-cli --bin lineup -- dev --data-dir $(DATA_DIR) --listen $(LISTEN)
 
-# The black-box tests start the real `lineup` binary: build it first.
+# The black-box tests start the real binaries: build them first, with the very commands
+# the tests use (tests/util/mod.rs), so those find nothing left to build.
 test: $(VENV_STAMP)
-	$(CARGO) build -p lineup-cli -p lineup-fn-dispatch --bins
+	$(CARGO) build -q -p lineup-cli --bin lineup
+	$(CARGO) build -q -p lineup-fn-dispatch
 	$(CARGO) test --workspace
 
 lint:

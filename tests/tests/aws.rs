@@ -45,6 +45,26 @@ async fn original_story_on_dynamodb_and_sqs() {
     let p = admin.pool(&pool.pool_id).await.unwrap();
     assert_eq!((p.workers, p.capacity, p.free, p.queued, p.allocs), (1, 10, 10, 0, 0));
 
+    // The worker agent reading its queue straight from SQS (--sqs), as the Go client did;
+    // in a pool of its own, so nothing else can take the eval.
+    let solo = admin.create_pool(None).await.unwrap().pool_id;
+    let mut agent = Command::new(lineup_bin())
+        .arg("--data-dir")
+        .arg(&app.dir)
+        .args(["worker", "run", "--pool", &solo, "--capacity", "2", "--sqs", "--poll-wait", "1"])
+        .args(["--aws-endpoint", &moto.endpoint, "--", "sh", "-c", "echo from-sqs $LINEUP_EVAL_ID"])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = app.cli(&["eval", "submit", "--pool", &solo, "--size", "2", "--wait", "--timeout", "60"]);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("complete"), "{text}");
+
     admin.disband_pool(&pool.pool_id).await.unwrap();
     assert_eq!(
         admin.submit_eval(&pool.pool_id, &SubmitEval { size: 1, ..Default::default() }).await.unwrap_err().status(),

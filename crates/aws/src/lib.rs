@@ -12,6 +12,7 @@
 //! - `calls.rs`: an SDK interceptor that counts calls by operation.
 
 mod calls;
+mod direct;
 mod items;
 mod queues;
 mod store;
@@ -23,6 +24,7 @@ use aws_config::{BehaviorVersion, Region};
 use aws_sdk_dynamodb::config::Credentials;
 
 pub use calls::CallCounter;
+pub use direct::DirectQueue;
 pub use tables::{create_tables, delete_tables, Tables};
 
 /// How to reach AWS (or an emulator).

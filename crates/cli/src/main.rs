@@ -205,6 +205,13 @@ enum WorkerCmd {
         /// Seconds per long poll (at most 20).
         #[arg(long, default_value_t = 20)]
         poll_wait: u64,
+        /// Read allocs straight from the worker's SQS queue (needs AWS credentials; the
+        /// AWS backend only) instead of the API's poll route.
+        #[arg(long)]
+        sqs: bool,
+        /// With --sqs: an emulator's URL.
+        #[arg(long, env = "LINEUP_AWS_ENDPOINT")]
+        aws_endpoint: Option<String>,
         /// The command run once per alloc.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -422,13 +429,15 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                         table::workers(&ws)
                     }
                 }
-                WorkerCmd::Run { pool, capacity, datasets, poll_wait, command } => {
+                WorkerCmd::Run { pool, capacity, datasets, poll_wait, sqs, aws_endpoint, command } => {
                     let opts = worker::WorkerOptions {
                         pool: pool.clone(),
                         capacity: *capacity,
                         datasets: datasets.clone(),
                         command: command.clone(),
                         wait: *poll_wait,
+                        sqs: *sqs,
+                        aws_endpoint: aws_endpoint.clone(),
                     };
                     worker::run(c, opts).await?;
                 }

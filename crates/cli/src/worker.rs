@@ -25,6 +25,16 @@ pub struct WorkerOptions {
     pub command: Vec<String>,
     /// Seconds per long poll.
     pub wait: u64,
+    /// Read the queue straight from SQS (AWS credentials needed) instead of polling the API.
+    pub sqs: bool,
+    /// With `sqs`: an emulator's URL.
+    pub aws_endpoint: Option<String>,
+}
+
+/// Where allocs come from: the API's poll route, or the worker's SQS queue itself.
+enum Source {
+    Api,
+    Sqs(lineup_aws::DirectQueue),
 }
 
 /// Running allocs: id → the handle that kills it.
@@ -61,6 +71,11 @@ pub async fn run(admin: Client, opts: WorkerOptions) -> Result<(), CliError> {
         interval,
         stop_rx.clone(),
     ));
+    let source = if opts.sqs {
+        Source::Sqs(lineup_aws::DirectQueue::connect(&reg.queue_url, opts.aws_endpoint.as_deref()).await)
+    } else {
+        Source::Api
+    };
     let poller = tokio::spawn(poll_loop(
         client.clone(),
         opts.clone(),
@@ -68,6 +83,7 @@ pub async fn run(admin: Client, opts: WorkerOptions) -> Result<(), CliError> {
         running.clone(),
         slots.clone(),
         stop_rx.clone(),
+        source,
     ));
 
     tokio::select! {
@@ -126,6 +142,7 @@ async fn poll_loop(
     running: Running,
     slots: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
+    source: Source,
 ) -> Result<(), CliError> {
     let wait = Duration::from_secs(opts.wait.min(20));
     loop {
@@ -133,7 +150,7 @@ async fn poll_loop(
             return Ok(());
         }
         let got = tokio::select! {
-            r = client.poll(&opts.pool, &worker, wait, 10) => r,
+            r = next_allocs(&client, &source, &opts.pool, &worker, wait) => r,
             _ = stop.changed() => return Ok(()),
         };
         let allocs = match got {
@@ -164,6 +181,36 @@ async fn poll_loop(
                 drop(permits);
             });
         }
+    }
+}
+
+async fn next_allocs(
+    client: &Client,
+    source: &Source,
+    pool: &str,
+    worker: &str,
+    wait: Duration,
+) -> Result<Vec<AllocMessage>, ClientError> {
+    match source {
+        Source::Api => client.poll(pool, worker, wait, 10).await,
+        Source::Sqs(q) => match q.take(10, wait).await {
+            Ok(bodies) => Ok(bodies
+                .iter()
+                .filter_map(|b| match serde_json::from_str::<AllocMessage>(b) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        warn!(error = %e, "dropping malformed alloc message");
+                        None
+                    }
+                })
+                .collect()),
+            Err(lineup_core::Error::QueueGone(_)) => Err(ClientError::Api {
+                status: 410,
+                code: "queue_gone".into(),
+                message: "the worker's queue is gone (worker removed or pool disbanded)".into(),
+            }),
+            Err(e) => Err(ClientError::Decode { url: "sqs".into(), message: e.to_string() }),
+        },
     }
 }
 
