@@ -327,6 +327,11 @@ impl Lineup {
         self.cancel_loop(e, "cancelled by request").await
     }
 
+    /// Cancels an eval of a disbanded pool (for the releaser's sweep).
+    pub(crate) async fn cancel_unfinished(&self, e: Eval) -> Result<()> {
+        self.cancel_loop(e, "pool disbanded").await.map(|_| ())
+    }
+
     async fn cancel_loop(&self, mut e: Eval, reason: &str) -> Result<CancelOutcome> {
         for _ in 0..16 {
             if e.status.is_terminal() {

@@ -37,6 +37,16 @@ impl Lineup {
                 sum.pools_purged += 1;
                 continue;
             }
+            if pool.status == PoolStatus::Disbanded {
+                // Disband cancelled what it could see; an index that lags (DynamoDB's
+                // GSI) may have hidden a few. Until the purge, cancel any left over.
+                for e in self.store.unfinished_evals(id).await? {
+                    if let Err(err) = self.cancel_unfinished(e).await {
+                        warn!(pool = %id, error = %err, "cancelling a straggler of a disbanded pool");
+                        sum.errors += 1;
+                    }
+                }
+            }
 
             for alloc in self.store.expired_allocs(id, now).await? {
                 let (a, e) = (alloc.alloc_id.clone(), alloc.eval_id.clone());
