@@ -4,9 +4,10 @@ PYTHON ?= python3
 DATA_DIR ?= .lineup
 LISTEN ?= 127.0.0.1:8080
 VENV := .venv
-# moto: DynamoDB + SQS on loopback for the AWS backend's tests (versions measured in
-# ../shared/AWS-LOCAL.md). The stamp file re-installs when this line changes.
-PY_PACKAGES := 'moto[dynamodb,sqs]==5.2.5' flask flask-cors
+# moto: DynamoDB + SQS (+ CloudFormation, for the template test) on loopback for the AWS
+# backend's tests; cfn-lint for the template (versions measured in ../shared/AWS-LOCAL.md).
+# The stamp file re-installs when this line changes.
+PY_PACKAGES := 'moto[dynamodb,sqs,cloudformation]==5.2.5' flask flask-cors cfn-lint==1.58.0
 VENV_STAMP := $(VENV)/.installed-$(shell echo "$(PY_PACKAGES)" | cksum | cut -d' ' -f1)
 
 .PHONY: build run test lint fmt clean venv

@@ -95,3 +95,45 @@ pub fn sdk_env(m: &Moto) -> Vec<(&'static str, String)> {
         ("AWS_EC2_METADATA_DISABLED", "true".into()),
     ]
 }
+
+/// Runs `infra/tools/template_json.py` with the venv's Python: the template as JSON,
+/// `only` cutting it down to some resource types.
+pub fn template_json(only: Option<&str>) -> String {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut cmd = Command::new(python());
+    cmd.arg(root.join("infra/tools/template_json.py")).arg(root.join("infra/template.yaml"));
+    if let Some(types) = only {
+        cmd.args(["--only", types]);
+    }
+    let out = cmd.output().expect("run template_json.py");
+    assert!(out.status.success(), "template_json.py: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8 JSON")
+}
+
+/// Creates a CloudFormation stack in moto (its Query API, posted by hand: the test
+/// suite has no CloudFormation SDK client, and moto checks no signature).
+pub async fn create_stack(m: &Moto, name: &str, template_body: &str, params: &[(&str, &str)]) {
+    let mut form: Vec<(String, String)> = vec![
+        ("Action".into(), "CreateStack".into()),
+        ("Version".into(), "2010-05-15".into()),
+        ("StackName".into(), name.into()),
+        ("TemplateBody".into(), template_body.into()),
+    ];
+    for (i, (k, v)) in params.iter().enumerate() {
+        form.push((format!("Parameters.member.{}.ParameterKey", i + 1), k.to_string()));
+        form.push((format!("Parameters.member.{}.ParameterValue", i + 1), v.to_string()));
+    }
+    let resp = reqwest::Client::new()
+        .post(&m.endpoint)
+        .header(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/cloudformation/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .form(&form)
+        .send()
+        .await
+        .expect("CreateStack request");
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    assert!(status.is_success(), "CreateStack {name}: {status}: {text}");
+}

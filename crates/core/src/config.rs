@@ -30,6 +30,9 @@ pub struct Settings {
     pub blocked_backoff_max: u64,
     /// The admin token; `lineup dev` generates one when unset.
     pub admin_token: Option<String>,
+    /// Instead of the token: its SHA-256, lowercase hex (what the template deploys, so the
+    /// token itself is stored nowhere).
+    pub admin_token_sha256: Option<String>,
 }
 
 impl Default for Settings {
@@ -44,6 +47,7 @@ impl Default for Settings {
             release_interval: 5,
             blocked_backoff_max: 30,
             admin_token: None,
+            admin_token_sha256: None,
         }
     }
 }
@@ -59,6 +63,11 @@ impl Settings {
 
     pub fn validated(self) -> Result<Self> {
         validate::deployment(&self.deployment)?;
+        if let Some(h) = &self.admin_token_sha256 {
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                return Err(Error::invalid("invalid_config", "LINEUP_ADMIN_TOKEN_SHA256 must be 64 lowercase hex characters"));
+            }
+        }
         for (name, v) in [
             ("LINEUP_WORKER_TTL", self.worker_ttl),
             ("LINEUP_ALLOC_TTL", self.alloc_ttl),

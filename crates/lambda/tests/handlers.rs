@@ -210,3 +210,22 @@ fn unknown_suffix_fails_at_start() {
     let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("-schedule, -release, -gateway"), "{text}");
 }
+
+#[tokio::test]
+async fn gateway_accepts_the_admin_token_by_its_hash() {
+    ignore_stage_in_path();
+    let d = deps().await;
+    let hashed = lineup_core::Lineup::with_admin_hash(
+        std::sync::Arc::new(d.backend.clone()),
+        std::sync::Arc::new(d.backend.clone()),
+        std::sync::Arc::new(lineup_core::SystemClock),
+        d.lineup.settings.as_ref().clone(),
+        &lineup_core::auth::hash("only-the-hash-is-deployed"),
+    );
+    let d = Deps { lineup: hashed, ..d };
+    let gw = gateway(&d);
+    let (st, _) = call(&gw, http_event("GET", "/v1/pools", "only-the-hash-is-deployed", None)).await;
+    assert_eq!(st, 200);
+    let (st, _) = call(&gw, http_event("GET", "/v1/pools", TOKEN, None)).await;
+    assert_eq!(st, 401);
+}

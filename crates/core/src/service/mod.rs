@@ -55,12 +55,23 @@ impl Lineup {
         settings: Settings,
         admin_token: &str,
     ) -> Self {
+        Self::with_admin_hash(store, queues, clock, settings, &auth::hash(admin_token))
+    }
+
+    /// As `new`, given only the admin token's SHA-256 (lowercase hex).
+    pub fn with_admin_hash(
+        store: Arc<dyn Store>,
+        queues: Arc<dyn Queues>,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+        admin_hash: &str,
+    ) -> Self {
         Lineup {
             store,
             queues,
             clock,
             settings: Arc::new(settings),
-            admin_hash: auth::hash(admin_token).into(),
+            admin_hash: admin_hash.into(),
             pools_changed: Arc::new(tokio::sync::Notify::new()),
         }
     }
