@@ -10,7 +10,8 @@ VENV := .venv
 PY_PACKAGES := 'moto[dynamodb,sqs,cloudformation]==5.2.5' flask flask-cors cfn-lint==1.58.0
 VENV_STAMP := $(VENV)/.installed-$(shell echo "$(PY_PACKAGES)" | cksum | cut -d' ' -f1)
 
-.PHONY: build run test lint fmt clean venv
+.PHONY: build run test test-all e2e lint fmt clean venv lambda
+CARGO_LAMBDA_VERSION := 1.9.2
 
 $(VENV_STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +29,30 @@ run:
 
 # The black-box tests start the real binaries: build them first, with the very commands
 # the tests use (tests/util/mod.rs), so those find nothing left to build.
-test: $(VENV_STAMP)
+test: $(VENV_STAMP) $(VENV)/bin/cargo-lambda
 	$(CARGO) build -q -p lineup-cli --bin lineup
 	$(CARGO) build -q -p lineup-fn-dispatch
 	$(CARGO) test --workspace
+	infra/e2e.sh
+
+# Lambda zips: target/lambda/{schedule,release,gateway,dispatch}/bootstrap.zip.
+# cargo-lambda from PyPI without its 400 MB zig (the workspace metadata selects plain
+# cargo). --disable-optimizations keeps our own release profile: cargo-lambda's would set
+# panic = "abort", and a panic should be one failed invocation, not a dead instance.
+$(VENV)/bin/cargo-lambda: $(VENV_STAMP)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps cargo-lambda==$(CARGO_LAMBDA_VERSION)
+
+lambda: $(VENV)/bin/cargo-lambda
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(CARGO) lambda build --release --disable-optimizations \
+		--output-format zip --bin schedule --bin release --bin gateway --bin dispatch
+	ls -l target/lambda/*/bootstrap.zip
+
+# The deployed shape on one machine: moto + `cargo lambda watch` serving the functions.
+e2e: $(VENV)/bin/cargo-lambda
+	infra/e2e.sh
+
+# `make test` already ends with the e2e run; kept for habit.
+test-all: test
 
 lint:
 	$(CARGO) fmt --all --check

@@ -32,9 +32,14 @@ async fn stack_declares_the_tables_the_backend_uses() {
     create_stack(moto, &format!("lineup-{deployment}"), storage_template(), &[("Deployment", &deployment)]).await;
     let b = AwsBackend::for_emulator(&moto.endpoint, &deployment).await;
     for table in b.tables().all() {
-        let d = b.dynamodb().describe_table().table_name(table).send().await.unwrap_or_else(|e| panic!("{table}: {e:?}"));
+        let d =
+            b.dynamodb().describe_table().table_name(table).send().await.unwrap_or_else(|e| panic!("{table}: {e:?}"));
         let t = d.table().unwrap();
-        assert_eq!(t.billing_mode_summary().and_then(|s| s.billing_mode()).map(|m| m.as_str()), Some("PAY_PER_REQUEST"), "{table}");
+        assert_eq!(
+            t.billing_mode_summary().and_then(|s| s.billing_mode()).map(|m| m.as_str()),
+            Some("PAY_PER_REQUEST"),
+            "{table}"
+        );
     }
     let q = b.sqs().get_queue_url().queue_name(format!("{deployment}-dead-letter")).send().await.unwrap();
     let attrs = b
@@ -45,7 +50,8 @@ async fn stack_declares_the_tables_the_backend_uses() {
         .send()
         .await
         .unwrap();
-    let retention = attrs.attributes().and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::MessageRetentionPeriod));
+    let retention =
+        attrs.attributes().and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::MessageRetentionPeriod));
     assert_eq!(retention.map(String::as_str), Some("1209600"), "14 days, as in the original");
 }
 
@@ -69,9 +75,12 @@ fn iam_policies_name_only_the_deployments_resources() {
     let queues = of_type("AWS::SQS::Queue");
     let log_groups = of_type("AWS::Logs::LogGroup");
     assert_eq!(tables.len(), 5);
-    let sqs_prefix = serde_json::json!({"Fn::Sub": "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:${Deployment}-*"});
+    let sqs_prefix =
+        serde_json::json!({"Fn::Sub": "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:${Deployment}-*"});
     let get_att = |r: &serde_json::Value, among: &[String]| {
-        r["Fn::GetAtt"].as_array().is_some_and(|a| a.len() == 2 && a[1] == "Arn" && among.iter().any(|t| a[0] == t.as_str()))
+        r["Fn::GetAtt"]
+            .as_array()
+            .is_some_and(|a| a.len() == 2 && a[1] == "Arn" && among.iter().any(|t| a[0] == t.as_str()))
     };
     let mut granted: std::collections::HashMap<String, std::collections::HashSet<String>> = Default::default();
     let roles = of_type("AWS::IAM::Role");
@@ -79,7 +88,8 @@ fn iam_policies_name_only_the_deployments_resources() {
     for role in &roles {
         for policy in resources[role]["Properties"]["Policies"].as_array().unwrap() {
             for st in as_list(&policy["PolicyDocument"]["Statement"]) {
-                let actions: Vec<String> = as_list(&st["Action"]).iter().map(|a| a.as_str().unwrap().to_owned()).collect();
+                let actions: Vec<String> =
+                    as_list(&st["Action"]).iter().map(|a| a.as_str().unwrap().to_owned()).collect();
                 let res = as_list(&st["Resource"]);
                 assert!(!res.iter().any(|r| r == "*"), "{role}: a '*' resource");
                 for a in &actions {
@@ -91,9 +101,15 @@ fn iam_policies_name_only_the_deployments_resources() {
                         let index_of_table = r["Fn::Sub"]
                             .as_str()
                             .is_some_and(|s| tables.iter().any(|t| s == format!("${{{t}.Arn}}/index/*")));
-                        assert!(get_att(r, &tables) || index_of_table, "{role}: DynamoDB resource {r} is not one of its tables");
+                        assert!(
+                            get_att(r, &tables) || index_of_table,
+                            "{role}: DynamoDB resource {r} is not one of its tables"
+                        );
                     } else if actions.iter().any(|a| a.starts_with("sqs:")) {
-                        assert!(*r == sqs_prefix || get_att(r, &queues), "{role}: SQS resource {r} is not the deployment's");
+                        assert!(
+                            *r == sqs_prefix || get_att(r, &queues),
+                            "{role}: SQS resource {r} is not the deployment's"
+                        );
                     } else if actions.iter().any(|a| a.starts_with("logs:")) {
                         assert!(get_att(r, &log_groups), "{role}: logs resource {r} is not its log group");
                     } else {
@@ -107,9 +123,29 @@ fn iam_policies_name_only_the_deployments_resources() {
     // releaser deletes queues and batch-deletes records, the scheduler moves messages.
     let needs = [
         // Heartbeats batch-write replicas.
-        ("GatewayRole", vec!["sqs:CreateQueue", "sqs:DeleteQueue", "sqs:ReceiveMessage", "dynamodb:ConditionCheckItem", "dynamodb:UpdateItem", "dynamodb:BatchWriteItem"]),
+        (
+            "GatewayRole",
+            vec![
+                "sqs:CreateQueue",
+                "sqs:DeleteQueue",
+                "sqs:ReceiveMessage",
+                "dynamodb:ConditionCheckItem",
+                "dynamodb:UpdateItem",
+                "dynamodb:BatchWriteItem",
+            ],
+        ),
         ("ReleaseRole", vec!["sqs:DeleteQueue", "sqs:SendMessage", "dynamodb:BatchWriteItem", "dynamodb:DeleteItem"]),
-        ("ScheduleRole", vec!["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:SendMessage", "dynamodb:BatchGetItem", "dynamodb:PutItem"]),
+        (
+            "ScheduleRole",
+            vec![
+                "sqs:ReceiveMessage",
+                "sqs:DeleteMessage",
+                "sqs:ChangeMessageVisibility",
+                "sqs:SendMessage",
+                "dynamodb:BatchGetItem",
+                "dynamodb:PutItem",
+            ],
+        ),
     ];
     for (role, actions) in needs {
         for a in actions {
@@ -126,5 +162,11 @@ fn cfn_lint_finds_nothing() {
         .output()
         .expect("run cfn-lint (make test installs it into .venv)");
     // Its exit code is a bitmask: 2 errors, 4 warnings, 8 informational. Any is a failure.
-    assert_eq!(out.status.code(), Some(0), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

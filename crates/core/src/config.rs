@@ -65,7 +65,10 @@ impl Settings {
         validate::deployment(&self.deployment)?;
         if let Some(h) = &self.admin_token_sha256 {
             if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-                return Err(Error::invalid("invalid_config", "LINEUP_ADMIN_TOKEN_SHA256 must be 64 lowercase hex characters"));
+                return Err(Error::invalid(
+                    "invalid_config",
+                    "LINEUP_ADMIN_TOKEN_SHA256 must be 64 lowercase hex characters",
+                ));
             }
         }
         for (name, v) in [

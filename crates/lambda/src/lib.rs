@@ -105,11 +105,14 @@ pub struct FunctionSettings {
     pub schedule_margin: u64,
     /// Long-poll wait per receive in the schedule function (at most 20).
     pub schedule_wait: u64,
+    /// Longest one schedule invocation runs, in seconds, whatever its deadline says
+    /// (emulators report deadlines that are not epoch times).
+    pub schedule_max: u64,
 }
 
 impl Default for FunctionSettings {
     fn default() -> Self {
-        FunctionSettings { table_prefix: None, schedule_margin: 5, schedule_wait: 20 }
+        FunctionSettings { table_prefix: None, schedule_margin: 5, schedule_wait: 20, schedule_max: 900 }
     }
 }
 
@@ -148,13 +151,10 @@ impl Deps {
 }
 
 /// How long the schedule handler may run: until the invocation's deadline (ms since
-/// the epoch) minus the safety margin; 60 s when the context has no deadline.
-pub fn schedule_budget(deadline_ms: u64, now_ms: u64, margin: Duration) -> Duration {
-    let left = if deadline_ms == 0 {
-        Duration::from_secs(60)
-    } else {
-        Duration::from_millis(deadline_ms.saturating_sub(now_ms))
-    };
+/// the epoch) minus the safety margin, and never more than `max`. A deadline that is not
+/// in the future (none, or an emulator's relative number) leaves `max`.
+pub fn schedule_budget(deadline_ms: u64, now_ms: u64, margin: Duration, max: Duration) -> Duration {
+    let left = if deadline_ms <= now_ms { max } else { Duration::from_millis(deadline_ms - now_ms).min(max) };
     left.saturating_sub(margin)
 }
 
@@ -162,7 +162,18 @@ pub fn schedule_budget(deadline_ms: u64, now_ms: u64, margin: Duration) -> Durat
 pub async fn schedule(event: LambdaEvent<Value>, deps: &Deps) -> Result<ScheduleSummary, LambdaError> {
     check_invocation(&event.context.invoked_function_arn, Role::Schedule)?;
     let now_ms = lineup_core::clock::Clock::now(&SystemClock) as u64;
-    let budget = schedule_budget(event.context.deadline, now_ms, Duration::from_secs(deps.functions.schedule_margin));
+    let budget = schedule_budget(
+        event.context.deadline,
+        now_ms,
+        Duration::from_secs(deps.functions.schedule_margin),
+        Duration::from_secs(deps.functions.schedule_max),
+    );
+    tracing::info!(
+        deadline = event.context.deadline,
+        now_ms,
+        budget_ms = budget.as_millis() as u64,
+        "schedule invocation"
+    );
     let opts = SchedulerOptions {
         wait: Duration::from_secs(deps.functions.schedule_wait.min(20)),
         ..SchedulerOptions::default()
@@ -224,8 +235,13 @@ mod tests {
 
     #[test]
     fn budget_keeps_the_margin() {
-        assert_eq!(schedule_budget(100_000, 40_000, Duration::from_secs(5)), Duration::from_secs(55));
-        assert_eq!(schedule_budget(41_000, 40_000, Duration::from_secs(5)), Duration::ZERO);
-        assert_eq!(schedule_budget(0, 40_000, Duration::from_secs(5)), Duration::from_secs(55));
+        let (m, max) = (Duration::from_secs(5), Duration::from_secs(900));
+        assert_eq!(schedule_budget(100_000, 40_000, m, max), Duration::from_secs(55));
+        assert_eq!(schedule_budget(41_000, 40_000, m, max), Duration::ZERO);
+        // No usable deadline: the cap, less the margin.
+        assert_eq!(schedule_budget(0, 40_000, m, Duration::from_secs(60)), Duration::from_secs(55));
+        assert_eq!(schedule_budget(600_000, 1_795_407_291_973, m, Duration::from_secs(10)), Duration::from_secs(5));
+        // The cap wins over a far deadline.
+        assert_eq!(schedule_budget(1_000_000, 0, m, Duration::from_secs(60)), Duration::from_secs(55));
     }
 }

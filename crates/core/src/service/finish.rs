@@ -32,10 +32,11 @@ const MAX_TRIES: usize = 16;
 
 impl Lineup {
     /// Releases `alloc` (as read by the caller) with `finish`. See the module doc.
-    pub async fn finish(&self, mut alloc: Alloc, finish: &Finish) -> Result<Finished> {
+    /// Returns what happened and, when it released, the eval as it now stands.
+    pub async fn finish(&self, mut alloc: Alloc, finish: &Finish) -> Result<(Finished, Option<Eval>)> {
         for _ in 0..MAX_TRIES {
             if alloc.state == AllocState::Released {
-                return Ok(Finished::AlreadyReleased);
+                return Ok((Finished::AlreadyReleased, None));
             }
             let eval = self.store.get_eval(&alloc.pool_id, &alloc.eval_id).await?;
             let mut new_eval = self.decide(eval.as_ref(), &alloc, finish);
@@ -69,13 +70,13 @@ impl Lineup {
                     if let Some(e) = new_eval.as_ref().filter(|e| e.status == EvalStatus::Dead) {
                         self.announce_dead(e).await;
                     }
-                    return Ok(Finished::Released(status));
+                    return Ok((Finished::Released(status), new_eval.or(eval)));
                 }
                 Err(Error::Conflict(why)) => {
                     debug!(alloc = %alloc.alloc_id, %why, "release lost a race; re-reading");
                     match self.store.get_alloc(&alloc.pool_id, &alloc.alloc_id).await? {
                         Some(a) => alloc = a,
-                        None => return Ok(Finished::AlreadyReleased),
+                        None => return Ok((Finished::AlreadyReleased, None)),
                     }
                 }
                 Err(e) => return Err(e),

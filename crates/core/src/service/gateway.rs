@@ -378,8 +378,9 @@ impl Lineup {
         let a = self.store.get_alloc(pool, alloc).await?.ok_or_else(|| Error::not_found(format!("alloc {alloc}")))?;
         require_worker(who, pool, &a.worker_id)?;
         let eval_id = a.eval_id.clone();
-        let done = self.finish(a, &finish).await?;
-        let eval = self.store.get_eval(pool, &eval_id).await?;
-        Ok((done, eval))
+        match self.finish(a, &finish).await? {
+            (done, Some(eval)) => Ok((done, Some(eval))),
+            (done, None) => Ok((done, self.store.get_eval(pool, &eval_id).await?)),
+        }
     }
 }

@@ -54,8 +54,8 @@ impl Lineup {
                     .finish(alloc, &Finish::Fail { reason: "alloc expired: no heartbeat listed it in time".into() })
                     .await
                 {
-                    Ok(Finished::Released(_)) => sum.allocs_released += 1,
-                    Ok(Finished::AlreadyReleased) => {}
+                    Ok((Finished::Released(_), _)) => sum.allocs_released += 1,
+                    Ok((Finished::AlreadyReleased, _)) => {}
                     Err(err) => {
                         warn!(pool = %id, alloc = %a, eval = %e, error = %err, "releasing expired alloc");
                         sum.errors += 1;
@@ -69,8 +69,8 @@ impl Lineup {
                 for alloc in self.store.live_allocs(id, Some(wid)).await? {
                     let a = alloc.alloc_id.clone();
                     match self.finish(alloc, &Finish::Fail { reason: format!("worker {wid} expired") }).await {
-                        Ok(Finished::Released(_)) => sum.allocs_released += 1,
-                        Ok(Finished::AlreadyReleased) => {}
+                        Ok((Finished::Released(_), _)) => sum.allocs_released += 1,
+                        Ok((Finished::AlreadyReleased, _)) => {}
                         Err(err) => {
                             warn!(pool = %id, worker = %wid, alloc = %a, error = %err, "releasing alloc of expired worker");
                             sum.errors += 1;
