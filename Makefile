@@ -10,7 +10,7 @@ VENV := .venv
 PY_PACKAGES := 'moto[dynamodb,sqs,cloudformation]==5.2.5' flask flask-cors cfn-lint==1.58.0
 VENV_STAMP := $(VENV)/.installed-$(shell echo "$(PY_PACKAGES)" | cksum | cut -d' ' -f1)
 
-.PHONY: build run test test-all e2e lint fmt clean venv lambda
+.PHONY: build run test test-all e2e bench lint fmt clean venv lambda
 CARGO_LAMBDA_VERSION := 1.9.2
 
 $(VENV_STAMP):
@@ -53,6 +53,11 @@ e2e: $(VENV)/bin/cargo-lambda
 
 # `make test` already ends with the e2e run; kept for habit.
 test-all: test
+
+# Figures, not assertions: the release `lineup dev` driven over HTTP (docs/BENCHMARKS.md).
+bench:
+	$(CARGO) build --release -q -p lineup-cli --bin lineup -p lineup-bench
+	target/release/lineup-bench $(BENCH_ARGS)
 
 lint:
 	$(CARGO) fmt --all --check

@@ -160,6 +160,10 @@ impl Client {
         &self.endpoint
     }
 
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     /// Sends a request and decodes a JSON answer; the raw building block for the typed calls.
     pub async fn call<T: DeserializeOwned>(
         &self,

@@ -1,0 +1,285 @@
+//! `make bench`: starts the release `lineup dev` as a separate process, drives it over
+//! HTTP with keep-alive clients, and prints a table plus one `BENCH name value unit`
+//! line per figure. A benchmark, not a test: it asserts nothing.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use lineup_client::{Client, SubmitEval};
+
+#[derive(Parser)]
+struct Args {
+    /// The `lineup` binary (a release build).
+    #[arg(long, default_value = "target/release/lineup")]
+    lineup: String,
+    /// Evals for the submit and drain scenarios.
+    #[arg(long, default_value_t = 20_000)]
+    evals: usize,
+    /// HTTP connections for submitting.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Seconds of offered load in the latency scenario.
+    #[arg(long, default_value_t = 30)]
+    latency_secs: u64,
+    /// Evals per second offered in the latency scenario.
+    #[arg(long, default_value_t = 1_000)]
+    latency_rate: u64,
+    /// Queued evals in the backlog scenario (0 skips it).
+    #[arg(long, default_value_t = 200_000)]
+    backlog: usize,
+}
+
+struct Server {
+    child: Child,
+    admin: Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(bin: &str, env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cmd = Command::new(bin);
+        cmd.args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("LINEUP_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start lineup dev");
+        let endpoint_file = dir.path().join("endpoint");
+        let start = Instant::now();
+        while !endpoint_file.exists() {
+            assert!(start.elapsed() < Duration::from_secs(30), "lineup dev did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let endpoint = std::fs::read_to_string(&endpoint_file).expect("endpoint").trim().to_owned();
+        let token = std::fs::read_to_string(dir.path().join("admin.token")).expect("token").trim().to_owned();
+        Server { child, admin: Client::new(&endpoint, &token), _dir: dir }
+    }
+
+    /// User + system CPU seconds of the server process so far.
+    fn cpu_secs(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit(") ").next().unwrap_or("").split_whitespace().collect();
+        let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+            + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        ticks / 100.0
+    }
+
+    fn rss_mb(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn report(rows: &mut Vec<(String, f64, &'static str, String)>, name: &str, value: f64, unit: &'static str, target: &str) {
+    println!("BENCH {name} {value:.2} {unit}");
+    rows.push((name.to_owned(), value, unit, target.to_owned()));
+}
+
+/// Submits `n` size-1 evals over `conns` connections; returns evals/s.
+async fn submit(admin: &Client, pool: &str, n: usize, conns: usize) -> f64 {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let (admin, pool) = (admin.with_token_same(), pool.to_owned());
+        let share = n / conns + usize::from(c < n % conns);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..share {
+                admin.submit_eval(&pool, &SubmitEval { size: 1, ..Default::default() }).await.expect("submit");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("submitter");
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+trait SameToken {
+    fn with_token_same(&self) -> Client;
+}
+
+impl SameToken for Client {
+    /// A client with its own connection pool (one keep-alive connection per task).
+    fn with_token_same(&self) -> Client {
+        Client::new(self.endpoint(), self.token())
+    }
+}
+
+async fn wait_queued_zero(admin: &Client, pool: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let p = admin.pool(pool).await.expect("pool");
+        if p.queued == 0 {
+            return start.elapsed();
+        }
+        if start.elapsed() > limit {
+            eprintln!("drain: still {} queued after {limit:?}", p.queued);
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let mut rows = Vec::new();
+    println!("lineup bench: {} ({} cores)", args.lineup, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+
+    // ---- submit, then drain onto one worker
+    {
+        let s = Server::start(&args.lineup, &[]);
+        let pool = s.admin.create_pool(None).await.expect("pool").pool_id;
+        let rate = submit(&s.admin, &pool, args.evals, args.connections).await;
+        report(&mut rows, "submit_evals_per_s", rate, "evals/s", ">= 5000");
+        s.admin.register_worker(&pool, args.evals as u32).await.expect("worker");
+        let took = wait_queued_zero(&s.admin, &pool, Duration::from_secs(600)).await;
+        report(&mut rows, "drain_1_worker_placements_per_s", args.evals as f64 / took.as_secs_f64(), "placements/s", ">= 20000");
+    }
+    // ---- drain onto 1,000 workers
+    {
+        let s = Server::start(&args.lineup, &[]);
+        let pool = s.admin.create_pool(None).await.expect("pool").pool_id;
+        submit(&s.admin, &pool, args.evals, args.connections).await;
+        let per = (args.evals / 1000 + 1) as u32;
+        let start = Instant::now();
+        for _ in 0..1000 {
+            s.admin.register_worker(&pool, per).await.expect("worker");
+        }
+        let registering = start.elapsed();
+        let took = wait_queued_zero(&s.admin, &pool, Duration::from_secs(600)).await + registering;
+        report(&mut rows, "drain_1000_workers_placements_per_s", args.evals as f64 / took.as_secs_f64(), "placements/s", ">= 20000");
+    }
+    // ---- latency: offered load, 50 workers long-polling and completing
+    {
+        let s = Server::start(&args.lineup, &[]);
+        let pool = s.admin.create_pool(None).await.expect("pool").pool_id;
+        let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let lat: Arc<Mutex<Vec<Duration>>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for _ in 0..50 {
+            let reg = s.admin.register_worker(&pool, 1_000).await.expect("worker");
+            let c = s.admin.with_token(reg.token.as_deref().unwrap_or_default());
+            let (pool, sent, lat, stop) = (pool.clone(), sent.clone(), lat.clone(), stop.clone());
+            workers.push(tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(allocs) = c.poll(&pool, &reg.worker_id, Duration::from_secs(1), 10).await else { continue };
+                    let now = Instant::now();
+                    for a in &allocs {
+                        if let Some(t) = sent.lock().unwrap().remove(a.eval_id.as_str()) {
+                            lat.lock().unwrap().push(now - t);
+                        }
+                    }
+                    for a in allocs {
+                        let _ = c.complete(&pool, a.alloc_id.as_str(), 0, None).await;
+                    }
+                }
+            }));
+        }
+        let total = args.latency_rate * args.latency_secs;
+        let per_conn = args.connections as u64;
+        let mut senders = Vec::new();
+        let begin = Instant::now();
+        for k in 0..per_conn {
+            let (c, pool, sent) = (s.admin.with_token_same(), pool.clone(), sent.clone());
+            let interval = Duration::from_secs_f64(per_conn as f64 / args.latency_rate as f64);
+            senders.push(tokio::spawn(async move {
+                let mut next = begin + interval.mul_f64(k as f64 / per_conn as f64);
+                for _ in 0..total / per_conn {
+                    tokio::time::sleep_until(next.into()).await;
+                    let t = Instant::now();
+                    if let Ok(sub) = c.submit_eval(&pool, &SubmitEval { size: 1, ..Default::default() }).await {
+                        sent.lock().unwrap().insert(sub.eval_id, t);
+                    }
+                    next += interval;
+                }
+            }));
+        }
+        for t in senders {
+            let _ = t.await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in workers {
+            let _ = w.await;
+        }
+        let mut l = lat.lock().unwrap().clone();
+        l.sort();
+        let pct = |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or_default();
+        report(&mut rows, "latency_p50_ms", pct(0.50).as_secs_f64() * 1e3, "ms", "< 10");
+        report(&mut rows, "latency_p99_ms", pct(0.99).as_secs_f64() * 1e3, "ms", "< 50");
+        report(&mut rows, "latency_samples", l.len() as f64, "evals", "");
+    }
+    // ---- idle: 1,000 workers heartbeating, 100 blocked evals
+    {
+        let s = Server::start(&args.lineup, &[]);
+        let pool = s.admin.create_pool(None).await.expect("pool").pool_id;
+        let mut regs = Vec::new();
+        for _ in 0..1000 {
+            let r = s.admin.register_worker(&pool, 1).await.expect("worker");
+            regs.push((r.worker_id.clone(), s.admin.with_token(r.token.as_deref().unwrap_or_default())));
+        }
+        for _ in 0..100 {
+            s.admin.submit_eval(&pool, &SubmitEval { size: 2, ..Default::default() }).await.expect("submit");
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Heartbeats at a third of the 60 s TTL: 1,000 workers → 50 per second.
+        let (cpu0, t0) = (s.cpu_secs(), Instant::now());
+        let window = Duration::from_secs(20);
+        let per_tick = regs.len() / 20;
+        let mut i = 0;
+        while t0.elapsed() < window {
+            for _ in 0..per_tick {
+                let (w, c) = &regs[i % regs.len()];
+                let _ = c.heartbeat(&pool, w, &[], &[]).await;
+                i += 1;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let cpu = (s.cpu_secs() - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+        report(&mut rows, "idle_server_cpu_percent", cpu, "% of one core", "< 5");
+    }
+    // ---- backlog: many queued evals, memory and submit rate first vs last
+    if args.backlog > 0 {
+        let s = Server::start(&args.lineup, &[]);
+        let pool = s.admin.create_pool(None).await.expect("pool").pool_id;
+        let rss0 = s.rss_mb();
+        let chunk = (args.backlog / 10).max(1);
+        let mut rates = Vec::new();
+        for _ in 0..10 {
+            rates.push(submit(&s.admin, &pool, chunk, args.connections).await);
+        }
+        let rss = s.rss_mb() - rss0;
+        report(&mut rows, "backlog_evals", (chunk * 10) as f64, "evals", "1000000");
+        report(&mut rows, "backlog_rss_growth_mb", rss, "MB", "< 100");
+        report(&mut rows, "backlog_submit_first_tenth_per_s", rates[0], "evals/s", "");
+        report(&mut rows, "backlog_submit_last_tenth_per_s", rates[9], "evals/s", "within 20% of first");
+    }
+
+    println!();
+    println!("{:<40} {:>12}  {:<16} target", "figure", "value", "unit");
+    for (name, v, unit, target) in rows {
+        println!("{name:<40} {v:>12.2}  {unit:<16} {target}");
+    }
+}
