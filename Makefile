@@ -56,7 +56,8 @@ test-all: test
 
 # Figures, not assertions: the release `lineup dev` driven over HTTP (docs/BENCHMARKS.md).
 bench:
-	$(CARGO) build --release -q -p lineup-cli --bin lineup -p lineup-bench
+	$(CARGO) build --release -q -p lineup-cli --bin lineup
+	$(CARGO) build --release -q -p lineup-bench
 	target/release/lineup-bench $(BENCH_ARGS)
 
 lint:

@@ -136,7 +136,7 @@ async fn wait_queued_zero(admin: &Client, pool: &str, limit: Duration) -> Durati
             eprintln!("drain: still {} queued after {limit:?}", p.queued);
             return start.elapsed();
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

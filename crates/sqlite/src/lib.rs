@@ -56,7 +56,7 @@ impl SqliteBackend {
             Durability::Machine => "FULL",
         };
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=10000; PRAGMA foreign_keys=OFF;"
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=10000; PRAGMA foreign_keys=OFF; PRAGMA temp_store=MEMORY;"
         ))
         .map_err(|e| Error::backend("configure sqlite", e))?;
         schema::create(&conn)?;

@@ -138,7 +138,8 @@ impl Queues for SqliteBackend {
     }
 
     async fn receive(&self, name: &str, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<Received>> {
-        let max = max.clamp(1, 10);
+        // SQS hands out at most 10; a local queue may hand out more to a caller that asks.
+        let max = max.clamp(1, 1000);
         let deadline = tokio::time::Instant::now() + wait;
         let notify = self.notifier(name);
         loop {

@@ -260,7 +260,6 @@ impl Lineup {
 
     pub async fn submit_eval(&self, who: &Principal, pool: &PoolId, new: NewEval) -> Result<SubmitOutcome> {
         require_admin(who)?;
-        self.active_pool(pool).await?;
         if let Some(key) = &new.idempotency_key {
             if let Some(eval) = self.store.find_eval_by_key(pool, key).await? {
                 return Ok(SubmitOutcome { eval, created: false });
@@ -288,8 +287,12 @@ impl Lineup {
         // Message first (see service/mod.rs): if the insert never happens, the
         // scheduler drops the orphan message; the caller was never told "accepted".
         let msg = EvalMessage { eval_id: eval.eval_id.clone(), attempt: 1 };
+        // No pool read first: the queue and the insert's own check say if it is gone.
         match self.send_eval_message(pool, &msg).await {
-            Err(Error::QueueGone(_)) => return Err(Error::Disbanded(pool.to_string())),
+            Err(Error::QueueGone(_)) => {
+                self.active_pool(pool).await?;
+                return Err(Error::Disbanded(pool.to_string()));
+            }
             other => other?,
         }
         match self.store.insert_eval(&eval).await? {
