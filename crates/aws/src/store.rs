@@ -108,6 +108,21 @@ impl AwsBackend {
         }
     }
 
+    /// Items of `pool` whose `ttl` has passed, through the table's `by_ttl` index
+    /// (read consistently: it is a local index).
+    fn expired(&self, table: &str, pool: &PoolId, now: Millis) -> QueryFluentBuilder {
+        self.ddb
+            .query()
+            .table_name(table)
+            .index_name(BY_TTL)
+            .key_condition_expression("#p = :p AND #t <= :now")
+            .expression_attribute_names("#p", "pool")
+            .expression_attribute_names("#t", "ttl")
+            .expression_attribute_values(":p", s(pool.as_str()))
+            .expression_attribute_values(":now", n(now))
+            .consistent_read(true)
+    }
+
     fn by_pool(&self, table: &str, pool: &PoolId) -> QueryFluentBuilder {
         self.ddb
             .query()
@@ -376,17 +391,7 @@ impl Store for AwsBackend {
     }
 
     async fn expired_workers(&self, pool: &PoolId, now: Millis) -> Result<Vec<Worker>> {
-        let q = self
-            .ddb
-            .query()
-            .table_name(&self.tables.workers)
-            .index_name(BY_TTL)
-            .key_condition_expression("#p = :p AND #t <= :now")
-            .set_expression_attribute_names(names(&[("#p", "pool"), ("#t", "ttl")]))
-            .expression_attribute_values(":p", s(pool.as_str()))
-            .expression_attribute_values(":now", n(now))
-            .consistent_read(true);
-        let items = self.query_all(q, "expired workers").await?;
+        let items = self.query_all(self.expired(&self.tables.workers, pool, now), "expired workers").await?;
         Ok(Self::items::<WorkerItem>(items)?.into_iter().map(Worker::from).collect())
     }
 
@@ -508,16 +513,9 @@ impl Store for AwsBackend {
 
     async fn delete_expired_replicas(&self, pool: &PoolId, now: Millis) -> Result<u64> {
         let q = self
-            .ddb
-            .query()
-            .table_name(&self.tables.replicas)
-            .index_name(BY_TTL)
-            .key_condition_expression("#p = :p AND #t <= :now")
+            .expired(&self.tables.replicas, pool, now)
             .projection_expression("#p, #r")
-            .set_expression_attribute_names(names(&[("#p", "pool"), ("#t", "ttl"), ("#r", "rpl")]))
-            .expression_attribute_values(":p", s(pool.as_str()))
-            .expression_attribute_values(":now", n(now))
-            .consistent_read(true);
+            .expression_attribute_names("#r", "rpl");
         let keys = self.query_all(q, "expired replicas").await?;
         let count = keys.len() as u64;
         self.batch_delete(&self.tables.replicas, keys).await?;
@@ -679,17 +677,7 @@ impl Store for AwsBackend {
     }
 
     async fn expired_allocs(&self, pool: &PoolId, now: Millis) -> Result<Vec<Alloc>> {
-        let q = self
-            .ddb
-            .query()
-            .table_name(&self.tables.allocs)
-            .index_name(BY_TTL)
-            .key_condition_expression("#p = :p AND #t <= :now")
-            .set_expression_attribute_names(names(&[("#p", "pool"), ("#t", "ttl")]))
-            .expression_attribute_values(":p", s(pool.as_str()))
-            .expression_attribute_values(":now", n(now))
-            .consistent_read(true);
-        let items = self.query_all(q, "expired allocs").await?;
+        let items = self.query_all(self.expired(&self.tables.allocs, pool, now), "expired allocs").await?;
         Ok(Self::items::<AllocItem>(items)?.into_iter().map(Alloc::from).collect())
     }
 

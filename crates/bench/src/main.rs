@@ -90,7 +90,13 @@ impl Drop for Server {
     }
 }
 
-fn report(rows: &mut Vec<(String, f64, &'static str, String)>, name: &str, value: f64, unit: &'static str, target: &str) {
+fn report(
+    rows: &mut Vec<(String, f64, &'static str, String)>,
+    name: &str,
+    value: f64,
+    unit: &'static str,
+    target: &str,
+) {
     println!("BENCH {name} {value:.2} {unit}");
     rows.push((name.to_owned(), value, unit, target.to_owned()));
 }
@@ -144,7 +150,11 @@ async fn wait_queued_zero(admin: &Client, pool: &str, limit: Duration) -> Durati
 async fn main() {
     let args = Args::parse();
     let mut rows = Vec::new();
-    println!("lineup bench: {} ({} cores)", args.lineup, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "lineup bench: {} ({} cores)",
+        args.lineup,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
 
     // ---- submit, then drain onto one worker
     {
@@ -154,7 +164,13 @@ async fn main() {
         report(&mut rows, "submit_evals_per_s", rate, "evals/s", ">= 5000");
         s.admin.register_worker(&pool, args.evals as u32).await.expect("worker");
         let took = wait_queued_zero(&s.admin, &pool, Duration::from_secs(600)).await;
-        report(&mut rows, "drain_1_worker_placements_per_s", args.evals as f64 / took.as_secs_f64(), "placements/s", ">= 20000");
+        report(
+            &mut rows,
+            "drain_1_worker_placements_per_s",
+            args.evals as f64 / took.as_secs_f64(),
+            "placements/s",
+            ">= 20000",
+        );
     }
     // ---- drain onto 1,000 workers
     {
@@ -168,7 +184,13 @@ async fn main() {
         }
         let registering = start.elapsed();
         let took = wait_queued_zero(&s.admin, &pool, Duration::from_secs(600)).await + registering;
-        report(&mut rows, "drain_1000_workers_placements_per_s", args.evals as f64 / took.as_secs_f64(), "placements/s", ">= 20000");
+        report(
+            &mut rows,
+            "drain_1000_workers_placements_per_s",
+            args.evals as f64 / took.as_secs_f64(),
+            "placements/s",
+            ">= 20000",
+        );
     }
     // ---- latency: offered load, 50 workers long-polling and completing
     {
@@ -226,7 +248,8 @@ async fn main() {
         }
         let mut l = lat.lock().unwrap().clone();
         l.sort();
-        let pct = |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or_default();
+        let pct =
+            |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or_default();
         report(&mut rows, "latency_p50_ms", pct(0.50).as_secs_f64() * 1e3, "ms", "< 10");
         report(&mut rows, "latency_p99_ms", pct(0.99).as_secs_f64() * 1e3, "ms", "< 50");
         report(&mut rows, "latency_samples", l.len() as f64, "evals", "");
