@@ -23,24 +23,8 @@ pub fn worker_rec(pool: &PoolId, capacity: u32, ttl: Millis) -> Worker {
 }
 
 pub fn eval_rec(pool: &PoolId, size: u32) -> Eval {
-    Eval {
-        pool_id: pool.clone(),
-        eval_id: EvalId::generate(),
-        size,
-        dataset: None,
-        payload: Some(serde_json::json!({"cmd": ["echo", "hi"], "n": 1})),
-        status: EvalStatus::Queued,
-        attempt: 1,
-        version: 1,
-        worker_id: None,
-        alloc_id: None,
-        exit_code: None,
-        output: None,
-        reason: None,
-        idempotency_key: None,
-        created_at: T0,
-        updated_at: T0,
-    }
+    let payload = serde_json::json!({"cmd": ["echo", "hi"], "n": 1});
+    Eval::queued(pool.clone(), size, None, Some(payload), None, T0)
 }
 
 pub fn alloc_for(e: &Eval, w: &Worker, ttl: Millis) -> Alloc {

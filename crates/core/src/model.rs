@@ -196,6 +196,37 @@ pub struct Eval {
     pub updated_at: Millis,
 }
 
+impl Eval {
+    /// A newly accepted eval: queued for its first attempt.
+    pub fn queued(
+        pool_id: PoolId,
+        size: u32,
+        dataset: Option<String>,
+        payload: Option<serde_json::Value>,
+        idempotency_key: Option<String>,
+        now: Millis,
+    ) -> Eval {
+        Eval {
+            pool_id,
+            eval_id: EvalId::generate(),
+            size,
+            dataset,
+            payload,
+            status: EvalStatus::Queued,
+            attempt: 1,
+            version: 1,
+            worker_id: None,
+            alloc_id: None,
+            exit_code: None,
+            output: None,
+            reason: None,
+            idempotency_key,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AllocState {

@@ -105,29 +105,40 @@ fn payload_text(e: &Eval) -> Option<String> {
     e.payload.as_ref().map(|p| p.to_string())
 }
 
-/// Writes every field of `e` if its stored version is `expected`; false if not.
+/// An eval's values in `EVAL_COLS` order, for `?1`..`?16`.
+fn eval_values(e: &Eval) -> Vec<rusqlite::types::Value> {
+    use rusqlite::types::Value;
+    let opt = |v: Option<String>| v.map(Value::Text).unwrap_or(Value::Null);
+    vec![
+        Value::Text(e.pool_id.to_string()),
+        Value::Text(e.eval_id.to_string()),
+        Value::Integer(e.size.into()),
+        opt(e.dataset.clone()),
+        opt(payload_text(e)),
+        Value::Text(e.status.as_str().to_owned()),
+        Value::Integer(e.attempt.into()),
+        Value::Integer(e.version as i64),
+        opt(e.worker_id.as_ref().map(|w| w.to_string())),
+        opt(e.alloc_id.as_ref().map(|a| a.to_string())),
+        e.exit_code.map(|c| Value::Integer(c.into())).unwrap_or(Value::Null),
+        opt(e.output.clone()),
+        opt(e.reason.clone()),
+        opt(e.idempotency_key.clone()),
+        Value::Integer(e.created_at),
+        Value::Integer(e.updated_at),
+    ]
+}
+
+/// Writes every field of `e` if its stored version is `expected` (`?17`); false if not.
+/// Idempotency key and creation time (`?14`, `?15`) never change and go unused.
 fn update_eval_tx(tx: &Transaction, e: &Eval, expected: u64) -> rusqlite::Result<bool> {
+    let mut values = eval_values(e);
+    values.push(rusqlite::types::Value::Integer(expected as i64));
     let n = tx.execute(
         "UPDATE evals SET size=?3, dataset=?4, payload=?5, status=?6, attempt=?7, version=?8, worker_id=?9,
-                alloc_id=?10, exit_code=?11, output=?12, reason=?13, updated_at=?14
-         WHERE pool_id=?1 AND eval_id=?2 AND version=?15",
-        params![
-            e.pool_id.as_str(),
-            e.eval_id.as_str(),
-            e.size,
-            e.dataset,
-            payload_text(e),
-            e.status.as_str(),
-            e.attempt,
-            e.version as i64,
-            e.worker_id.as_ref().map(|w| w.as_str()),
-            e.alloc_id.as_ref().map(|a| a.as_str()),
-            e.exit_code,
-            e.output,
-            e.reason,
-            e.updated_at,
-            expected as i64,
-        ],
+                alloc_id=?10, exit_code=?11, output=?12, reason=?13, updated_at=?16
+         WHERE pool_id=?1 AND eval_id=?2 AND version=?17",
+        params_from_iter(values),
     )?;
     Ok(n == 1)
 }
@@ -413,24 +424,7 @@ impl Store for SqliteBackend {
         }
         tx.execute(
             &format!("INSERT INTO evals ({EVAL_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)"),
-            params![
-                e.pool_id.as_str(),
-                e.eval_id.as_str(),
-                e.size,
-                e.dataset,
-                payload_text(e),
-                e.status.as_str(),
-                e.attempt,
-                e.version as i64,
-                e.worker_id.as_ref().map(|w| w.as_str()),
-                e.alloc_id.as_ref().map(|a| a.as_str()),
-                e.exit_code,
-                e.output,
-                e.reason,
-                e.idempotency_key,
-                e.created_at,
-                e.updated_at,
-            ],
+            params_from_iter(eval_values(e)),
         )
         .map_err(db("insert eval"))?;
         tx.commit().map_err(db("commit insert eval"))?;

@@ -266,24 +266,7 @@ impl Lineup {
             }
         }
         let now = self.now();
-        let eval = Eval {
-            pool_id: pool.clone(),
-            eval_id: EvalId::generate(),
-            size: new.size,
-            dataset: new.dataset,
-            payload: new.payload,
-            status: EvalStatus::Queued,
-            attempt: 1,
-            version: 1,
-            worker_id: None,
-            alloc_id: None,
-            exit_code: None,
-            output: None,
-            reason: None,
-            idempotency_key: new.idempotency_key,
-            created_at: now,
-            updated_at: now,
-        };
+        let eval = Eval::queued(pool.clone(), new.size, new.dataset, new.payload, new.idempotency_key, now);
         // Message first (see service/mod.rs): if the insert never happens, the
         // scheduler drops the orphan message; the caller was never told "accepted".
         let msg = EvalMessage { eval_id: eval.eval_id.clone(), attempt: 1 };

@@ -489,6 +489,27 @@ pub struct ScheduleSummary {
     pub errors: usize,
 }
 
+impl ScheduleSummary {
+    fn add_pass(&mut self, p: &PassSummary) {
+        self.passes += 1;
+        self.received += p.received;
+        self.placed += p.placed;
+        self.blocked += p.blocked;
+        self.dropped += p.dropped;
+        self.deferred += p.deferred;
+    }
+
+    fn merge(&mut self, o: &ScheduleSummary) {
+        self.passes += o.passes;
+        self.received += o.received;
+        self.placed += o.placed;
+        self.blocked += o.blocked;
+        self.dropped += o.dropped;
+        self.deferred += o.deferred;
+        self.errors += o.errors;
+    }
+}
+
 impl Lineup {
     /// Schedules every active pool concurrently until `deadline` (the schedule Lambda
     /// passes its own deadline minus a safety margin). No pass starts a long poll that
@@ -513,14 +534,7 @@ impl Lineup {
                         break;
                     }
                     match ps.step(left - Duration::from_secs(1)).await {
-                        Ok(p) => {
-                            s.passes += 1;
-                            s.received += p.received;
-                            s.placed += p.placed;
-                            s.blocked += p.blocked;
-                            s.dropped += p.dropped;
-                            s.deferred += p.deferred;
-                        }
+                        Ok(p) => s.add_pass(&p),
                         Err(e) => {
                             warn!(pool = %ps.pool.pool_id, error = %e, "schedule pass failed");
                             s.errors += 1;
@@ -538,15 +552,7 @@ impl Lineup {
         }
         while let Some(r) = tasks.join_next().await {
             match r {
-                Ok(s) => {
-                    sum.passes += s.passes;
-                    sum.received += s.received;
-                    sum.placed += s.placed;
-                    sum.blocked += s.blocked;
-                    sum.dropped += s.dropped;
-                    sum.deferred += s.deferred;
-                    sum.errors += s.errors;
-                }
+                Ok(s) => sum.merge(&s),
                 Err(e) => {
                     warn!(error = %e, "scheduler task failed");
                     sum.errors += 1;
