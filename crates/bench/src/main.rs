@@ -30,6 +30,19 @@ struct Args {
     /// Queued evals in the backlog scenario (0 skips it).
     #[arg(long, default_value_t = 200_000)]
     backlog: usize,
+    /// Run only these scenarios (comma-separated: drain, drain1000, latency, idle,
+    /// backlog, aws); all of them by default.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Extra arguments for `lineup dev` (e.g. `--schedulers=2`).
+    #[arg(long, allow_hyphen_values = true)]
+    server_arg: Vec<String>,
+}
+
+impl Args {
+    fn wants(&self, scenario: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == scenario)
+    }
 }
 
 struct Server {
@@ -39,11 +52,13 @@ struct Server {
 }
 
 impl Server {
-    fn start(bin: &str, env: &[(&str, &str)]) -> Server {
+    fn start(args: &Args, env: &[(&str, &str)]) -> Server {
+        let bin = args.lineup.as_str();
         let dir = tempfile::tempdir().expect("temp dir");
         let mut cmd = Command::new(bin);
         cmd.args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
+            .args(&args.server_arg)
             .env("LINEUP_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -157,8 +172,8 @@ async fn main() {
     );
 
     // ---- submit, then drain onto one worker
-    {
-        let s = Server::start(&args.lineup, &[]);
+    if args.wants("drain") {
+        let s = Server::start(&args, &[]);
         let pool = s.admin.create_pool(None).await.expect("pool").pool_id;
         let rate = submit(&s.admin, &pool, args.evals, args.connections).await;
         report(&mut rows, "submit_evals_per_s", rate, "evals/s", ">= 5000");
@@ -173,16 +188,28 @@ async fn main() {
         );
     }
     // ---- drain onto 1,000 workers
-    {
-        let s = Server::start(&args.lineup, &[]);
+    if args.wants("drain1000") {
+        let s = Server::start(&args, &[]);
         let pool = s.admin.create_pool(None).await.expect("pool").pool_id;
         submit(&s.admin, &pool, args.evals, args.connections).await;
         let per = (args.evals / 1000 + 1) as u32;
+        // The workers come up together, registering over the same connections.
         let start = Instant::now();
-        for _ in 0..1000 {
-            s.admin.register_worker(&pool, per).await.expect("worker");
+        let mut tasks = Vec::new();
+        for c in 0..args.connections {
+            let (admin, pool) = (s.admin.with_token_same(), pool.clone());
+            let share = 1000 / args.connections + usize::from(c < 1000 % args.connections);
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..share {
+                    admin.register_worker(&pool, per).await.expect("worker");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("registering");
         }
         let registering = start.elapsed();
+        report(&mut rows, "drain_1000_workers_registering_s", registering.as_secs_f64(), "s", "");
         let took = wait_queued_zero(&s.admin, &pool, Duration::from_secs(600)).await + registering;
         report(
             &mut rows,
@@ -193,8 +220,8 @@ async fn main() {
         );
     }
     // ---- latency: offered load, 50 workers long-polling and completing
-    {
-        let s = Server::start(&args.lineup, &[]);
+    if args.wants("latency") {
+        let s = Server::start(&args, &[]);
         let pool = s.admin.create_pool(None).await.expect("pool").pool_id;
         let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
         let lat: Arc<Mutex<Vec<Duration>>> = Arc::default();
@@ -255,8 +282,8 @@ async fn main() {
         report(&mut rows, "latency_samples", l.len() as f64, "evals", "");
     }
     // ---- idle: 1,000 workers heartbeating, 100 blocked evals
-    {
-        let s = Server::start(&args.lineup, &[]);
+    if args.wants("idle") {
+        let s = Server::start(&args, &[]);
         let pool = s.admin.create_pool(None).await.expect("pool").pool_id;
         let mut regs = Vec::new();
         for _ in 0..1000 {
@@ -284,8 +311,8 @@ async fn main() {
         report(&mut rows, "idle_server_cpu_percent", cpu, "% of one core", "< 5");
     }
     // ---- backlog: many queued evals, memory and submit rate first vs last
-    if args.backlog > 0 {
-        let s = Server::start(&args.lineup, &[]);
+    if args.backlog > 0 && args.wants("backlog") {
+        let s = Server::start(&args, &[]);
         let pool = s.admin.create_pool(None).await.expect("pool").pool_id;
         let rss0 = s.rss_mb();
         let chunk = (args.backlog / 10).max(1);

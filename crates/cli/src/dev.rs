@@ -40,7 +40,7 @@ async fn open_backend(settings: &Settings, opts: &DevOptions) -> Result<Backends
         BackendChoice::Sqlite(durability) => {
             let b = Arc::new(SqliteBackend::open_dir(&opts.data_dir, *durability)?);
             // This process owns the file: what a previous process had in flight is redelivered now.
-            let redelivered = b.redeliver_in_flight()?;
+            let redelivered = b.redeliver_in_flight().await?;
             if redelivered > 0 {
                 info!(redelivered, "messages in flight at the last stop are visible again");
             }
@@ -200,7 +200,10 @@ async fn supervise_schedulers(lineup: Lineup, per_pool: usize, mut stop: watch::
 
 async fn scheduler_loop(lineup: Lineup, pool: lineup_core::Pool, mut stop: watch::Receiver<bool>) {
     // Locally a candidate read is cheap: look at held (blocked) evals every second.
+    // Locally a receive may take more than SQS's 10: big batches are what drain a
+    // backlog fast (one group commit places the whole batch).
     let opts = SchedulerOptions {
+        batch: 500,
         wait: Duration::from_secs(2),
         recheck: Duration::from_secs(1),
         ..SchedulerOptions::default()

@@ -32,6 +32,30 @@ pub async fn queue_send_receive_delete(b: Backend) {
     q.delete_queue(&name).await.unwrap();
 }
 
+/// `send_many`: one result per queue; a gone queue fails alone.
+pub async fn queue_send_many(b: Backend) {
+    let q = &b.queues;
+    let (one, gone, two) = (qname(), qname(), qname());
+    q.create_queue(&one).await.unwrap();
+    q.create_queue(&two).await.unwrap();
+    let res = q
+        .send_many(&[
+            (one.clone(), vec!["1a".into(), "1b".into()]),
+            (gone.clone(), vec!["x".into()]),
+            (two.clone(), vec!["2a".into()]),
+        ])
+        .await;
+    assert!(res[0].is_ok() && res[2].is_ok(), "{res:?}");
+    assert!(matches!(res[1], Err(Error::QueueGone(_))), "{res:?}");
+    let mut got: Vec<String> = q.receive(&one, 10, NO_WAIT, VIS).await.unwrap().into_iter().map(|m| m.body).collect();
+    got.sort();
+    assert_eq!(got, vec!["1a", "1b"]);
+    let got: Vec<String> = q.receive(&two, 10, NO_WAIT, VIS).await.unwrap().into_iter().map(|m| m.body).collect();
+    assert_eq!(got, vec!["2a"]);
+    q.delete_queue(&one).await.unwrap();
+    q.delete_queue(&two).await.unwrap();
+}
+
 pub async fn queue_visibility_and_receive_count(b: Backend) {
     let q = &b.queues;
     let name = qname();

@@ -195,6 +195,56 @@ pub async fn store_place_is_atomic(b: Backend) {
     crate::assert_capacity_conserved(s.as_ref(), &p.pool_id).await;
 }
 
+/// `place_many` and `update_evals`: each item atomic on its own, one result each, in
+/// order; a lost condition writes nothing of that item and does not stop the others.
+pub async fn store_batches_each_item_alone(b: Backend) {
+    let s = &b.store;
+    let (p, w) = setup(&b, 4).await;
+    let evals: Vec<Eval> = (0..4).map(|_| eval_rec(&p.pool_id, 1)).collect();
+    for e in &evals {
+        s.insert_eval(e).await.unwrap();
+    }
+    let big = eval_rec(&p.pool_id, 3);
+    s.insert_eval(&big).await.unwrap();
+    let mut items: Vec<(Alloc, Eval, u64)> = evals
+        .iter()
+        .map(|e| {
+            let a = alloc_for(e, &w, T0 + 30_000);
+            let n = placed(e, &a);
+            (a, n, 1)
+        })
+        .collect();
+    items[1].2 = 9; // wrong version
+    let a_big = alloc_for(&big, &w, T0 + 30_000);
+    // After three size-1 claims, only 1 is left: the size-3 eval must lose.
+    items.push((a_big.clone(), placed(&big, &a_big), 1));
+    let res = s.place_many(&items, T0).await.unwrap();
+    let conflicts: Vec<bool> = res.iter().map(|r| matches!(r, Err(e) if e.is_conflict())).collect();
+    assert_eq!(conflicts, vec![false, true, false, false, true], "{res:?}");
+    assert_eq!(s.get_worker(&p.pool_id, &w.worker_id).await.unwrap().unwrap().free, 1);
+    assert_eq!(s.get_alloc(&p.pool_id, &items[1].0.alloc_id).await.unwrap(), None);
+    assert_eq!(s.get_alloc(&p.pool_id, &a_big.alloc_id).await.unwrap(), None);
+    assert_eq!(s.get_eval(&p.pool_id, &evals[1].eval_id).await.unwrap().unwrap().status, EvalStatus::Queued);
+    assert_eq!(s.get_eval(&p.pool_id, &big.eval_id).await.unwrap().unwrap().status, EvalStatus::Queued);
+    for i in [0, 2, 3] {
+        let got = s.get_eval(&p.pool_id, &evals[i].eval_id).await.unwrap().unwrap();
+        assert_eq!(got.alloc_id.as_ref(), Some(&items[i].0.alloc_id));
+    }
+    crate::assert_capacity_conserved(s.as_ref(), &p.pool_id).await;
+
+    // update_evals: the stale version loses alone.
+    let mut a = s.get_eval(&p.pool_id, &evals[1].eval_id).await.unwrap().unwrap();
+    let mut c = s.get_eval(&p.pool_id, &big.eval_id).await.unwrap().unwrap();
+    a.reason = Some("a".into());
+    a.version += 1;
+    c.reason = Some("c".into());
+    c.version += 1;
+    let res = s.update_evals(&[(a.clone(), 1), (c.clone(), 5)]).await.unwrap();
+    assert!(res[0].is_ok() && matches!(&res[1], Err(e) if e.is_conflict()), "{res:?}");
+    assert_eq!(s.get_eval(&p.pool_id, &a.eval_id).await.unwrap().unwrap().reason.as_deref(), Some("a"));
+    assert_eq!(s.get_eval(&p.pool_id, &c.eval_id).await.unwrap().unwrap().reason, None);
+}
+
 pub async fn store_release_returns_capacity_once(b: Backend) {
     let s = &b.store;
     let (p, w) = setup(&b, 5).await;

@@ -86,6 +86,15 @@ pub trait Store: Send + Sync + 'static {
     /// Writes `eval` if the stored version is `expected_version`; `Conflict` otherwise.
     /// The caller sets `eval.version = expected_version + 1`.
     async fn update_eval(&self, eval: &Eval, expected_version: u64) -> Result<()>;
+    /// Several `update_eval`s, each on its own (one may conflict while the others are
+    /// written), in one round trip where the backend can. One result each, in order.
+    async fn update_evals(&self, evals: &[(Eval, u64)]) -> Result<Vec<Result<()>>> {
+        let mut out = Vec::with_capacity(evals.len());
+        for (e, expected) in evals {
+            out.push(self.update_eval(e, *expected).await);
+        }
+        Ok(out)
+    }
 
     // ---- allocs
     async fn get_alloc(&self, pool: &PoolId, alloc: &AllocId) -> Result<Option<Alloc>>;
@@ -98,6 +107,18 @@ pub trait Store: Send + Sync + 'static {
     /// that much and is live at `now`), insert the alloc (its id must be new) and write
     /// `eval` (stored version must be `expected_version`). `Conflict` otherwise.
     async fn place(&self, alloc: &Alloc, eval: &Eval, expected_version: u64, now: Millis) -> Result<()>;
+
+    /// Several `place`s, each atomic on its own (one may conflict while the others are
+    /// written), in one round trip where the backend can: the embedded store commits a
+    /// scheduler's whole batch at once; DynamoDB has no such thing (one transaction
+    /// each). One result each, in order; the outer error means none was tried.
+    async fn place_many(&self, items: &[(Alloc, Eval, u64)], now: Millis) -> Result<Vec<Result<()>>> {
+        let mut out = Vec::with_capacity(items.len());
+        for (alloc, eval, expected) in items {
+            out.push(self.place(alloc, eval, *expected, now).await);
+        }
+        Ok(out)
+    }
 
     /// Atomically: mark the live alloc released, give its size back to its worker (if
     /// the worker still exists: a removed worker must not block release) and write
@@ -128,6 +149,15 @@ pub trait Queues: Send + Sync + 'static {
     async fn delete_queue(&self, name: &str) -> Result<()>;
     /// Sends the bodies in order (batched by the backend). `QueueGone` if deleted.
     async fn send(&self, name: &str, bodies: &[String]) -> Result<()>;
+    /// `send` to several queues, in one round trip where the backend can. One result
+    /// per queue, in order.
+    async fn send_many(&self, batches: &[(String, Vec<String>)]) -> Vec<Result<()>> {
+        let mut out = Vec::with_capacity(batches.len());
+        for (name, bodies) in batches {
+            out.push(self.send(name, bodies).await);
+        }
+        out
+    }
     /// Up to `max` visible messages, waiting up to `wait` for the first. Received
     /// messages are hidden for `visibility`. `QueueGone` if deleted.
     async fn receive(&self, name: &str, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<Received>>;

@@ -5,6 +5,7 @@
 //! Pipeline, in Nomad's words: feasibility (live, enough free capacity) → rank
 //! (dataset locality first, then the pool's strategy) → the caller tries each in turn.
 
+use std::cmp::Ordering;
 use std::collections::HashSet;
 use std::fmt;
 
@@ -56,9 +57,36 @@ pub fn rank(
     strategy: Strategy,
     now: Millis,
 ) -> Result<Vec<usize>, Blocked> {
+    let mut fits: Vec<usize> = Vec::new();
+    scan(size, candidates, now, |i| fits.push(i))?;
+    fits.sort_by(|&a, &b| compare(&candidates[a], &candidates[b], holders, strategy));
+    Ok(fits)
+}
+
+/// The first of `rank`'s order, in one pass without sorting: what a scheduler placing
+/// thousands of evals on a thousand workers asks for each eval.
+pub fn best(
+    size: u32,
+    holders: &HashSet<WorkerId>,
+    candidates: &[Candidate],
+    strategy: Strategy,
+    now: Millis,
+) -> Result<usize, Blocked> {
+    let mut best: Option<usize> = None;
+    scan(size, candidates, now, |i| {
+        if best.is_none_or(|b| compare(&candidates[i], &candidates[b], holders, strategy).is_lt()) {
+            best = Some(i);
+        }
+    })?;
+    // `scan` returns an error whenever nothing fits, so `best` is set here.
+    best.ok_or(Blocked::NoLiveWorker { size })
+}
+
+/// Calls `fit` with each live candidate that has room, or says why there is none.
+fn scan(size: u32, candidates: &[Candidate], now: Millis, mut fit: impl FnMut(usize)) -> Result<(), Blocked> {
     let mut live = 0usize;
     let mut largest_free = 0u32;
-    let mut fits: Vec<usize> = Vec::new();
+    let mut any = false;
     for (i, c) in candidates.iter().enumerate() {
         if c.ttl <= now {
             continue;
@@ -66,26 +94,31 @@ pub fn rank(
         live += 1;
         largest_free = largest_free.max(c.free);
         if c.free >= size {
-            fits.push(i);
+            any = true;
+            fit(i);
         }
     }
-    if fits.is_empty() {
-        return Err(if live == 0 {
-            Blocked::NoLiveWorker { size }
-        } else {
-            Blocked::NoRoom { size, largest_free, live_workers: live }
-        });
+    if any {
+        Ok(())
+    } else if live == 0 {
+        Err(Blocked::NoLiveWorker { size })
+    } else {
+        Err(Blocked::NoRoom { size, largest_free, live_workers: live })
     }
-    fits.sort_by(|&a, &b| {
-        let (a, b) = (&candidates[a], &candidates[b]);
-        let local = holders.contains(&b.worker_id).cmp(&holders.contains(&a.worker_id));
-        let by_free = match strategy {
-            Strategy::Spread => b.free.cmp(&a.free),
-            Strategy::Binpack => a.free.cmp(&b.free),
-        };
-        local.then(by_free).then_with(|| a.worker_id.cmp(&b.worker_id))
-    });
-    Ok(fits)
+}
+
+/// `Less` when `a` goes before `b`.
+fn compare(a: &Candidate, b: &Candidate, holders: &HashSet<WorkerId>, strategy: Strategy) -> Ordering {
+    let local = if holders.is_empty() {
+        Ordering::Equal
+    } else {
+        holders.contains(&b.worker_id).cmp(&holders.contains(&a.worker_id))
+    };
+    let by_free = match strategy {
+        Strategy::Spread => b.free.cmp(&a.free),
+        Strategy::Binpack => a.free.cmp(&b.free),
+    };
+    local.then(by_free).then_with(|| a.worker_id.cmp(&b.worker_id))
 }
 
 #[cfg(test)]
@@ -152,8 +185,11 @@ mod tests {
                 .filter(|(i, _)| holders_mask & (1 << (i % 32)) != 0)
                 .map(|(_, c)| c.worker_id.clone()).collect();
             let feasible: Vec<usize> = (0..cs.len()).filter(|&i| cs[i].ttl > now && cs[i].free >= size).collect();
+            let first = best(size, &holders, &cs, strategy, now);
             match rank(size, &holders, &cs, strategy, now) {
                 Ok(order) => {
+                    // `best` is `rank`'s first choice.
+                    prop_assert_eq!(first, Ok(order[0]));
                     // Exactly the feasible workers, each once.
                     let mut sorted = order.clone();
                     sorted.sort();
@@ -172,6 +208,7 @@ mod tests {
                     }
                 }
                 Err(blocked) => {
+                    prop_assert_eq!(first, Err(blocked.clone()));
                     prop_assert!(feasible.is_empty());
                     let live: Vec<&Candidate> = cs.iter().filter(|c| c.ttl > now).collect();
                     match blocked {

@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use lineup_core::backend::Heartbeat;
 use lineup_core::*;
-use rusqlite::{params, params_from_iter, OptionalExtension, Row, Transaction};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
 use crate::{db, SqliteBackend};
 
@@ -131,20 +131,84 @@ fn eval_values(e: &Eval) -> Vec<rusqlite::types::Value> {
 
 /// Writes every field of `e` if its stored version is `expected` (`?17`); false if not.
 /// Idempotency key and creation time (`?14`, `?15`) never change and go unused.
-fn update_eval_tx(tx: &Transaction, e: &Eval, expected: u64) -> rusqlite::Result<bool> {
+fn update_eval_tx(tx: &Connection, e: &Eval, expected: u64) -> rusqlite::Result<bool> {
     let mut values = eval_values(e);
     values.push(rusqlite::types::Value::Integer(expected as i64));
-    let n = tx.execute(
-        "UPDATE evals SET size=?3, dataset=?4, payload=?5, status=?6, attempt=?7, version=?8, worker_id=?9,
+    let n = tx
+        .prepare_cached(
+            "UPDATE evals SET size=?3, dataset=?4, payload=?5, status=?6, attempt=?7, version=?8, worker_id=?9,
                 alloc_id=?10, exit_code=?11, output=?12, reason=?13, updated_at=?16
          WHERE pool_id=?1 AND eval_id=?2 AND version=?17",
-        params_from_iter(values),
-    )?;
+        )?
+        .execute(params_from_iter(values))?;
     Ok(n == 1)
 }
 
 fn conflict(what: &str) -> Error {
     Error::Conflict(what.to_owned())
+}
+
+/// `Store::update_eval` inside a write job.
+fn update_eval_job(tx: &Connection, e: &Eval, expected: u64) -> Result<()> {
+    if update_eval_tx(tx, e, expected).map_err(db("update eval"))? {
+        Ok(())
+    } else {
+        Err(conflict("eval changed"))
+    }
+}
+
+/// `Store::place` inside a write job: claim, write the eval, insert the alloc. A
+/// `Conflict` has written nothing (so a batch needs no savepoint per item: a lost
+/// eval condition gives the claim back in the same transaction, which no one else can
+/// see in between); any other error fails the whole job, which its savepoint undoes.
+fn place_job(tx: &Connection, a: &Alloc, e: &Eval, expected: u64, now: Millis) -> Result<()> {
+    let (pool, worker) = (a.pool_id.as_str(), a.worker_id.as_str());
+    let claimed = tx
+        .prepare_cached("UPDATE workers SET free=free-?3 WHERE pool_id=?1 AND worker_id=?2 AND free>=?3 AND ttl>?4")
+        .and_then(|mut st| st.execute(params![pool, worker, a.size, now]))
+        .map_err(db("claim capacity"))?;
+    if claimed != 1 {
+        return Err(conflict("worker has not enough free capacity or is not live"));
+    }
+    if !update_eval_tx(tx, e, expected).map_err(db("update eval"))? {
+        tx.prepare_cached("UPDATE workers SET free=free+?3 WHERE pool_id=?1 AND worker_id=?2")
+            .and_then(|mut st| st.execute(params![pool, worker, a.size]))
+            .map_err(db("give back claim"))?;
+        return Err(conflict("eval changed"));
+    }
+    // A duplicate alloc id (80 random bits) fails the insert, and with it the job.
+    tx.prepare_cached(&format!("INSERT INTO allocs ({ALLOC_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"))
+        .and_then(|mut st| {
+            st.execute(params![
+                pool,
+                a.alloc_id.as_str(),
+                worker,
+                a.eval_id.as_str(),
+                a.size,
+                a.attempt,
+                a.ttl,
+                "live",
+                a.stop,
+                a.created_at
+            ])
+        })
+        .map_err(db("insert alloc"))?;
+    Ok(())
+}
+
+/// Runs `f` for each item. `f` writes nothing when it returns `Conflict`, so a lost
+/// condition stays that item's result while the others are written; any other error
+/// fails the whole job (its savepoint undoes everything).
+fn each_item<T>(items: &[T], f: impl Fn(&T) -> Result<()>) -> Result<Vec<Result<()>>> {
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        match f(item) {
+            Ok(()) => out.push(Ok(())),
+            Err(Error::Conflict(why)) => out.push(Err(Error::Conflict(why))),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
 impl SqliteBackend {
@@ -173,11 +237,11 @@ impl SqliteBackend {
         stmt.query_row(params, f).optional().map_err(db(context))
     }
 
-    /// Fails with `NotFound`/`Disbanded` unless the pool is active; inside a transaction.
-    fn check_active(tx: &Transaction, pool: &PoolId) -> Result<()> {
+    /// Fails with `NotFound`/`Disbanded` unless the pool is active; inside a write job.
+    fn check_active(tx: &Connection, pool: &PoolId) -> Result<()> {
         let status: Option<String> = tx
-            .query_row("SELECT status FROM pools WHERE pool_id=?1", [pool.as_str()], |r| r.get(0))
-            .optional()
+            .prepare_cached("SELECT status FROM pools WHERE pool_id=?1")
+            .and_then(|mut st| st.query_row([pool.as_str()], |r| r.get(0)).optional())
             .map_err(db("read pool"))?;
         match status.as_deref() {
             None => Err(Error::not_found(format!("pool {pool}"))),
@@ -190,13 +254,17 @@ impl SqliteBackend {
 #[async_trait]
 impl Store for SqliteBackend {
     async fn create_pool(&self, p: &Pool) -> Result<()> {
-        self.conn()
-            .execute(
-                &format!("INSERT INTO pools ({POOL_COLS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
-                params![p.pool_id.as_str(), p.strategy.as_str(), p.status.as_str(), p.created_at, p.disbanded_at],
-            )
-            .map_err(db("insert pool"))?;
-        Ok(())
+        let p = p.clone();
+        self.writer
+            .write(move |c| {
+                c.execute(
+                    &format!("INSERT INTO pools ({POOL_COLS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
+                    params![p.pool_id.as_str(), p.strategy.as_str(), p.status.as_str(), p.created_at, p.disbanded_at],
+                )
+                .map_err(db("insert pool"))?;
+                Ok(())
+            })
+            .await
     }
 
     async fn get_pool(&self, pool: &PoolId) -> Result<Option<Pool>> {
@@ -218,24 +286,30 @@ impl Store for SqliteBackend {
     }
 
     async fn disband_pool(&self, pool: &PoolId, now: Millis) -> Result<Pool> {
-        {
-            let conn = self.conn();
-            conn.execute(
-                "UPDATE pools SET status='disbanded', disbanded_at=?2 WHERE pool_id=?1 AND status='active'",
-                params![pool.as_str(), now],
-            )
-            .map_err(db("disband pool"))?;
-        }
+        let id = pool.clone();
+        self.writer
+            .write(move |c| {
+                c.execute(
+                    "UPDATE pools SET status='disbanded', disbanded_at=?2 WHERE pool_id=?1 AND status='active'",
+                    params![id.as_str(), now],
+                )
+                .map_err(db("disband pool"))
+            })
+            .await?;
         self.get_pool(pool).await?.ok_or_else(|| Error::not_found(format!("pool {pool}")))
     }
 
     async fn purge_pool(&self, pool: &PoolId) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("begin purge"))?;
-        for table in ["allocs", "evals", "replicas", "workers", "pools"] {
-            tx.execute(&format!("DELETE FROM {table} WHERE pool_id=?1"), [pool.as_str()]).map_err(db("purge pool"))?;
-        }
-        tx.commit().map_err(db("commit purge"))
+        let pool = pool.clone();
+        self.writer
+            .write(move |tx| {
+                for table in ["allocs", "evals", "replicas", "workers", "pools"] {
+                    tx.execute(&format!("DELETE FROM {table} WHERE pool_id=?1"), [pool.as_str()])
+                        .map_err(db("purge pool"))?;
+                }
+                Ok(())
+            })
+            .await
     }
 
     async fn pool_stats(&self, pool: &PoolId, now: Millis) -> Result<PoolStats> {
@@ -266,24 +340,27 @@ impl Store for SqliteBackend {
     }
 
     async fn register_worker(&self, w: &Worker) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("begin register"))?;
-        Self::check_active(&tx, &w.pool_id)?;
-        tx.execute(
-            &format!("INSERT INTO workers ({WORKER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
-            params![
-                w.pool_id.as_str(),
-                w.worker_id.as_str(),
-                w.capacity,
-                w.free,
-                w.ttl,
-                w.token_hash,
-                w.queue,
-                w.created_at
-            ],
-        )
-        .map_err(db("insert worker"))?;
-        tx.commit().map_err(db("commit register"))
+        let w = w.clone();
+        self.writer
+            .write(move |tx| {
+                Self::check_active(tx, &w.pool_id)?;
+                tx.execute(
+                    &format!("INSERT INTO workers ({WORKER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+                    params![
+                        w.pool_id.as_str(),
+                        w.worker_id.as_str(),
+                        w.capacity,
+                        w.free,
+                        w.ttl,
+                        w.token_hash,
+                        w.queue,
+                        w.created_at
+                    ],
+                )
+                .map_err(db("insert worker"))?;
+                Ok(())
+            })
+            .await
     }
 
     async fn get_worker(&self, pool: &PoolId, worker: &WorkerId) -> Result<Option<Worker>> {
@@ -323,57 +400,21 @@ impl Store for SqliteBackend {
     }
 
     async fn delete_worker(&self, pool: &PoolId, worker: &WorkerId) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("begin delete worker"))?;
-        tx.execute("DELETE FROM replicas WHERE pool_id=?1 AND worker_id=?2", [pool.as_str(), worker.as_str()])
-            .map_err(db("delete replicas"))?;
-        tx.execute("DELETE FROM workers WHERE pool_id=?1 AND worker_id=?2", [pool.as_str(), worker.as_str()])
-            .map_err(db("delete worker"))?;
-        tx.commit().map_err(db("commit delete worker"))
+        let (pool, worker) = (pool.clone(), worker.clone());
+        self.writer
+            .write(move |tx| {
+                tx.execute("DELETE FROM replicas WHERE pool_id=?1 AND worker_id=?2", [pool.as_str(), worker.as_str()])
+                    .map_err(db("delete replicas"))?;
+                tx.execute("DELETE FROM workers WHERE pool_id=?1 AND worker_id=?2", [pool.as_str(), worker.as_str()])
+                    .map_err(db("delete worker"))?;
+                Ok(())
+            })
+            .await
     }
 
     async fn heartbeat(&self, hb: &Heartbeat) -> Result<Vec<AllocId>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("begin heartbeat"))?;
-        let (p, w) = (hb.pool.as_str(), hb.worker.as_str());
-        let ttl: Option<Millis> = tx
-            .query_row("SELECT ttl FROM workers WHERE pool_id=?1 AND worker_id=?2", [p, w], |r| r.get(0))
-            .optional()
-            .map_err(db("read worker"))?;
-        match ttl {
-            None => return Err(Error::not_found(format!("worker {}", hb.worker))),
-            Some(t) if t <= hb.now => return Err(Error::Expired(hb.worker.to_string())),
-            Some(_) => {}
-        }
-        tx.execute("UPDATE workers SET ttl=?3 WHERE pool_id=?1 AND worker_id=?2", params![p, w, hb.ttl])
-            .map_err(db("extend worker"))?;
-        {
-            let mut up = tx
-                .prepare_cached(
-                    "INSERT INTO replicas (pool_id, dataset, worker_id, ttl) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (pool_id, dataset, worker_id) DO UPDATE SET ttl=excluded.ttl",
-                )
-                .map_err(db("prepare replica upsert"))?;
-            for d in &hb.datasets {
-                up.execute(params![p, d, w, hb.replica_ttl]).map_err(db("upsert replica"))?;
-            }
-        }
-        let mut stop = Vec::new();
-        {
-            let mut ext = tx
-                .prepare_cached(
-                    "UPDATE allocs SET ttl=MAX(ttl, ?4) WHERE pool_id=?1 AND alloc_id=?2 AND worker_id=?3
-                     AND state='live' AND stop=0",
-                )
-                .map_err(db("prepare alloc extend"))?;
-            for a in &hb.allocs {
-                if ext.execute(params![p, a.as_str(), w, hb.alloc_ttl]).map_err(db("extend alloc"))? == 0 {
-                    stop.push(a.clone());
-                }
-            }
-        }
-        tx.commit().map_err(db("commit heartbeat"))?;
-        Ok(stop)
+        let hb = hb.clone();
+        self.writer.write(move |tx| heartbeat_job(tx, &hb)).await
     }
 
     async fn replicas(&self, pool: &PoolId, datasets: &[String], now: Millis) -> Result<Vec<Replica>> {
@@ -398,37 +439,41 @@ impl Store for SqliteBackend {
     }
 
     async fn delete_expired_replicas(&self, pool: &PoolId, now: Millis) -> Result<u64> {
+        let pool = pool.clone();
         let n = self
-            .conn()
-            .execute("DELETE FROM replicas WHERE pool_id=?1 AND ttl<=?2", params![pool.as_str(), now])
-            .map_err(db("delete expired replicas"))?;
+            .writer
+            .write(move |c| {
+                c.execute("DELETE FROM replicas WHERE pool_id=?1 AND ttl<=?2", params![pool.as_str(), now])
+                    .map_err(db("delete expired replicas"))
+            })
+            .await?;
         Ok(n as u64)
     }
 
     async fn insert_eval(&self, e: &Eval) -> Result<Option<Eval>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("begin insert eval"))?;
-        Self::check_active(&tx, &e.pool_id)?;
-        if let Some(key) = &e.idempotency_key {
-            let existing = tx
-                .query_row(
-                    &format!("SELECT {EVAL_COLS} FROM evals WHERE pool_id=?1 AND idempotency_key=?2"),
-                    [e.pool_id.as_str(), key],
-                    eval_row,
-                )
-                .optional()
-                .map_err(db("read eval by key"))?;
-            if existing.is_some() {
-                return Ok(existing);
-            }
-        }
-        tx.execute(
-            &format!("INSERT INTO evals ({EVAL_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)"),
-            params_from_iter(eval_values(e)),
-        )
-        .map_err(db("insert eval"))?;
-        tx.commit().map_err(db("commit insert eval"))?;
-        Ok(None)
+        let e = e.clone();
+        self.writer
+            .write(move |tx| {
+                Self::check_active(tx, &e.pool_id)?;
+                if let Some(key) = &e.idempotency_key {
+                    let existing = tx
+                        .prepare_cached(&format!(
+                            "SELECT {EVAL_COLS} FROM evals WHERE pool_id=?1 AND idempotency_key=?2"
+                        ))
+                        .and_then(|mut st| st.query_row([e.pool_id.as_str(), key], eval_row).optional())
+                        .map_err(db("read eval by key"))?;
+                    if existing.is_some() {
+                        return Ok(existing);
+                    }
+                }
+                tx.prepare_cached(&format!(
+                    "INSERT INTO evals ({EVAL_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)"
+                ))
+                .and_then(|mut st| st.execute(params_from_iter(eval_values(&e))))
+                .map_err(db("insert eval"))?;
+                Ok(None)
+            })
+            .await
     }
 
     async fn get_eval(&self, pool: &PoolId, eval: &EvalId) -> Result<Option<Eval>> {
@@ -489,12 +534,13 @@ impl Store for SqliteBackend {
     }
 
     async fn update_eval(&self, e: &Eval, expected: u64) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("begin update eval"))?;
-        if !update_eval_tx(&tx, e, expected).map_err(db("update eval"))? {
-            return Err(conflict("eval changed"));
-        }
-        tx.commit().map_err(db("commit update eval"))
+        let e = e.clone();
+        self.writer.write(move |tx| update_eval_job(tx, &e, expected)).await
+    }
+
+    async fn update_evals(&self, evals: &[(Eval, u64)]) -> Result<Vec<Result<()>>> {
+        let evals = evals.to_vec();
+        self.writer.write(move |tx| each_item(&evals, |(e, expected)| update_eval_job(tx, e, *expected))).await
     }
 
     async fn get_alloc(&self, pool: &PoolId, alloc: &AllocId) -> Result<Option<Alloc>> {
@@ -533,83 +579,95 @@ impl Store for SqliteBackend {
     }
 
     async fn place(&self, a: &Alloc, e: &Eval, expected: u64, now: Millis) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("begin place"))?;
-        let claimed = tx
-            .execute(
-                "UPDATE workers SET free=free-?3 WHERE pool_id=?1 AND worker_id=?2 AND free>=?3 AND ttl>?4",
-                params![a.pool_id.as_str(), a.worker_id.as_str(), a.size, now],
-            )
-            .map_err(db("claim capacity"))?;
-        if claimed != 1 {
-            return Err(conflict("worker has not enough free capacity or is not live"));
-        }
-        let inserted = tx
-            .execute(
-                &format!("INSERT OR IGNORE INTO allocs ({ALLOC_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
-                params![
-                    a.pool_id.as_str(),
-                    a.alloc_id.as_str(),
-                    a.worker_id.as_str(),
-                    a.eval_id.as_str(),
-                    a.size,
-                    a.attempt,
-                    a.ttl,
-                    "live",
-                    a.stop,
-                    a.created_at
-                ],
-            )
-            .map_err(db("insert alloc"))?;
-        if inserted != 1 {
-            return Err(conflict("alloc id exists"));
-        }
-        if !update_eval_tx(&tx, e, expected).map_err(db("update eval"))? {
-            return Err(conflict("eval changed"));
-        }
-        tx.commit().map_err(db("commit place"))
+        let (a, e) = (a.clone(), e.clone());
+        self.writer.write(move |tx| place_job(tx, &a, &e, expected, now)).await
+    }
+
+    async fn place_many(&self, items: &[(Alloc, Eval, u64)], now: Millis) -> Result<Vec<Result<()>>> {
+        let items = items.to_vec();
+        self.writer.write(move |tx| each_item(&items, |(a, e, expected)| place_job(tx, a, e, *expected, now))).await
     }
 
     async fn release(&self, a: &Alloc, eval: Option<(&Eval, u64)>) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("begin release"))?;
-        let (p, id) = (a.pool_id.as_str(), a.alloc_id.as_str());
-        let size: Option<u32> = tx
-            .query_row("SELECT size FROM allocs WHERE pool_id=?1 AND alloc_id=?2 AND state='live'", [p, id], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(db("read alloc"))?;
-        let Some(size) = size else {
-            return Err(conflict("alloc already released"));
-        };
-        tx.execute("UPDATE allocs SET state='released' WHERE pool_id=?1 AND alloc_id=?2", [p, id])
-            .map_err(db("release alloc"))?;
-        // No row when the worker was removed: then there is nothing to give back to.
-        tx.execute(
-            "UPDATE workers SET free=free+?3 WHERE pool_id=?1 AND worker_id=?2",
-            params![p, a.worker_id.as_str(), size],
-        )
-        .map_err(db("return capacity"))?;
-        if let Some((e, expected)) = eval {
-            if !update_eval_tx(&tx, e, expected).map_err(db("update eval"))? {
-                return Err(conflict("eval changed"));
-            }
-        }
-        tx.commit().map_err(db("commit release"))
+        let a = a.clone();
+        let eval = eval.map(|(e, v)| (e.clone(), v));
+        self.writer.write(move |tx| release_job(tx, &a, eval.as_ref())).await
     }
 
     async fn cancel_placed(&self, e: &Eval, expected: u64, alloc: &AllocId) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("begin cancel"))?;
-        if !update_eval_tx(&tx, e, expected).map_err(db("update eval"))? {
-            return Err(conflict("eval changed"));
-        }
-        tx.execute(
-            "UPDATE allocs SET stop=1 WHERE pool_id=?1 AND alloc_id=?2 AND state='live'",
-            [e.pool_id.as_str(), alloc.as_str()],
-        )
-        .map_err(db("flag alloc stop"))?;
-        tx.commit().map_err(db("commit cancel"))
+        let (e, alloc) = (e.clone(), alloc.clone());
+        self.writer
+            .write(move |tx| {
+                update_eval_job(tx, &e, expected)?;
+                tx.execute(
+                    "UPDATE allocs SET stop=1 WHERE pool_id=?1 AND alloc_id=?2 AND state='live'",
+                    [e.pool_id.as_str(), alloc.as_str()],
+                )
+                .map_err(db("flag alloc stop"))?;
+                Ok(())
+            })
+            .await
     }
+}
+
+fn release_job(tx: &Connection, a: &Alloc, eval: Option<&(Eval, u64)>) -> Result<()> {
+    let (p, id) = (a.pool_id.as_str(), a.alloc_id.as_str());
+    let size: Option<u32> = tx
+        .prepare_cached("SELECT size FROM allocs WHERE pool_id=?1 AND alloc_id=?2 AND state='live'")
+        .and_then(|mut st| st.query_row([p, id], |r| r.get(0)).optional())
+        .map_err(db("read alloc"))?;
+    let Some(size) = size else {
+        return Err(conflict("alloc already released"));
+    };
+    tx.prepare_cached("UPDATE allocs SET state='released' WHERE pool_id=?1 AND alloc_id=?2")
+        .and_then(|mut st| st.execute([p, id]))
+        .map_err(db("release alloc"))?;
+    // No row when the worker was removed: then there is nothing to give back to.
+    tx.prepare_cached("UPDATE workers SET free=free+?3 WHERE pool_id=?1 AND worker_id=?2")
+        .and_then(|mut st| st.execute(params![p, a.worker_id.as_str(), size]))
+        .map_err(db("return capacity"))?;
+    match eval {
+        Some((e, expected)) => update_eval_job(tx, e, *expected),
+        None => Ok(()),
+    }
+}
+
+fn heartbeat_job(tx: &Connection, hb: &Heartbeat) -> Result<Vec<AllocId>> {
+    let (p, w) = (hb.pool.as_str(), hb.worker.as_str());
+    let ttl: Option<Millis> = tx
+        .prepare_cached("SELECT ttl FROM workers WHERE pool_id=?1 AND worker_id=?2")
+        .and_then(|mut st| st.query_row([p, w], |r| r.get(0)).optional())
+        .map_err(db("read worker"))?;
+    match ttl {
+        None => return Err(Error::not_found(format!("worker {}", hb.worker))),
+        Some(t) if t <= hb.now => return Err(Error::Expired(hb.worker.to_string())),
+        Some(_) => {}
+    }
+    tx.prepare_cached("UPDATE workers SET ttl=?3 WHERE pool_id=?1 AND worker_id=?2")
+        .and_then(|mut st| st.execute(params![p, w, hb.ttl]))
+        .map_err(db("extend worker"))?;
+    {
+        let mut up = tx
+            .prepare_cached(
+                "INSERT INTO replicas (pool_id, dataset, worker_id, ttl) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (pool_id, dataset, worker_id) DO UPDATE SET ttl=excluded.ttl",
+            )
+            .map_err(db("prepare replica upsert"))?;
+        for d in &hb.datasets {
+            up.execute(params![p, d, w, hb.replica_ttl]).map_err(db("upsert replica"))?;
+        }
+    }
+    let mut stop = Vec::new();
+    let mut ext = tx
+        .prepare_cached(
+            "UPDATE allocs SET ttl=MAX(ttl, ?4) WHERE pool_id=?1 AND alloc_id=?2 AND worker_id=?3
+             AND state='live' AND stop=0",
+        )
+        .map_err(db("prepare alloc extend"))?;
+    for a in &hb.allocs {
+        if ext.execute(params![p, a.as_str(), w, hb.alloc_ttl]).map_err(db("extend alloc"))? == 0 {
+            stop.push(a.clone());
+        }
+    }
+    Ok(stop)
 }

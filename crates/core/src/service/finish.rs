@@ -64,7 +64,7 @@ impl Lineup {
                     info!(pool = %alloc.pool_id, alloc = %alloc.alloc_id, eval = %alloc.eval_id,
                           worker = %alloc.worker_id, size = alloc.size, ?status, "alloc released");
                     // Capacity came back: blocked evals may fit now.
-                    if let Err(e) = self.queues.wake(&self.pool_queue(&alloc.pool_id)).await {
+                    if let Err(e) = self.capacity_appeared(&alloc.pool_id).await {
                         debug!(error = %e, "wake after release");
                     }
                     if let Some(e) = new_eval.as_ref().filter(|e| e.status == EvalStatus::Dead) {

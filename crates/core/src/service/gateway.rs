@@ -149,7 +149,7 @@ impl Lineup {
             return Err(e);
         }
         info!(pool = %pool, worker = %worker.worker_id, capacity, "worker registered");
-        self.queues.wake(&self.pool_queue(pool)).await?;
+        self.capacity_appeared(pool).await?;
         Ok(RegisteredWorker { worker, token, queue_url })
     }
 

@@ -19,6 +19,7 @@ mod gateway;
 mod releaser;
 mod scheduler;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use finish::Finish;
@@ -44,6 +45,11 @@ pub struct Lineup {
     admin_hash: Arc<str>,
     /// Fired when a pool is created, so a local scheduler supervisor starts on it at once.
     pools_changed: Arc<tokio::sync::Notify>,
+    /// Bumped when capacity appears in this process (a worker registers, an alloc is
+    /// released), so a local scheduler looks at its blocked evals at once rather than
+    /// at its next recheck. Other processes (Lambda) rely on the recheck.
+    capacity_epoch: Arc<AtomicU64>,
+    capacity_notify: Arc<tokio::sync::Notify>,
 }
 
 impl Lineup {
@@ -73,6 +79,8 @@ impl Lineup {
             settings: Arc::new(settings),
             admin_hash: admin_hash.into(),
             pools_changed: Arc::new(tokio::sync::Notify::new()),
+            capacity_epoch: Arc::new(AtomicU64::new(0)),
+            capacity_notify: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -102,6 +110,18 @@ impl Lineup {
             Some(w) if auth::hash_matches(token, &w.token_hash) => Ok(Principal::Worker { pool, worker }),
             _ => Err(Error::Unauthorized),
         }
+    }
+
+    /// Capacity appeared: wake blocked messages parked in the pool's queue, and tell
+    /// local schedulers holding blocked evals.
+    async fn capacity_appeared(&self, pool: &PoolId) -> Result<()> {
+        self.capacity_epoch.fetch_add(1, Ordering::AcqRel);
+        self.capacity_notify.notify_waiters();
+        self.queues.wake(&self.pool_queue(pool)).await
+    }
+
+    fn capacity_epoch(&self) -> u64 {
+        self.capacity_epoch.load(Ordering::Acquire)
     }
 
     fn pool_queue(&self, pool: &PoolId) -> String {

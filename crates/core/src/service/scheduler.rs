@@ -152,8 +152,13 @@ impl Lineup {
         }
         let no_holders = HashSet::new();
 
-        let mut deliveries: HashMap<WorkerId, Vec<String>> = HashMap::new();
         let mut deferred: Vec<(String, Duration)> = Vec::new();
+        // First choose for every eval against the local view (each choice takes its
+        // size off the view, so the batch does not overfill a worker), then commit all
+        // the claims in one `place_many`; a lost claim falls back to `place_one`.
+        let mut plan: Vec<(Alloc, Eval, u64)> = Vec::new();
+        let mut planned: Vec<(usize, crate::backend::Received, &Eval)> = Vec::new();
+        let mut blocked: Vec<(&Eval, String, crate::backend::Received)> = Vec::new();
         for (msg, rcv) in work {
             let Some(eval) = evals.get(&msg.eval_id) else {
                 if rcv.receive_count >= ORPHAN_RECEIVES {
@@ -179,9 +184,42 @@ impl Lineup {
                 sum.deferred += 1;
                 continue;
             }
-
             let holders = eval.dataset.as_ref().and_then(|d| holders.get(d)).unwrap_or(&no_holders);
-            match self.place_one(pool, eval, holders, &mut cands).await? {
+            match placement::best(eval.size, holders, &cands, pool.strategy, now) {
+                Ok(idx) => {
+                    cands[idx].free -= eval.size;
+                    let (alloc, next) = self.placement_of(pool, eval, &cands[idx].worker_id, now);
+                    plan.push((alloc, next, eval.version));
+                    planned.push((idx, rcv, eval));
+                }
+                Err(why) => blocked.push((eval, why.to_string(), rcv)),
+            }
+        }
+
+        let mut deliveries: HashMap<WorkerId, Vec<String>> = HashMap::new();
+        let results = if plan.is_empty() { Vec::new() } else { self.store.place_many(&plan, now).await? };
+        for (((alloc, _, _), (idx, rcv, eval)), result) in plan.into_iter().zip(planned).zip(results) {
+            let placed = match result {
+                Ok(()) => {
+                    debug!(pool = %pool.pool_id, eval = %eval.eval_id, worker = %alloc.worker_id, alloc = %alloc.alloc_id, "placed");
+                    Placed::Yes(alloc)
+                }
+                Err(Error::Conflict(why)) => {
+                    debug!(eval = %eval.eval_id, worker = %alloc.worker_id, %why, "claim lost; trying one by one");
+                    cands[idx].free += eval.size;
+                    let holders = eval.dataset.as_ref().and_then(|d| holders.get(d)).unwrap_or(&no_holders);
+                    self.place_one(pool, eval, holders, &mut cands).await?
+                }
+                Err(e) => {
+                    // Not a lost race: leave it for a moment and carry on with the rest.
+                    warn!(eval = %eval.eval_id, error = %e, "placement failed; will retry");
+                    cands[idx].free += eval.size;
+                    deferred.push((rcv.receipt, DEFER));
+                    sum.deferred += 1;
+                    continue;
+                }
+            };
+            match placed {
                 Placed::Yes(alloc) => {
                     let m = AllocMessage {
                         alloc_id: alloc.alloc_id.clone(),
@@ -202,21 +240,24 @@ impl Lineup {
                     to_delete.push(rcv.receipt);
                     sum.dropped += 1;
                 }
-                Placed::Blocked(why) => {
-                    self.note_blocked(eval, &why).await;
-                    blocked_out.push((rcv, eval.size));
-                    sum.blocked += 1;
-                }
+                Placed::Blocked(why) => blocked.push((eval, why, rcv)),
             }
         }
+        sum.blocked = blocked.len();
+        self.note_blocked(&blocked).await;
+        blocked_out.extend(blocked.into_iter().map(|(eval, _, rcv)| (rcv, eval.size)));
 
         // Deliver before deleting: a crash here leaves a placed eval whose message is
         // redelivered and dropped as stale; an undelivered alloc expires and retries.
-        for (worker, bodies) in deliveries {
-            match self.queues.send(&self.worker_queue(&pool.pool_id, &worker), &bodies).await {
+        let batches: Vec<(String, Vec<String>)> = deliveries
+            .into_iter()
+            .map(|(worker, bodies)| (self.worker_queue(&pool.pool_id, &worker), bodies))
+            .collect();
+        for ((q, _), r) in batches.iter().zip(self.queues.send_many(&batches).await) {
+            match r {
                 Ok(()) => {}
                 // The worker was removed meanwhile; its allocs are released by the releaser.
-                Err(Error::QueueGone(q)) => warn!(queue = %q, "worker queue gone; allocs will expire and retry"),
+                Err(Error::QueueGone(_)) => warn!(queue = %q, "worker queue gone; allocs will expire and retry"),
                 Err(e) => return Err(e),
             }
         }
@@ -250,35 +291,16 @@ impl Lineup {
         pool: &Pool,
         eval: &Eval,
         holders: &HashSet<WorkerId>,
-        cands: &mut Vec<Candidate>,
+        cands: &mut [Candidate],
     ) -> Result<Placed> {
         for _ in 0..MAX_CLAIMS {
             let now = self.now();
-            let order = match placement::rank(eval.size, holders, cands, pool.strategy, now) {
-                Ok(order) => order,
+            let idx = match placement::best(eval.size, holders, cands, pool.strategy, now) {
+                Ok(idx) => idx,
                 Err(blocked) => return Ok(Placed::Blocked(blocked.to_string())),
             };
-            let idx = order[0];
             let worker_id = cands[idx].worker_id.clone();
-            let alloc = Alloc {
-                pool_id: pool.pool_id.clone(),
-                alloc_id: AllocId::generate(),
-                worker_id: worker_id.clone(),
-                eval_id: eval.eval_id.clone(),
-                size: eval.size,
-                attempt: eval.attempt,
-                ttl: now + self.settings.alloc_ttl_ms(),
-                state: AllocState::Live,
-                stop: false,
-                created_at: now,
-            };
-            let mut next = eval.clone();
-            next.status = EvalStatus::Placed;
-            next.version += 1;
-            next.worker_id = Some(worker_id.clone());
-            next.alloc_id = Some(alloc.alloc_id.clone());
-            next.reason = None;
-            next.updated_at = now;
+            let (alloc, next) = self.placement_of(pool, eval, &worker_id, now);
             match self.store.place(&alloc, &next, eval.version, now).await {
                 Ok(()) => {
                     cands[idx].free -= eval.size;
@@ -298,8 +320,10 @@ impl Lineup {
                             cands[idx].free = w.free;
                             cands[idx].ttl = w.ttl;
                         }
+                        // Gone: out of the running. (Not removed: callers hold indices.)
                         None => {
-                            cands.swap_remove(idx);
+                            cands[idx].free = 0;
+                            cands[idx].ttl = 0;
                         }
                     }
                 }
@@ -309,17 +333,50 @@ impl Lineup {
         Ok(Placed::Blocked("blocked: capacity claims kept losing races; will retry".into()))
     }
 
-    /// Records why an eval waits, only when the reason changed (no write per retry).
-    async fn note_blocked(&self, eval: &Eval, why: &str) {
-        if eval.reason.as_deref() == Some(why) {
+    /// The alloc placing `eval` on `worker`, and the eval as it will then be.
+    fn placement_of(&self, pool: &Pool, eval: &Eval, worker: &WorkerId, now: Millis) -> (Alloc, Eval) {
+        let alloc = Alloc {
+            pool_id: pool.pool_id.clone(),
+            alloc_id: AllocId::generate(),
+            worker_id: worker.clone(),
+            eval_id: eval.eval_id.clone(),
+            size: eval.size,
+            attempt: eval.attempt,
+            ttl: now + self.settings.alloc_ttl_ms(),
+            state: AllocState::Live,
+            stop: false,
+            created_at: now,
+        };
+        let mut next = eval.clone();
+        next.status = EvalStatus::Placed;
+        next.version += 1;
+        next.worker_id = Some(worker.clone());
+        next.alloc_id = Some(alloc.alloc_id.clone());
+        next.reason = None;
+        next.updated_at = now;
+        (alloc, next)
+    }
+
+    /// Records why evals wait, only where the reason changed (no write per retry), in
+    /// one batch. A lost race means the eval moved on; its reason no longer matters.
+    async fn note_blocked(&self, blocked: &[(&Eval, String, crate::backend::Received)]) {
+        let now = self.now();
+        let changed: Vec<(Eval, u64)> = blocked
+            .iter()
+            .filter(|(eval, why, _)| eval.reason.as_deref() != Some(why.as_str()))
+            .map(|(eval, why, _)| {
+                let mut next = (*eval).clone();
+                next.reason = Some(why.clone());
+                next.version += 1;
+                next.updated_at = now;
+                (next, eval.version)
+            })
+            .collect();
+        if changed.is_empty() {
             return;
         }
-        let mut next = eval.clone();
-        next.reason = Some(why.to_owned());
-        next.version += 1;
-        next.updated_at = self.now();
-        if let Err(e) = self.store.update_eval(&next, eval.version).await {
-            debug!(eval = %eval.eval_id, error = %e, "could not record blocked reason");
+        if let Err(e) = self.store.update_evals(&changed).await {
+            debug!(error = %e, "could not record blocked reasons");
         }
     }
 
@@ -352,13 +409,24 @@ pub struct PoolScheduler {
     opts: SchedulerOptions,
     held: Vec<Held>,
     next_check: tokio::time::Instant,
+    /// `Lineup::capacity_epoch` when the held evals were last looked at.
+    seen_epoch: u64,
     /// The pool's queue is gone (disbanded): the loop should end.
     pub gone: bool,
 }
 
 impl PoolScheduler {
     pub fn new(lineup: Lineup, pool: Pool, opts: SchedulerOptions) -> Self {
-        PoolScheduler { lineup, pool, opts, held: Vec::new(), next_check: tokio::time::Instant::now(), gone: false }
+        let seen_epoch = lineup.capacity_epoch();
+        PoolScheduler {
+            lineup,
+            pool,
+            opts,
+            held: Vec::new(),
+            next_check: tokio::time::Instant::now(),
+            seen_epoch,
+            gone: false,
+        }
     }
 
     pub fn held(&self) -> usize {
@@ -375,8 +443,10 @@ impl PoolScheduler {
         let mut sum = PassSummary::default();
         let now = tokio::time::Instant::now();
         let mut room = true;
-        if !self.held.is_empty() && now >= self.next_check {
+        let epoch = self.lineup.capacity_epoch();
+        if !self.held.is_empty() && (now >= self.next_check || epoch != self.seen_epoch) {
             self.next_check = now + self.opts.recheck;
+            self.seen_epoch = epoch;
             let cands = self.lineup.candidate_view(&self.pool).await?;
             let t = self.lineup.now();
             let max_free = cands.iter().filter(|c| c.ttl > t).map(|c| c.free).max().unwrap_or(0);
@@ -397,7 +467,13 @@ impl PoolScheduler {
         }
         // A full hold takes in more only while there is some room (a smaller eval may fit).
         if self.held.len() >= self.opts.hold_max && !room {
-            tokio::time::sleep(self.opts.recheck.min(wait_cap)).await;
+            let notified = self.lineup.capacity_notify.notified();
+            if self.lineup.capacity_epoch() == self.seen_epoch {
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep(self.opts.recheck.min(wait_cap)) => {}
+                }
+            }
             return Ok(sum);
         }
         let mut wait = self.opts.wait.min(wait_cap);
