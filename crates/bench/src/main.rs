@@ -59,9 +59,12 @@ impl Server {
         cmd.args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
             .args(&args.server_arg)
-            .env("LINEUP_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdout(Stdio::null());
+        // `LINEUP_BENCH_LOG=info` shows the server's log (on stderr) while it runs.
+        match std::env::var("LINEUP_BENCH_LOG") {
+            Ok(level) => cmd.env("LINEUP_LOG", level).stderr(Stdio::inherit()),
+            Err(_) => cmd.env("LINEUP_LOG", "warn").stderr(Stdio::null()),
+        };
         for (k, v) in env {
             cmd.env(k, v);
         }

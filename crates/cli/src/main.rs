@@ -99,8 +99,8 @@ struct DevArgs {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Scheduler loops per pool.
-    #[arg(long, default_value_t = 1)]
+    /// Scheduler loops per pool. Two keep the store busy while one of them reads.
+    #[arg(long, default_value_t = 2)]
     schedulers: usize,
     /// `process`: commits survive the process being killed; `machine`: also power loss (fsync per commit).
     #[arg(long, value_enum, default_value_t = DurabilityArg::Process)]

@@ -8,11 +8,12 @@
 //! - `queues.rs`: SQS semantics over a `messages` table: visibility timeout, receive
 //!   count, long polls woken by an in-process `Notify`, parked messages woken early.
 //!
-//! Two connections: writes go to one thread that group-commits them (`writer.rs`);
-//! reads use a second connection behind a mutex (WAL lets it read the last commit
-//! while the writer writes; statements take microseconds and no lock is held across
-//! an `.await`). A write is answered only after its commit, so a read that follows it
-//! sees it.
+//! Writes go to one thread that group-commits them (`writer.rs`); reads use a few
+//! connections of their own, each behind a mutex (WAL lets them read the last commit
+//! while the writer writes; no lock is held across an `.await`, and a reader takes
+//! whichever connection is free, so a long read does not stall a short one on another
+//! runtime thread). A write is answered only after its commit, so a read that follows
+//! it sees it.
 
 mod queues;
 mod schema;
@@ -41,15 +42,18 @@ pub enum Durability {
 
 /// Page cache of the write connection and of the read connection.
 const WRITE_CACHE_KIB: u32 = 32 * 1024;
-const READ_CACHE_KIB: u32 = 16 * 1024;
-/// WAL pages between checkpoints (SQLite's default is 1,000). Queue pages are written
-/// over and over (send, receive, delete); a longer WAL copies each back to the database
-/// once per checkpoint instead of many times.
-const CHECKPOINT_PAGES: u32 = 10_000;
+const READ_CACHE_KIB: u32 = 8 * 1024;
+/// Read connections: more than the runtime has threads, so a reader rarely waits.
+const READERS: usize = 4;
+const CHECKPOINT_CACHE_KIB: u32 = 1024;
+/// WAL pages after which a committing connection checkpoints itself. Checkpoints are
+/// the checkpointer thread's work (`writer.rs`); this only bounds the WAL should that
+/// thread fall behind.
+const CHECKPOINT_PAGES: u32 = 50_000;
 
 pub struct SqliteBackend {
     /// For reads only.
-    conn: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
     writer: writer::Writer,
     path: PathBuf,
     /// Long-poll wakeups, per queue name. In-process only: a second process on the
@@ -84,10 +88,11 @@ impl SqliteBackend {
         };
         let write_conn = open(WRITE_CACHE_KIB)?;
         schema::create(&write_conn)?;
-        let read_conn = open(READ_CACHE_KIB)?;
+        let checkpoint_conn = open(CHECKPOINT_CACHE_KIB)?;
+        let readers = (0..READERS).map(|_| open(READ_CACHE_KIB).map(Mutex::new)).collect::<Result<Vec<_>, _>>()?;
         Ok(SqliteBackend {
-            conn: Mutex::new(read_conn),
-            writer: writer::Writer::start(write_conn)?,
+            readers,
+            writer: writer::Writer::start(write_conn, checkpoint_conn)?,
             path: path.to_owned(),
             signals: Mutex::new(HashMap::new()),
         })
@@ -101,13 +106,30 @@ impl SqliteBackend {
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave a half-done transaction behind
         // (rusqlite rolls back on drop), so a poisoned lock is still safe to use.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        for r in &self.readers {
+            match r.try_lock() {
+                Ok(g) => return g,
+                Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        // All busy (more readers than connections): wait for one, spread by thread.
+        let i = thread_index() % self.readers.len();
+        self.readers[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn signal(&self, queue: &str) -> Arc<Signal> {
         let mut map = self.signals.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(queue.to_owned()).or_default().clone()
     }
+}
+
+/// A small number that differs between threads, to spread waiting readers.
+fn thread_index() -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::thread::current().id().hash(&mut h);
+    h.finish() as usize
 }
 
 /// What long polls on one queue wait for.
