@@ -1,5 +1,7 @@
 //! Store-level conformance: the conditional and atomic writes the invariants rest on.
 
+use std::time::Duration;
+
 use lineup_core::*;
 
 use crate::{hb, Backend, T0};
@@ -243,6 +245,38 @@ pub async fn store_batches_each_item_alone(b: Backend) {
     assert!(res[0].is_ok() && matches!(&res[1], Err(e) if e.is_conflict()), "{res:?}");
     assert_eq!(s.get_eval(&p.pool_id, &a.eval_id).await.unwrap().unwrap().reason.as_deref(), Some("a"));
     assert_eq!(s.get_eval(&p.pool_id, &c.eval_id).await.unwrap().unwrap().reason, None);
+}
+
+/// `insert_eval_with_message`, where supported: record and message together; an
+/// idempotency key match writes neither; a gone queue writes nothing.
+pub async fn store_insert_with_message(b: Backend) {
+    let (s, q) = (&b.store, &b.queues);
+    let p = pool_rec(Strategy::Spread);
+    s.create_pool(&p).await.unwrap();
+    let queue = format!("t-{}", PoolId::generate());
+    q.create_queue(&queue).await.unwrap();
+    let mut e = eval_rec(&p.pool_id, 1);
+    e.idempotency_key = Some("k1".into());
+    let Some(res) = s.insert_eval_with_message(&e, &queue, "first").await else {
+        return; // unsupported: the gateway sends, then inserts
+    };
+    assert_eq!(res.unwrap(), None);
+    assert!(s.get_eval(&p.pool_id, &e.eval_id).await.unwrap().is_some());
+    let again = Eval { eval_id: EvalId::generate(), ..e.clone() };
+    let existing = s.insert_eval_with_message(&again, &queue, "second").await.unwrap().unwrap();
+    assert_eq!(existing.map(|x| x.eval_id), Some(e.eval_id.clone()));
+    let got: Vec<String> = q
+        .receive(&queue, 10, Duration::ZERO, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(got, vec!["first"], "a matched key sends nothing");
+    let lost = eval_rec(&p.pool_id, 1);
+    let gone = format!("t-{}", PoolId::generate());
+    assert!(matches!(s.insert_eval_with_message(&lost, &gone, "x").await, Some(Err(Error::QueueGone(_)))));
+    assert!(s.get_eval(&p.pool_id, &lost.eval_id).await.unwrap().is_none(), "nothing written");
 }
 
 pub async fn store_release_returns_capacity_once(b: Backend) {

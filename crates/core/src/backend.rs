@@ -74,6 +74,15 @@ pub trait Store: Send + Sync + 'static {
     /// eval has an idempotency key already used in this pool, nothing is written and
     /// the existing eval is returned.
     async fn insert_eval(&self, eval: &Eval) -> Result<Option<Eval>>;
+    /// `insert_eval` and the eval's first message on `queue`, in one transaction, for a
+    /// store that holds the queues too (the embedded one): the message and the record
+    /// appear together, so a scheduler never receives a message whose eval it cannot
+    /// read yet, and a submit costs one commit. `QueueGone` if the queue is gone; no
+    /// message is sent when an idempotency key matches. `None`, the default, means
+    /// unsupported: the caller sends first, then inserts.
+    async fn insert_eval_with_message(&self, _eval: &Eval, _queue: &str, _body: &str) -> Option<Result<Option<Eval>>> {
+        None
+    }
     async fn get_eval(&self, pool: &PoolId, eval: &EvalId) -> Result<Option<Eval>>;
     /// The eval submitted with this idempotency key, if any.
     async fn find_eval_by_key(&self, pool: &PoolId, key: &str) -> Result<Option<Eval>>;

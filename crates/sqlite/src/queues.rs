@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 
 use crate::{db, SqliteBackend};
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemClock.now()
 }
 
@@ -72,7 +72,7 @@ fn receive_job(
     Ok((out, None))
 }
 
-fn send_job(tx: &rusqlite::Connection, name: &str, bodies: &[String], now: i64) -> Result<()> {
+pub(crate) fn send_job(tx: &rusqlite::Connection, name: &str, bodies: &[String], now: i64) -> Result<()> {
     if !queue_exists(tx, name)? {
         return Err(Error::QueueGone(name.to_owned()));
     }

@@ -148,6 +148,26 @@ fn conflict(what: &str) -> Error {
     Error::Conflict(what.to_owned())
 }
 
+/// `Store::insert_eval` inside a write job.
+fn insert_eval_job(tx: &Connection, e: &Eval) -> Result<Option<Eval>> {
+    SqliteBackend::check_active(tx, &e.pool_id)?;
+    if let Some(key) = &e.idempotency_key {
+        let existing = tx
+            .prepare_cached(&format!("SELECT {EVAL_COLS} FROM evals WHERE pool_id=?1 AND idempotency_key=?2"))
+            .and_then(|mut st| st.query_row([e.pool_id.as_str(), key], eval_row).optional())
+            .map_err(db("read eval by key"))?;
+        if existing.is_some() {
+            return Ok(existing);
+        }
+    }
+    tx.prepare_cached(&format!(
+        "INSERT INTO evals ({EVAL_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)"
+    ))
+    .and_then(|mut st| st.execute(params_from_iter(eval_values(e))))
+    .map_err(db("insert eval"))?;
+    Ok(None)
+}
+
 /// `Store::update_eval` inside a write job.
 fn update_eval_job(tx: &Connection, e: &Eval, expected: u64) -> Result<()> {
     if update_eval_tx(tx, e, expected).map_err(db("update eval"))? {
@@ -452,28 +472,25 @@ impl Store for SqliteBackend {
 
     async fn insert_eval(&self, e: &Eval) -> Result<Option<Eval>> {
         let e = e.clone();
-        self.writer
+        self.writer.write(move |tx| insert_eval_job(tx, &e)).await
+    }
+
+    async fn insert_eval_with_message(&self, e: &Eval, queue: &str, body: &str) -> Option<Result<Option<Eval>>> {
+        let (e, q, body) = (e.clone(), queue.to_owned(), vec![body.to_owned()]);
+        let res = self
+            .writer
             .write(move |tx| {
-                Self::check_active(tx, &e.pool_id)?;
-                if let Some(key) = &e.idempotency_key {
-                    let existing = tx
-                        .prepare_cached(&format!(
-                            "SELECT {EVAL_COLS} FROM evals WHERE pool_id=?1 AND idempotency_key=?2"
-                        ))
-                        .and_then(|mut st| st.query_row([e.pool_id.as_str(), key], eval_row).optional())
-                        .map_err(db("read eval by key"))?;
-                    if existing.is_some() {
-                        return Ok(existing);
-                    }
+                let existing = insert_eval_job(tx, &e)?;
+                if existing.is_none() {
+                    crate::queues::send_job(tx, &q, &body, crate::queues::now_ms())?;
                 }
-                tx.prepare_cached(&format!(
-                    "INSERT INTO evals ({EVAL_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)"
-                ))
-                .and_then(|mut st| st.execute(params_from_iter(eval_values(&e))))
-                .map_err(db("insert eval"))?;
-                Ok(None)
+                Ok(existing)
             })
-            .await
+            .await;
+        if matches!(res, Ok(None)) {
+            self.signal(queue).notify.notify_waiters();
+        }
+        Some(res)
     }
 
     async fn get_eval(&self, pool: &PoolId, eval: &EvalId) -> Result<Option<Eval>> {

@@ -270,15 +270,23 @@ impl Lineup {
         // Message first (see service/mod.rs): if the insert never happens, the
         // scheduler drops the orphan message; the caller was never told "accepted".
         let msg = EvalMessage { eval_id: eval.eval_id.clone(), attempt: 1 };
+        let body = serde_json::to_string(&msg).map_err(|e| Error::backend("encode eval message", e))?;
         // No pool read first: the queue and the insert's own check say if it is gone.
-        match self.send_eval_message(pool, &msg).await {
+        let inserted = match self.store.insert_eval_with_message(&eval, &self.pool_queue(pool), &body).await {
+            Some(done) => done,
+            None => match self.queues.send(&self.pool_queue(pool), &[body]).await {
+                Ok(()) => self.store.insert_eval(&eval).await,
+                Err(e) => Err(e),
+            },
+        };
+        let inserted = match inserted {
             Err(Error::QueueGone(_)) => {
                 self.active_pool(pool).await?;
                 return Err(Error::Disbanded(pool.to_string()));
             }
             other => other?,
-        }
-        match self.store.insert_eval(&eval).await? {
+        };
+        match inserted {
             None => {
                 debug!(pool = %pool, eval = %eval.eval_id, size = eval.size, "eval queued");
                 Ok(SubmitOutcome { eval, created: true })

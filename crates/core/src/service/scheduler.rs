@@ -75,6 +75,8 @@ const DEFER: Duration = Duration::from_secs(1);
 /// A message whose eval never appears is dropped after this many receives (its
 /// submit failed before the eval was written, so nobody was told it was accepted).
 const ORPHAN_RECEIVES: u32 = 10;
+/// How stale the counts in a blocked eval's reason may get (see `note_blocked`).
+const REASON_REFRESH_MS: i64 = 10_000;
 /// Claims tried per eval before it counts as blocked for this pass.
 const MAX_CLAIMS: usize = 8;
 
@@ -95,7 +97,7 @@ impl Lineup {
         if msgs.is_empty() {
             return Ok(sum);
         }
-        let (mut s, blocked) = self.process(pool, msgs, None).await?;
+        let Processed { sum: mut s, blocked, .. } = self.process(pool, msgs, None).await?;
         // No one holds these: park them in the queue with a backoff.
         let parked: Vec<(String, Duration)> =
             blocked.into_iter().map(|(m, _)| (m.receipt, self.backoff(m.receive_count))).collect();
@@ -114,7 +116,7 @@ impl Lineup {
         pool: &Pool,
         msgs: Vec<crate::backend::Received>,
         cands: Option<Vec<Candidate>>,
-    ) -> Result<(PassSummary, Vec<(crate::backend::Received, u32)>)> {
+    ) -> Result<Processed> {
         let mut sum = PassSummary::default();
         let queue = self.pool_queue(&pool.pool_id);
         let mut blocked_out = Vec::new();
@@ -270,7 +272,9 @@ impl Lineup {
         if sum.placed > 0 {
             info!(pool = %pool.pool_id, placed = sum.placed, blocked = sum.blocked, dropped = sum.dropped, "schedule pass");
         }
-        Ok((sum, blocked_out))
+        let now = self.now();
+        let free_left = cands.iter().filter(|c| c.ttl > now).map(|c| u64::from(c.free)).sum();
+        Ok(Processed { sum, blocked: blocked_out, free_left })
     }
 
     /// Every live worker with any room: one read for a whole batch. (Not only those
@@ -357,13 +361,21 @@ impl Lineup {
         (alloc, next)
     }
 
-    /// Records why evals wait, only where the reason changed (no write per retry), in
-    /// one batch. A lost race means the eval moved on; its reason no longer matters.
+    /// Records why evals wait, in one batch, only where the reason changed: at once when
+    /// its kind changed (the part before `;`), else at most every `REASON_REFRESH` (the
+    /// counts after `;` move with every worker that comes or goes, and a write per eval
+    /// per change would cost more than the scheduling). A lost race means the eval
+    /// moved on; its reason no longer matters.
     async fn note_blocked(&self, blocked: &[(&Eval, String, crate::backend::Received)]) {
         let now = self.now();
+        let kind = |r: &str| r.split(';').next().unwrap_or_default().to_owned();
         let changed: Vec<(Eval, u64)> = blocked
             .iter()
-            .filter(|(eval, why, _)| eval.reason.as_deref() != Some(why.as_str()))
+            .filter(|(eval, why, _)| match eval.reason.as_deref() {
+                None => true,
+                Some(old) if old == why => false,
+                Some(old) => kind(old) != kind(why) || eval.updated_at + REASON_REFRESH_MS <= now,
+            })
             .map(|(eval, why, _)| {
                 let mut next = (*eval).clone();
                 next.reason = Some(why.clone());
@@ -388,6 +400,15 @@ impl Lineup {
     }
 }
 
+/// What `process` did.
+struct Processed {
+    sum: PassSummary,
+    /// Messages of blocked evals, still hidden, with their evals' sizes.
+    blocked: Vec<(crate::backend::Received, u32)>,
+    /// Free capacity left on live workers, as far as this pass saw.
+    free_left: u64,
+}
+
 /// A blocked eval's message, held (hidden) by a `PoolScheduler` instead of cycling
 /// through the queue.
 struct Held {
@@ -395,6 +416,9 @@ struct Held {
     size: u32,
     hidden_until: tokio::time::Instant,
 }
+
+/// The shortest time between two looks at the held evals prompted by new capacity.
+const RECHECK_MIN: Duration = Duration::from_millis(20);
 
 /// How long a held message stays hidden; extended at half-time, made visible at `release_held`.
 const HOLD: Duration = Duration::from_secs(300);
@@ -408,7 +432,12 @@ pub struct PoolScheduler {
     pool: Pool,
     opts: SchedulerOptions,
     held: Vec<Held>,
+    /// Free capacity left after the last pass (while evals are held): no more messages
+    /// are taken from the queue than could possibly be placed, so that a scarce pool
+    /// does not cycle thousands of blocked messages per worker that appears.
+    free_left: u64,
     next_check: tokio::time::Instant,
+    last_check: tokio::time::Instant,
     /// `Lineup::capacity_epoch` when the held evals were last looked at.
     seen_epoch: u64,
     /// The pool's queue is gone (disbanded): the loop should end.
@@ -423,7 +452,9 @@ impl PoolScheduler {
             pool,
             opts,
             held: Vec::new(),
+            free_left: 0,
             next_check: tokio::time::Instant::now(),
+            last_check: tokio::time::Instant::now(),
             seen_epoch,
             gone: false,
         }
@@ -442,46 +473,71 @@ impl PoolScheduler {
     pub async fn step(&mut self, wait_cap: Duration) -> Result<PassSummary> {
         let mut sum = PassSummary::default();
         let now = tokio::time::Instant::now();
-        let mut room = true;
         let epoch = self.lineup.capacity_epoch();
-        if !self.held.is_empty() && (now >= self.next_check || epoch != self.seen_epoch) {
+        // New capacity brings the next look forward, but not closer than `RECHECK_MIN`
+        // to the last one: a thousand workers registering is a few looks, not a thousand.
+        let nudged = epoch != self.seen_epoch && now >= self.last_check + RECHECK_MIN;
+        if !self.held.is_empty() && (now >= self.next_check || nudged) {
+            self.last_check = now;
             self.next_check = now + self.opts.recheck;
             self.seen_epoch = epoch;
             let cands = self.lineup.candidate_view(&self.pool).await?;
             let t = self.lineup.now();
-            let max_free = cands.iter().filter(|c| c.ttl > t).map(|c| c.free).max().unwrap_or(0);
-            room = max_free > 0;
-            if self.held.iter().any(|h| h.size <= max_free) {
-                let held = std::mem::take(&mut self.held);
+            let live = cands.iter().filter(|c| c.ttl > t);
+            let max_free = live.clone().map(|c| c.free).max().unwrap_or(0);
+            self.free_left = live.map(|c| u64::from(c.free)).sum();
+            // Try, oldest first, only the held evals the free capacity could take: when
+            // one worker appears among thousands of blocked evals, the work is the size of
+            // the worker, not of the backlog.
+            let mut budget = self.free_left;
+            let (try_now, keep): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held).into_iter().partition(|h| {
+                let fits = h.size <= max_free && u64::from(h.size) <= budget;
+                if fits {
+                    budget -= u64::from(h.size);
+                }
+                fits
+            });
+            self.held = keep;
+            if !try_now.is_empty() {
                 let until: HashMap<String, tokio::time::Instant> =
-                    held.iter().map(|h| (h.rcv.receipt.clone(), h.hidden_until)).collect();
-                let (s, still) =
-                    self.lineup.process(&self.pool, held.into_iter().map(|h| h.rcv).collect(), Some(cands)).await?;
-                sum.add(&s);
-                for (rcv, size) in still {
+                    try_now.iter().map(|h| (h.rcv.receipt.clone(), h.hidden_until)).collect();
+                let msgs = try_now.into_iter().map(|h| h.rcv).collect();
+                let p = self.lineup.process(&self.pool, msgs, Some(cands)).await?;
+                sum.add(&p.sum);
+                self.free_left = p.free_left;
+                for (rcv, size) in p.blocked {
                     let hidden_until = until.get(&rcv.receipt).copied().unwrap_or(now);
                     self.held.push(Held { rcv, size, hidden_until });
                 }
             }
             self.extend_held().await?;
         }
-        // A full hold takes in more only while there is some room (a smaller eval may fit).
-        if self.held.len() >= self.opts.hold_max && !room {
-            let notified = self.lineup.capacity_notify.notified();
-            if self.lineup.capacity_epoch() == self.seen_epoch {
-                tokio::select! {
-                    _ = notified => {}
-                    _ = tokio::time::sleep(self.opts.recheck.min(wait_cap)) => {}
+        // While evals are blocked, take no more from the queue than the free capacity
+        // could place (every eval needs at least 1); with none, wait for capacity.
+        let mut batch = self.opts.batch;
+        if !self.held.is_empty() {
+            if self.free_left == 0 {
+                let notified = self.lineup.capacity_notify.notified();
+                let cap = tokio::time::Instant::now() + wait_cap;
+                if self.lineup.capacity_epoch() == self.seen_epoch {
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep_until(self.next_check.min(cap)) => {}
+                    }
+                } else {
+                    // Capacity came since the last look; the next may start soon.
+                    tokio::time::sleep_until((self.last_check + RECHECK_MIN).min(self.next_check).min(cap)).await;
                 }
+                return Ok(sum);
             }
-            return Ok(sum);
+            batch = batch.min(usize::try_from(self.free_left).unwrap_or(usize::MAX));
         }
         let mut wait = self.opts.wait.min(wait_cap);
         if !self.held.is_empty() {
             wait = wait.min(self.next_check.saturating_duration_since(tokio::time::Instant::now()));
         }
         let queue = self.queue();
-        let msgs = match self.lineup.queues.receive(&queue, self.opts.batch, wait, self.opts.visibility).await {
+        let msgs = match self.lineup.queues.receive(&queue, batch, wait, self.opts.visibility).await {
             Ok(m) => m,
             Err(Error::QueueGone(_)) => {
                 self.gone = true;
@@ -495,15 +551,16 @@ impl PoolScheduler {
             return Ok(sum);
         }
         let received = msgs.len();
-        let (s, blocked) = self.lineup.process(&self.pool, msgs, None).await?;
-        sum.add(&s);
+        let p = self.lineup.process(&self.pool, msgs, None).await?;
+        sum.add(&p.sum);
         sum.received += received;
-        if !blocked.is_empty() {
+        self.free_left = p.free_left;
+        if !p.blocked.is_empty() {
             let room_left = self.opts.hold_max.saturating_sub(self.held.len());
             let mut hide = Vec::new();
             let mut park = Vec::new();
             let hidden_until = tokio::time::Instant::now() + HOLD;
-            for (i, (rcv, size)) in blocked.into_iter().enumerate() {
+            for (i, (rcv, size)) in p.blocked.into_iter().enumerate() {
                 if i < room_left {
                     hide.push((rcv.receipt.clone(), HOLD));
                     self.held.push(Held { rcv, size, hidden_until });
