@@ -21,6 +21,9 @@ struct Args {
     /// HTTP connections for submitting.
     #[arg(long, default_value_t = 8)]
     connections: usize,
+    /// Workers registering at once in the 1,000-worker drain.
+    #[arg(long, default_value_t = 64)]
+    register_connections: usize,
     /// Seconds of offered load in the latency scenario.
     #[arg(long, default_value_t = 30)]
     latency_secs: u64,
@@ -196,12 +199,14 @@ async fn main() {
         let pool = s.admin.create_pool(None).await.expect("pool").pool_id;
         submit(&s.admin, &pool, args.evals, args.connections).await;
         let per = (args.evals / 1000 + 1) as u32;
-        // The workers come up together, registering over the same connections.
+        // The workers come up together: each registers on its own, so many at once
+        // (`--register-connections` of them).
         let start = Instant::now();
         let mut tasks = Vec::new();
-        for c in 0..args.connections {
+        let conns = args.register_connections.max(1);
+        for c in 0..conns {
             let (admin, pool) = (s.admin.with_token_same(), pool.clone());
-            let share = 1000 / args.connections + usize::from(c < 1000 % args.connections);
+            let share = 1000 / conns + usize::from(c < 1000 % conns);
             tasks.push(tokio::spawn(async move {
                 for _ in 0..share {
                     admin.register_worker(&pool, per).await.expect("worker");

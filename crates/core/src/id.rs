@@ -1,5 +1,15 @@
-//! Identifiers: 20 lowercase hex characters (10 random bytes), as in the Go original.
+//! Identifiers: 20 lowercase hex characters (10 bytes), the Go original's format.
 //! Parsing is strict so that nothing else ever reaches a key or a queue name.
+//!
+//! Unlike the original's 10 random bytes, a new id starts with the time: 5 bytes of
+//! milliseconds since 2024 (wraps in 2058), then 2 bytes chosen at random once per
+//! process, then a 3-byte per-process counter that starts at random. So ids sort by
+//! creation, and a store's B-trees take new records at their right edge: a backlog of
+//! a million evals costs a few hot pages per commit, not a random page per insert
+//! (measured in `make bench`: drain and submit rates, and the backlog rate staying
+//! flat). Within a process ids never repeat (the counter would have to wrap within a
+//! millisecond); two processes collide only with the same millisecond, process bytes
+//! and counter value. Ids are names, not secrets: tokens carry their own random secret.
 
 use std::fmt;
 
@@ -14,8 +24,25 @@ pub fn is_valid_id(s: &str) -> bool {
     s.len() == ID_LEN && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Milliseconds from the Unix epoch to 2024-01-01T00:00:00Z.
+const ID_EPOCH_MS: u64 = 1_704_067_200_000;
+
 fn random_id() -> String {
-    let bytes: [u8; 10] = rand::random();
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
+    static PROCESS: OnceLock<[u8; 2]> = OnceLock::new();
+    static COUNTER: OnceLock<AtomicU32> = OnceLock::new();
+    let process = PROCESS.get_or_init(rand::random);
+    let count = COUNTER.get_or_init(|| AtomicU32::new(rand::random())).fetch_add(1, Ordering::Relaxed);
+    // A clock before 2024 (or before 1970) still gives valid, if unordered, ids.
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| (d.as_millis() as u64).wrapping_sub(ID_EPOCH_MS))
+        .unwrap_or(0);
+    let mut bytes = [0u8; 10];
+    bytes[..5].copy_from_slice(&ms.to_be_bytes()[3..]);
+    bytes[5..7].copy_from_slice(process);
+    bytes[7..].copy_from_slice(&count.to_be_bytes()[1..]);
     hex::encode(bytes)
 }
 
@@ -96,6 +123,18 @@ mod tests {
             assert_eq!(id.as_str().len(), ID_LEN);
             assert_eq!(PoolId::parse(id.as_str()).unwrap(), id);
         }
+    }
+
+    #[test]
+    fn generated_ids_are_unique_and_sort_by_time() {
+        let ids: std::collections::HashSet<String> =
+            (0..100_000).map(|_| EvalId::generate().as_str().to_owned()).collect();
+        assert_eq!(ids.len(), 100_000, "no repeats within a process");
+        let early = EvalId::generate();
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        let late = EvalId::generate();
+        assert!(early < late, "{early:?} should sort before {late:?}");
+        assert_eq!(early.as_str()[10..14], late.as_str()[10..14], "same process bytes");
     }
 
     #[test]
