@@ -225,6 +225,43 @@ impl AwsBackend {
         Ok(TransactWriteItem::builder().put(build(put.build())?).build())
     }
 
+    /// The Go original's placement, for `make bench` to measure beside Lineup's: claim
+    /// (`UpdateItem`), then put the alloc (`PutItem`), then write the eval (`PutItem`):
+    /// three calls instead of one `TransactWriteItems`, and not atomic (a crash between
+    /// them leaves capacity claimed for no alloc). Nothing in Lineup calls it.
+    pub async fn place_in_steps(&self, a: &Alloc, e: &Eval, expected: u64, now: Millis) -> Result<()> {
+        self.ddb
+            .update_item()
+            .table_name(&self.tables.workers)
+            .set_key(Some(key(&a.pool_id, Some(("wrk", a.worker_id.as_str())))))
+            .update_expression("SET #c = #c - :size")
+            .condition_expression("#c >= :size AND #t > :now")
+            .set_expression_attribute_names(names(&[("#c", "cap"), ("#t", "ttl")]))
+            .expression_attribute_values(":size", n(a.size))
+            .expression_attribute_values(":now", n(now))
+            .send()
+            .await
+            .map_err(|e| if ccf(&e) { Error::Conflict("claim lost".into()) } else { sdk_err("claim", e) })?;
+        self.ddb
+            .put_item()
+            .table_name(&self.tables.allocs)
+            .set_item(Some(to_item(&AllocItem::from(a))?))
+            .send()
+            .await
+            .map_err(|e| sdk_err("put alloc", e))?;
+        self.ddb
+            .put_item()
+            .table_name(&self.tables.evals)
+            .set_item(Some(to_item(&EvalItem::from(e))?))
+            .condition_expression("#v = :v")
+            .set_expression_attribute_names(names(&[("#v", "version")]))
+            .expression_attribute_values(":v", n(expected))
+            .send()
+            .await
+            .map_err(|e| if ccf(&e) { Error::Conflict("eval changed".into()) } else { sdk_err("put eval", e) })?;
+        Ok(())
+    }
+
     fn items<T: serde::de::DeserializeOwned>(items: Vec<Item>) -> Result<Vec<T>> {
         items.into_iter().map(from_item).collect()
     }

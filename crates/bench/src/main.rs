@@ -7,6 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod aws;
+
 use clap::Parser;
 use lineup_client::{Client, SubmitEval};
 
@@ -165,6 +167,37 @@ async fn wait_queued_zero(admin: &Client, pool: &str, limit: Duration) -> Durati
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+async fn aws_scenario(rows: &mut Vec<(String, f64, &'static str, String)>) {
+    let lineup = match aws::measure(aws::Shape::Lineup).await {
+        Ok(c) => c,
+        Err(e) => return println!("aws: failed: {e}"),
+    };
+    let original = match aws::measure(aws::Shape::Original).await {
+        Ok(c) => c,
+        Err(e) => return println!("aws: original's shape failed: {e}"),
+    };
+    println!();
+    println!("AWS calls per placement (moto, 100 evals on 10 workers, idle long polls excluded)");
+    println!("{:<32} {:>10} {:>12}", "scheduler operation", "lineup", "original");
+    let ops: std::collections::BTreeSet<&String> = lineup.schedule.keys().chain(original.schedule.keys()).collect();
+    for op in ops {
+        let get = |m: &std::collections::BTreeMap<String, f64>| m.get(op).copied().unwrap_or(0.0);
+        println!("{op:<32} {:>10.2} {:>12.2}", get(&lineup.schedule), get(&original.schedule));
+    }
+    let (l, o) = (aws::total(&lineup.schedule), aws::total(&original.schedule));
+    println!("{:<32} {l:>10.2} {o:>12.2}", "total");
+    println!("lineup, per eval: submit {:.2} {:?}", aws::total(&lineup.submit), lineup.submit);
+    println!("lineup, per eval: poll + complete {:.2} {:?}", aws::total(&lineup.worker), lineup.worker);
+    report(rows, "aws_calls_per_placement", l, "calls", "<= 2.5");
+    report(rows, "aws_calls_per_placement_original_shape", o, "calls", "");
+    report(rows, "aws_original_over_lineup", o / l, "x", "");
+    let (ld, ls) = aws::dollars_per_million(&lineup.schedule);
+    let (od, os) = aws::dollars_per_million(&original.schedule);
+    report(rows, "aws_scheduler_dollars_per_million_placements", ld + ls, "$", "");
+    report(rows, "aws_scheduler_dollars_per_million_placements_original_shape", od + os, "$", "");
+    println!("scheduler $/M placements: lineup DynamoDB {ld:.2} + SQS {ls:.2}; original DynamoDB {od:.2} + SQS {os:.2}");
 }
 
 #[tokio::main]
@@ -335,9 +368,18 @@ async fn main() {
         report(&mut rows, "backlog_submit_last_tenth_per_s", rates[9], "evals/s", "within 20% of first");
     }
 
+    // ---- AWS calls per placement, Lineup's shape and the original's, over moto
+    if args.wants("aws") {
+        if aws::moto_available() {
+            aws_scenario(&mut rows).await;
+        } else {
+            println!("aws: skipped (no moto: `make venv` installs it into .venv)");
+        }
+    }
+
     println!();
-    println!("{:<40} {:>12}  {:<16} target", "figure", "value", "unit");
+    println!("{:<60} {:>12}  {:<16} target", "figure", "value", "unit");
     for (name, v, unit, target) in rows {
-        println!("{name:<40} {v:>12.2}  {unit:<16} {target}");
+        println!("{name:<60} {v:>12.2}  {unit:<16} {target}");
     }
 }
