@@ -200,7 +200,9 @@ async fn aws_scenario(rows: &mut Vec<(String, f64, &'static str, String)>) {
     let (od, os) = aws::dollars_per_million(&original.schedule);
     report(rows, "aws_scheduler_dollars_per_million_placements", ld + ls, "$", "");
     report(rows, "aws_scheduler_dollars_per_million_placements_original_shape", od + os, "$", "");
-    println!("scheduler $/M placements: lineup DynamoDB {ld:.2} + SQS {ls:.2}; original DynamoDB {od:.2} + SQS {os:.2}");
+    println!(
+        "scheduler $/M placements: lineup DynamoDB {ld:.2} + SQS {ls:.2}; original DynamoDB {od:.2} + SQS {os:.2}"
+    );
 }
 
 #[tokio::main]

@@ -279,6 +279,67 @@ pub async fn store_insert_with_message(b: Backend) {
     assert!(s.get_eval(&p.pool_id, &lost.eval_id).await.unwrap().is_none(), "nothing written");
 }
 
+/// `place_and_deliver`, where supported: a placement that wins is delivered and its
+/// pool message deleted with it; one that loses leaves its message and writes nothing.
+pub async fn store_place_and_deliver(b: Backend) {
+    let (s, q) = (&b.store, &b.queues);
+    let (p, w) = setup(&b, 1).await;
+    let (pool_q, worker_q) = (format!("t-{}", PoolId::generate()), format!("t-{}", PoolId::generate()));
+    q.create_queue(&pool_q).await.unwrap();
+    q.create_queue(&worker_q).await.unwrap();
+    let evals = [eval_rec(&p.pool_id, 1), eval_rec(&p.pool_id, 1)];
+    for e in &evals {
+        s.insert_eval(e).await.unwrap();
+    }
+    q.send(&pool_q, &["m0".into(), "m1".into()]).await.unwrap();
+    let mut msgs = q.receive(&pool_q, 10, Duration::ZERO, Duration::from_secs(30)).await.unwrap();
+    msgs.sort_by(|a, b| a.body.cmp(&b.body));
+    let items: Vec<backend::Placement> = evals
+        .iter()
+        .zip(&msgs)
+        .map(|(e, m)| {
+            let a = alloc_for(e, &w, T0 + 30_000);
+            backend::Placement {
+                eval: placed(e, &a),
+                expected_version: 1,
+                deliver_to: worker_q.clone(),
+                body: format!("alloc {}", a.alloc_id),
+                receipt: m.receipt.clone(),
+                alloc: a,
+            }
+        })
+        .collect();
+    let Some(res) = s.place_and_deliver(&pool_q, &items, T0).await else {
+        return; // unsupported: the scheduler places, sends, then deletes
+    };
+    let res = res.unwrap();
+    // Capacity 1: the first wins, the second loses its claim.
+    assert!(res[0].is_ok() && matches!(&res[1], Err(e) if e.is_conflict()), "{res:?}");
+    let got: Vec<String> = q
+        .receive(&worker_q, 10, Duration::ZERO, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(got, vec![items[0].body.clone()]);
+    // The loser's message is still in flight (hidden), the winner's gone: make both
+    // visible and only the loser's comes back.
+    let receipts: Vec<(String, Duration)> = msgs.iter().map(|m| (m.receipt.clone(), Duration::ZERO)).collect();
+    q.change_visibility(&pool_q, &receipts, false).await.unwrap();
+    let left: Vec<String> = q
+        .receive(&pool_q, 10, Duration::ZERO, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(left, vec!["m1"]);
+    assert_eq!(s.get_eval(&p.pool_id, &evals[1].eval_id).await.unwrap().unwrap().status, EvalStatus::Queued);
+    assert_eq!(s.get_alloc(&p.pool_id, &items[1].alloc.alloc_id).await.unwrap(), None);
+    crate::assert_capacity_conserved(s.as_ref(), &p.pool_id).await;
+}
+
 pub async fn store_release_returns_capacity_once(b: Backend) {
     let s = &b.store;
     let (p, w) = setup(&b, 5).await;

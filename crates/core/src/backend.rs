@@ -31,6 +31,20 @@ pub struct Heartbeat {
     pub alloc_ttl: Millis,
 }
 
+/// One placement of a scheduler's batch, and what follows when it succeeds.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub alloc: Alloc,
+    /// The eval as placed; written if the stored version is `expected_version`.
+    pub eval: Eval,
+    pub expected_version: u64,
+    /// The worker's queue and the alloc message for it.
+    pub deliver_to: String,
+    pub body: String,
+    /// Receipt of the pool-queue message that asked for it, deleted once placed.
+    pub receipt: String,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // ---- pools
@@ -127,6 +141,23 @@ pub trait Store: Send + Sync + 'static {
             out.push(self.place(alloc, eval, *expected, now).await);
         }
         Ok(out)
+    }
+
+    /// `place_many`, and for each placement that succeeds, its alloc message sent to
+    /// `deliver_to` and its pool-queue message (`receipt` on `pool_queue`) deleted, all
+    /// in one transaction, for a store that holds the queues too (the embedded one): a
+    /// scheduler's batch is then one commit, with no moment where an eval is placed but
+    /// its alloc not yet delivered. A worker queue that is gone does not undo the
+    /// placement (the alloc expires and the eval is retried, as when delivery fails
+    /// elsewhere). `None`, the default, means unsupported: the caller places, sends,
+    /// then deletes.
+    async fn place_and_deliver(
+        &self,
+        _pool_queue: &str,
+        _items: &[Placement],
+        _now: Millis,
+    ) -> Option<Result<Vec<Result<()>>>> {
+        None
     }
 
     /// Atomically: mark the live alloc released, give its size back to its worker (if

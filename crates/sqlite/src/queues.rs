@@ -85,6 +85,19 @@ pub(crate) fn send_job(tx: &rusqlite::Connection, name: &str, bodies: &[String],
     Ok(())
 }
 
+/// Deletes received messages, inside a write job; stale receipts are ignored.
+pub(crate) fn delete_job(tx: &rusqlite::Connection, name: &str, receipts: &[String]) -> Result<()> {
+    let mut del = tx
+        .prepare_cached("DELETE FROM messages WHERE id=?1 AND receive_count=?2 AND queue=?3")
+        .map_err(db("prepare delete"))?;
+    for r in receipts {
+        if let Some((id, count)) = parse_receipt(r) {
+            del.execute(params![id, count, name]).map_err(db("delete message"))?;
+        }
+    }
+    Ok(())
+}
+
 impl SqliteBackend {
     /// Makes every hidden message visible now. For a process that owns the file alone
     /// (`lineup dev`) at start: receipts held by a previous, dead process mean nothing,
@@ -139,6 +152,9 @@ impl Queues for SqliteBackend {
     }
 
     async fn send_many(&self, batches: &[(String, Vec<String>)]) -> Vec<Result<()>> {
+        if batches.is_empty() {
+            return Vec::new();
+        }
         let owned = batches.to_vec();
         let res = self
             .writer
@@ -208,19 +224,7 @@ impl Queues for SqliteBackend {
             return Ok(());
         }
         let (n, receipts) = (name.to_owned(), receipts.to_vec());
-        self.writer
-            .write(move |tx| {
-                let mut del = tx
-                    .prepare_cached("DELETE FROM messages WHERE id=?1 AND receive_count=?2 AND queue=?3")
-                    .map_err(db("prepare delete"))?;
-                for r in &receipts {
-                    if let Some((id, count)) = parse_receipt(r) {
-                        del.execute(params![id, count, n]).map_err(db("delete message"))?;
-                    }
-                }
-                Ok(())
-            })
-            .await
+        self.writer.write(move |tx| delete_job(tx, &n, &receipts)).await
     }
 
     async fn change_visibility(&self, name: &str, changes: &[(String, Duration)], parked: bool) -> Result<()> {

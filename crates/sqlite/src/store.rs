@@ -3,7 +3,7 @@
 //! DynamoDB condition expressions.
 
 use async_trait::async_trait;
-use lineup_core::backend::Heartbeat;
+use lineup_core::backend::{Heartbeat, Placement};
 use lineup_core::*;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
@@ -603,6 +603,39 @@ impl Store for SqliteBackend {
     async fn place_many(&self, items: &[(Alloc, Eval, u64)], now: Millis) -> Result<Vec<Result<()>>> {
         let items = items.to_vec();
         self.writer.write(move |tx| each_item(&items, |(a, e, expected)| place_job(tx, a, e, *expected, now))).await
+    }
+
+    async fn place_and_deliver(
+        &self,
+        pool_queue: &str,
+        items: &[Placement],
+        now: Millis,
+    ) -> Option<Result<Vec<Result<()>>>> {
+        let (owned, pool_queue) = (items.to_vec(), pool_queue.to_owned());
+        let res = self
+            .writer
+            .write(move |tx| {
+                let sent_at = crate::queues::now_ms();
+                each_item(&owned, |p| {
+                    place_job(tx, &p.alloc, &p.eval, p.expected_version, now)?;
+                    match crate::queues::send_job(tx, &p.deliver_to, std::slice::from_ref(&p.body), sent_at) {
+                        // The worker was removed meanwhile: the releaser releases its allocs.
+                        Ok(()) | Err(Error::QueueGone(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                    crate::queues::delete_job(tx, &pool_queue, std::slice::from_ref(&p.receipt))
+                })
+            })
+            .await;
+        if let Ok(results) = &res {
+            let mut woken = std::collections::HashSet::new();
+            for (p, r) in items.iter().zip(results) {
+                if r.is_ok() && woken.insert(p.deliver_to.as_str()) {
+                    self.signal(&p.deliver_to).notify.notify_waiters();
+                }
+            }
+        }
+        Some(res)
     }
 
     async fn release(&self, a: &Alloc, eval: Option<(&Eval, u64)>) -> Result<()> {

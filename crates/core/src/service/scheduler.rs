@@ -14,6 +14,7 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use super::Lineup;
+use crate::backend::Placement;
 use crate::error::{Error, Result};
 use crate::id::{AllocId, EvalId, WorkerId};
 use crate::model::*;
@@ -158,7 +159,7 @@ impl Lineup {
         // First choose for every eval against the local view (each choice takes its
         // size off the view, so the batch does not overfill a worker), then commit all
         // the claims in one `place_many`; a lost claim falls back to `place_one`.
-        let mut plan: Vec<(Alloc, Eval, u64)> = Vec::new();
+        let mut plan: Vec<Placement> = Vec::new();
         let mut planned: Vec<(usize, crate::backend::Received, &Eval)> = Vec::new();
         let mut blocked: Vec<(&Eval, String, crate::backend::Received)> = Vec::new();
         for (msg, rcv) in work {
@@ -191,7 +192,14 @@ impl Lineup {
                 Ok(idx) => {
                     cands[idx].free -= eval.size;
                     let (alloc, next) = self.placement_of(pool, eval, &cands[idx].worker_id, now);
-                    plan.push((alloc, next, eval.version));
+                    plan.push(Placement {
+                        deliver_to: self.worker_queue(&pool.pool_id, &alloc.worker_id),
+                        body: alloc_message(pool, eval, &alloc)?,
+                        receipt: rcv.receipt.clone(),
+                        alloc,
+                        eval: next,
+                        expected_version: eval.version,
+                    });
                     planned.push((idx, rcv, eval));
                 }
                 Err(why) => blocked.push((eval, why.to_string(), rcv)),
@@ -199,12 +207,33 @@ impl Lineup {
         }
 
         let mut deliveries: HashMap<WorkerId, Vec<String>> = HashMap::new();
-        let results = if plan.is_empty() { Vec::new() } else { self.store.place_many(&plan, now).await? };
-        for (((alloc, _, _), (idx, rcv, eval)), result) in plan.into_iter().zip(planned).zip(results) {
+        // Where the store holds the queues too, delivery and the pool message's delete
+        // commit with the placement; otherwise they follow it below.
+        let (results, delivered) = if plan.is_empty() {
+            (Vec::new(), false)
+        } else {
+            match self.store.place_and_deliver(&queue, &plan, now).await {
+                Some(res) => (res?, true),
+                None => {
+                    let items: Vec<(Alloc, Eval, u64)> =
+                        plan.iter().map(|p| (p.alloc.clone(), p.eval.clone(), p.expected_version)).collect();
+                    (self.store.place_many(&items, now).await?, false)
+                }
+            }
+        };
+        for ((Placement { alloc, body, .. }, (idx, rcv, eval)), result) in plan.into_iter().zip(planned).zip(results) {
             let placed = match result {
+                Ok(()) if delivered => {
+                    debug!(pool = %pool.pool_id, eval = %eval.eval_id, worker = %alloc.worker_id, alloc = %alloc.alloc_id, "placed and delivered");
+                    sum.placed += 1;
+                    continue;
+                }
                 Ok(()) => {
+                    deliveries.entry(alloc.worker_id.clone()).or_default().push(body);
+                    to_delete.push(rcv.receipt);
+                    sum.placed += 1;
                     debug!(pool = %pool.pool_id, eval = %eval.eval_id, worker = %alloc.worker_id, alloc = %alloc.alloc_id, "placed");
-                    Placed::Yes(alloc)
+                    continue;
                 }
                 Err(Error::Conflict(why)) => {
                     debug!(eval = %eval.eval_id, worker = %alloc.worker_id, %why, "claim lost; trying one by one");
@@ -223,17 +252,7 @@ impl Lineup {
             };
             match placed {
                 Placed::Yes(alloc) => {
-                    let m = AllocMessage {
-                        alloc_id: alloc.alloc_id.clone(),
-                        eval_id: eval.eval_id.clone(),
-                        pool_id: pool.pool_id.clone(),
-                        worker_id: alloc.worker_id.clone(),
-                        size: eval.size,
-                        dataset: eval.dataset.clone(),
-                        payload: eval.payload.clone(),
-                        attempt: eval.attempt,
-                    };
-                    let body = serde_json::to_string(&m).map_err(|e| Error::backend("encode alloc message", e))?;
+                    let body = alloc_message(pool, eval, &alloc)?;
                     deliveries.entry(alloc.worker_id).or_default().push(body);
                     to_delete.push(rcv.receipt);
                     sum.placed += 1;
@@ -255,7 +274,8 @@ impl Lineup {
             .into_iter()
             .map(|(worker, bodies)| (self.worker_queue(&pool.pool_id, &worker), bodies))
             .collect();
-        for ((q, _), r) in batches.iter().zip(self.queues.send_many(&batches).await) {
+        let sent = if batches.is_empty() { Vec::new() } else { self.queues.send_many(&batches).await };
+        for ((q, _), r) in batches.iter().zip(sent) {
             match r {
                 Ok(()) => {}
                 // The worker was removed meanwhile; its allocs are released by the releaser.
@@ -398,6 +418,21 @@ impl Lineup {
         let exp = receive_count.saturating_sub(1).min(16);
         Duration::from_secs((1u64 << exp).min(self.settings.blocked_backoff_max))
     }
+}
+
+/// The message that tells a worker to run `eval` as `alloc`.
+fn alloc_message(pool: &Pool, eval: &Eval, alloc: &Alloc) -> Result<String> {
+    let m = AllocMessage {
+        alloc_id: alloc.alloc_id.clone(),
+        eval_id: eval.eval_id.clone(),
+        pool_id: pool.pool_id.clone(),
+        worker_id: alloc.worker_id.clone(),
+        size: eval.size,
+        dataset: eval.dataset.clone(),
+        payload: eval.payload.clone(),
+        attempt: eval.attempt,
+    };
+    serde_json::to_string(&m).map_err(|e| Error::backend("encode alloc message", e))
 }
 
 /// What `process` did.
