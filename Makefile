@@ -54,8 +54,9 @@ e2e: $(VENV)/bin/cargo-lambda
 # `make test` already ends with the e2e run; kept for habit.
 test-all: test
 
-# Figures, not assertions: the release `lineup dev` driven over HTTP (docs/BENCHMARKS.md).
-bench:
+# Figures, not assertions: the release `lineup dev` driven over HTTP, and the AWS call
+# counts over moto (docs/BENCHMARKS.md). BENCH_ARGS: e.g. --only drain,latency.
+bench: $(VENV_STAMP)
 	$(CARGO) build --release -q -p lineup-cli --bin lineup
 	$(CARGO) build --release -q -p lineup-bench
 	target/release/lineup-bench $(BENCH_ARGS)

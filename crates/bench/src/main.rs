@@ -33,7 +33,7 @@ struct Args {
     #[arg(long, default_value_t = 1_000)]
     latency_rate: u64,
     /// Queued evals in the backlog scenario (0 skips it).
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, default_value_t = 1_000_000)]
     backlog: usize,
     /// Run only these scenarios (comma-separated: drain, drain1000, latency, idle,
     /// backlog, aws); all of them by default.

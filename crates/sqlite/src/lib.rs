@@ -46,10 +46,11 @@ const READ_CACHE_KIB: u32 = 8 * 1024;
 /// Read connections: more than the runtime has threads, so a reader rarely waits.
 const READERS: usize = 4;
 const CHECKPOINT_CACHE_KIB: u32 = 1024;
-/// WAL pages after which a committing connection checkpoints itself. Checkpoints are
-/// the checkpointer thread's work (`writer.rs`); this only bounds the WAL should that
-/// thread fall behind.
-const CHECKPOINT_PAGES: u32 = 50_000;
+/// WAL pages (32 MB) after which the writer checkpoints itself after a commit. The
+/// checkpointer thread (`writer.rs`) does the copying beside it; under steady writes it
+/// cannot reach the WAL's end, and this lets the writer finish the little left so that
+/// the WAL starts over instead of growing.
+const CHECKPOINT_PAGES: u32 = 8_000;
 
 pub struct SqliteBackend {
     /// For reads only.

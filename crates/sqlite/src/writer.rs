@@ -129,6 +129,11 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// waits meanwhile (a 4 MB copy and an fsync: tens of ms of no writes at all). A
 /// PASSIVE checkpoint runs beside the writer instead. Idle, this thread sleeps in
 /// `recv` and costs nothing.
+///
+/// Under steady writes a PASSIVE checkpoint never catches the WAL's end (frames keep
+/// coming while it copies), so the WAL cannot start over; the writer's own
+/// autocheckpoint (`CHECKPOINT_PAGES` in lib.rs) catches up between two of its commits,
+/// copying only the little this thread left, and the WAL starts over.
 fn checkpoints(conn: Connection, committed: std::sync::mpsc::Receiver<()>) {
     while committed.recv().is_ok() {
         std::thread::sleep(CHECKPOINT_EVERY);
