@@ -149,35 +149,9 @@ async fn original_step(l: &Lineup, b: &AwsBackend, settings: &Settings, pool: &P
     let idx = placement::best(eval.size, &Default::default(), &cands, pool.strategy, now)
         .map_err(|b| Error::backend("place", b))?;
     let worker = cands[idx].worker_id.clone();
-    let alloc = Alloc {
-        pool_id: pool.pool_id.clone(),
-        alloc_id: AllocId::generate(),
-        worker_id: worker.clone(),
-        eval_id: eval.eval_id.clone(),
-        size: eval.size,
-        attempt: eval.attempt,
-        ttl: now + settings.alloc_ttl_ms(),
-        state: AllocState::Live,
-        stop: false,
-        created_at: now,
-    };
-    let mut next = eval.clone();
-    next.status = EvalStatus::Placed;
-    next.version += 1;
-    next.worker_id = Some(worker.clone());
-    next.alloc_id = Some(alloc.alloc_id.clone());
+    let (alloc, next) = l.placement_of(pool, &eval, &worker, now);
     b.place_in_steps(&alloc, &next, eval.version, now).await?;
-    let body = serde_json::to_string(&AllocMessage {
-        alloc_id: alloc.alloc_id.clone(),
-        eval_id: eval.eval_id.clone(),
-        pool_id: pool.pool_id.clone(),
-        worker_id: worker.clone(),
-        size: eval.size,
-        dataset: None,
-        payload: None,
-        attempt: eval.attempt,
-    })
-    .map_err(|e| Error::backend("encode", e))?;
+    let body = lineup_core::service::alloc_message(pool, &eval, &alloc)?;
     l.queues.send(&settings.worker_queue(&pool.pool_id, &worker), &[body]).await?;
     l.queues.delete(&queue, &[m.receipt]).await?;
     Ok(true)

@@ -99,6 +99,16 @@ pub(crate) fn delete_job(tx: &rusqlite::Connection, name: &str, receipts: &[Stri
 }
 
 impl SqliteBackend {
+    /// One statement taking the queue's name (`?1`) and the time now (`?2`), as a write job.
+    async fn write_for_queue(&self, sql: &'static str, name: &str, context: &'static str) -> Result<usize> {
+        let n = name.to_owned();
+        self.writer
+            .write(move |c| {
+                c.prepare_cached(sql).and_then(|mut st| st.execute(params![n, now_ms()])).map_err(db(context))
+            })
+            .await
+    }
+
     /// Makes every hidden message visible now. For a process that owns the file alone
     /// (`lineup dev`) at start: receipts held by a previous, dead process mean nothing,
     /// so their messages need not wait out a visibility timeout. Returns how many.
@@ -115,13 +125,7 @@ impl SqliteBackend {
 #[async_trait]
 impl Queues for SqliteBackend {
     async fn create_queue(&self, name: &str) -> Result<String> {
-        let n = name.to_owned();
-        self.writer
-            .write(move |c| {
-                c.prepare_cached("INSERT OR IGNORE INTO queues (name, created_at) VALUES (?1, ?2)")
-                    .and_then(|mut st| st.execute(params![n, now_ms()]))
-                    .map_err(db("create queue"))
-            })
+        self.write_for_queue("INSERT OR IGNORE INTO queues (name, created_at) VALUES (?1, ?2)", name, "create queue")
             .await?;
         Ok(format!("sqlite://{}#{name}", self.path.display()))
     }
@@ -265,15 +269,13 @@ impl Queues for SqliteBackend {
                 .map_err(db("look for parked messages"))?
                 .is_some()
         };
-        let n = name.to_owned();
         if any_parked {
-            self.writer
-                .write(move |c| {
-                    c.prepare_cached("UPDATE messages SET visible_at=?2, parked=0 WHERE queue=?1 AND parked=1")
-                        .and_then(|mut st| st.execute(params![n, now_ms()]))
-                        .map_err(db("wake queue"))
-                })
-                .await?;
+            self.write_for_queue(
+                "UPDATE messages SET visible_at=?2, parked=0 WHERE queue=?1 AND parked=1",
+                name,
+                "wake queue",
+            )
+            .await?;
         }
         let signal = self.signal(name);
         signal.wakes.fetch_add(1, Ordering::AcqRel);

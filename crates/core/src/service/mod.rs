@@ -25,7 +25,7 @@ use std::sync::Arc;
 pub use finish::Finish;
 pub use gateway::{CancelOutcome, FinishOutcome, HeartbeatRequest, NewEval, RegisteredWorker, SubmitOutcome};
 pub use releaser::ReleaseSummary;
-pub use scheduler::{PassSummary, PoolScheduler, ScheduleSummary, SchedulerOptions};
+pub use scheduler::{alloc_message, PassSummary, PoolScheduler, ScheduleSummary, SchedulerOptions};
 
 use crate::auth::{self, Principal};
 use crate::backend::{Queues, Store};

@@ -358,7 +358,7 @@ impl Lineup {
     }
 
     /// The alloc placing `eval` on `worker`, and the eval as it will then be.
-    fn placement_of(&self, pool: &Pool, eval: &Eval, worker: &WorkerId, now: Millis) -> (Alloc, Eval) {
+    pub fn placement_of(&self, pool: &Pool, eval: &Eval, worker: &WorkerId, now: Millis) -> (Alloc, Eval) {
         let alloc = Alloc {
             pool_id: pool.pool_id.clone(),
             alloc_id: AllocId::generate(),
@@ -421,7 +421,7 @@ impl Lineup {
 }
 
 /// The message that tells a worker to run `eval` as `alloc`.
-fn alloc_message(pool: &Pool, eval: &Eval, alloc: &Alloc) -> Result<String> {
+pub fn alloc_message(pool: &Pool, eval: &Eval, alloc: &Alloc) -> Result<String> {
     let m = AllocMessage {
         alloc_id: alloc.alloc_id.clone(),
         eval_id: eval.eval_id.clone(),
