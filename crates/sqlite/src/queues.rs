@@ -200,6 +200,8 @@ impl Queues for SqliteBackend {
             tokio::pin!(notified);
             notified.as_mut().enable();
 
+            // A caller that drops this future while the job runs (a client gone mid-poll)
+            // leaves what it received hidden for `visibility`; then it comes back.
             let n = name.to_owned();
             let (msgs, next_visible) = self.writer.write(move |tx| receive_job(tx, &n, max, visibility)).await?;
             if !msgs.is_empty() {
