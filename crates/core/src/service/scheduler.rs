@@ -1,7 +1,9 @@
-//! The scheduler: receive a batch of eval messages from a pool's queue, place each
-//! with one atomic `Store::place`, deliver the allocs to the workers' queues, and
-//! delete the messages. One candidate read per batch, kept up to date locally; a lost
-//! claim re-reads that one worker and moves on to the next candidate.
+//! The scheduler: receive a batch of eval messages from a pool's queue, choose a
+//! worker for each against one candidate read (kept up to date locally), commit the
+//! batch's claims (`Store::place_many`: each atomic on its own), deliver the allocs to
+//! the workers' queues, and delete the messages. The embedded store does claims,
+//! deliveries and deletes in one transaction (`Store::place_and_deliver`). A lost claim
+//! re-reads that one worker and moves on to the next candidate (`place_one`).
 //!
 //! Messages are matched to evals by attempt number (see service/mod.rs):
 //! - eval waiting with the same attempt → place it;
@@ -158,7 +160,7 @@ impl Lineup {
         let mut deferred: Vec<(String, Duration)> = Vec::new();
         // First choose for every eval against the local view (each choice takes its
         // size off the view, so the batch does not overfill a worker), then commit all
-        // the claims in one `place_many`; a lost claim falls back to `place_one`.
+        // the claims at once; a lost claim falls back to `place_one`.
         let mut plan: Vec<Placement> = Vec::new();
         let mut planned: Vec<(usize, crate::backend::Received, &Eval)> = Vec::new();
         let mut blocked: Vec<(&Eval, String, crate::backend::Received)> = Vec::new();
