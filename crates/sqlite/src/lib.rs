@@ -4,9 +4,10 @@
 //!
 //! # Layout
 //! - `schema.rs`: tables and indexes, created on open.
-//! - `store.rs`: records; each multi-record write is one SQLite transaction.
+//! - `store.rs`: records; each multi-record write is one write job (all or nothing).
 //! - `queues.rs`: SQS semantics over a `messages` table: visibility timeout, receive
 //!   count, long polls woken by an in-process `Notify`, parked messages woken early.
+//! - `writer.rs`: the writer thread (group commit) and the checkpointer thread.
 //!
 //! Writes go to one thread that group-commits them (`writer.rs`); reads use a few
 //! connections of their own, each behind a mutex (WAL lets them read the last commit
