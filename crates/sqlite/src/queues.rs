@@ -149,10 +149,8 @@ impl Queues for SqliteBackend {
         if bodies.is_empty() {
             return Ok(());
         }
-        let (n, bodies) = (name.to_owned(), bodies.to_vec());
-        self.writer.write(move |tx| send_job(tx, &n, &bodies, now_ms())).await?;
-        self.signal(name).notify.notify_waiters();
-        Ok(())
+        let batch = [(name.to_owned(), bodies.to_vec())];
+        self.send_many(&batch).await.pop().unwrap_or(Ok(()))
     }
 
     async fn send_many(&self, batches: &[(String, Vec<String>)]) -> Vec<Result<()>> {

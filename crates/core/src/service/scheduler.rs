@@ -162,7 +162,7 @@ impl Lineup {
         // size off the view, so the batch does not overfill a worker), then commit all
         // the claims at once; a lost claim falls back to `place_one`.
         let mut plan: Vec<Placement> = Vec::new();
-        let mut planned: Vec<(usize, crate::backend::Received, &Eval)> = Vec::new();
+        let mut planned: Vec<(usize, crate::backend::Received, &Eval, &HashSet<WorkerId>)> = Vec::new();
         let mut blocked: Vec<(&Eval, String, crate::backend::Received)> = Vec::new();
         for (msg, rcv) in work {
             let Some(eval) = evals.get(&msg.eval_id) else {
@@ -202,7 +202,7 @@ impl Lineup {
                         eval: next,
                         expected_version: eval.version,
                     });
-                    planned.push((idx, rcv, eval));
+                    planned.push((idx, rcv, eval, holders));
                 }
                 Err(why) => blocked.push((eval, why.to_string(), rcv)),
             }
@@ -223,7 +223,9 @@ impl Lineup {
                 }
             }
         };
-        for ((Placement { alloc, body, .. }, (idx, rcv, eval)), result) in plan.into_iter().zip(planned).zip(results) {
+        for ((Placement { alloc, body, .. }, (idx, rcv, eval, holders)), result) in
+            plan.into_iter().zip(planned).zip(results)
+        {
             let placed = match result {
                 Ok(()) if delivered => {
                     debug!(pool = %pool.pool_id, eval = %eval.eval_id, worker = %alloc.worker_id, alloc = %alloc.alloc_id, "placed and delivered");
@@ -240,7 +242,6 @@ impl Lineup {
                 Err(Error::Conflict(why)) => {
                     debug!(eval = %eval.eval_id, worker = %alloc.worker_id, %why, "claim lost; trying one by one");
                     cands[idx].free += eval.size;
-                    let holders = eval.dataset.as_ref().and_then(|d| holders.get(d)).unwrap_or(&no_holders);
                     self.place_one(pool, eval, holders, &mut cands).await?
                 }
                 Err(e) => {
