@@ -29,11 +29,11 @@ run:
 
 # The black-box tests start the real binaries: build them first, with the very commands
 # the tests use (tests/util/mod.rs), so those find nothing left to build.
-test: $(VENV_STAMP) $(VENV)/bin/cargo-lambda
+# The deployed shape (tests/tests/deployed.rs, `make e2e`) runs with the rest.
+test: $(VENV_STAMP)
 	$(CARGO) build -q -p lineup-cli --bin lineup
-	$(CARGO) build -q -p lineup-fn-dispatch
+	$(CARGO) build -q -p lineup-fn-dispatch -p lineup-fn-schedule -p lineup-fn-release -p lineup-fn-gateway
 	$(CARGO) test --workspace
-	infra/e2e.sh
 
 # Lambda zips: target/lambda/{schedule,release,gateway,dispatch}/bootstrap.zip.
 # cargo-lambda from PyPI without its 400 MB zig (the workspace metadata selects plain
@@ -47,11 +47,14 @@ lambda: $(VENV)/bin/cargo-lambda
 		--output-format zip --bin schedule --bin release --bin gateway --bin dispatch
 	ls -l target/lambda/*/bootstrap.zip
 
-# The deployed shape on one machine: moto + `cargo lambda watch` serving the functions.
-e2e: $(VENV)/bin/cargo-lambda
-	infra/e2e.sh
+# The deployed shape on one machine: the template's stack in moto, the bootstrap
+# binaries under a Lambda Runtime API on loopback, configured as the template
+# configures them; the whole story through API Gateway events.
+e2e: $(VENV_STAMP)
+	$(CARGO) build -q -p lineup-fn-dispatch -p lineup-fn-schedule -p lineup-fn-release -p lineup-fn-gateway
+	$(CARGO) test -p lineup-tests --test deployed
 
-# `make test` already ends with the e2e run; kept for habit.
+# `make test` already runs the e2e tests; kept for habit.
 test-all: test
 
 # Figures, not assertions: the release `lineup dev` driven over HTTP, and the AWS call

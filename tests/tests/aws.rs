@@ -27,7 +27,7 @@ async fn original_story_on_dynamodb_and_sqs() {
     let admin = &app.admin;
     let pool = admin.create_pool(None).await.unwrap();
     let reg = admin.register_worker(&pool.pool_id, 10).await.unwrap();
-    assert!(reg.queue_url.ends_with(&format!("/{deployment}-{}-{}", pool.pool_id, reg.worker_id)), "{}", reg.queue_url);
+    assert!(reg.queue_url.ends_with(&format!("/{deployment}_{}_{}", pool.pool_id, reg.worker_id)), "{}", reg.queue_url);
     let me = admin.with_token(reg.token.as_deref().unwrap());
     me.heartbeat(&pool.pool_id, &reg.worker_id, &["d1".into()], &[]).await.unwrap();
     let sub = admin

@@ -1,6 +1,9 @@
 //! Helpers for the black-box tests: `TestApp::spawn` starts the real `lineup` binary
 //! (`lineup dev`) on port 0 with a fresh data dir and returns typed clients for it.
 
+pub mod apigw;
+pub mod lambda;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;

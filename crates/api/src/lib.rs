@@ -33,7 +33,27 @@ pub fn router(lineup: Lineup) -> Router {
         .route("/health", get(health))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
-    api.layer(DefaultBodyLimit::max(MAX_BODY)).layer(TraceLayer::new_for_http()).with_state(lineup)
+    api.layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .with_state(lineup)
+}
+
+/// The span every request's log lines carry: method and path, with the token of a
+/// `/compat/{token}/...` path blanked out. Never the query string or the host, which
+/// are not ours to log.
+fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    tracing::info_span!("request", method = %req.method(), path = %redacted_path(req.uri().path()))
+}
+
+/// `/compat/SECRET/CreatePool` → `/compat/<token>/CreatePool`; other paths unchanged.
+pub fn redacted_path(path: &str) -> std::borrow::Cow<'_, str> {
+    match path.strip_prefix("/compat/") {
+        Some(rest) => {
+            let tail = rest.find('/').map(|i| &rest[i..]).unwrap_or("");
+            format!("/compat/<token>{tail}").into()
+        }
+        None => path.into(),
+    }
 }
 
 async fn health() -> Json<serde_json::Value> {

@@ -15,7 +15,7 @@ fn storage_template() -> &'static str {
 
 async fn backend() -> Backend {
     let moto = Moto::shared();
-    let deployment = format!("s{}", &lineup_core::PoolId::generate().as_str()[..12]);
+    let deployment = format!("s{}", &lineup_core::PoolId::generate().as_str()[8..]);
     create_stack(moto, &format!("lineup-{deployment}"), storage_template(), &[("Deployment", &deployment)]).await;
     // The backend's table names come from the deployment, as in the functions: no
     // create_tables here, only what the stack made.
@@ -28,7 +28,7 @@ lineup_conformance::conformance_tests!(backend);
 #[tokio::test]
 async fn stack_declares_the_tables_the_backend_uses() {
     let moto = Moto::shared();
-    let deployment = format!("d{}", &lineup_core::PoolId::generate().as_str()[..12]);
+    let deployment = format!("d{}", &lineup_core::PoolId::generate().as_str()[8..]);
     create_stack(moto, &format!("lineup-{deployment}"), storage_template(), &[("Deployment", &deployment)]).await;
     let b = AwsBackend::for_emulator(&moto.endpoint, &deployment).await;
     for table in b.tables().all() {
@@ -41,7 +41,7 @@ async fn stack_declares_the_tables_the_backend_uses() {
             "{table}"
         );
     }
-    let q = b.sqs().get_queue_url().queue_name(format!("{deployment}-dead-letter")).send().await.unwrap();
+    let q = b.sqs().get_queue_url().queue_name(format!("{deployment}_dead-letter")).send().await.unwrap();
     let attrs = b
         .sqs()
         .get_queue_attributes()
@@ -76,7 +76,7 @@ fn iam_policies_name_only_the_deployments_resources() {
     let log_groups = of_type("AWS::Logs::LogGroup");
     assert_eq!(tables.len(), 5);
     let sqs_prefix =
-        serde_json::json!({"Fn::Sub": "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:${Deployment}-*"});
+        serde_json::json!({"Fn::Sub": "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:${Deployment}_*"});
     let get_att = |r: &serde_json::Value, among: &[String]| {
         r["Fn::GetAtt"]
             .as_array()
@@ -169,4 +169,50 @@ fn cfn_lint_finds_nothing() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// No grant of one deployment matches a resource of another, even where one name is a
+/// prefix of the other: every grant resolved for deployment A (as deployed, from the
+/// template), against every resource of deployment B — its tables and their indexes,
+/// its log groups, its dead-letter queue, and the queues the code creates at run time.
+#[test]
+fn deployments_grants_never_reach_each_other() {
+    use lineup_conformance::deployment::{iam_matches, Deployment, ACCOUNT, REGION};
+    let resources_of = |d: &Deployment| -> Vec<String> {
+        let mut out = Vec::new();
+        for t in d.of_type("AWS::DynamoDB::Table") {
+            let arn = d.arn(&t).unwrap();
+            out.push(format!("{arn}/index/by_ttl"));
+            out.push(arn);
+        }
+        for l in d.of_type("AWS::Logs::LogGroup").iter().chain(&d.of_type("AWS::SQS::Queue")) {
+            out.push(d.arn(l).unwrap());
+        }
+        let settings = lineup_core::Settings { deployment: d.param("Deployment").to_owned(), ..Default::default() };
+        let (p, w) = (lineup_core::PoolId::generate(), lineup_core::WorkerId::generate());
+        for q in [settings.pool_queue(&p), settings.worker_queue(&p, &w), settings.dead_letter_queue()] {
+            out.push(format!("arn:aws:sqs:{REGION}:{ACCOUNT}:{q}"));
+        }
+        out
+    };
+    let pairs = [("lineup", "lineup-staging"), ("lineup-staging", "lineup"), ("a", "a-b-c"), ("prod", "prod-pools")];
+    for (a, b) in pairs {
+        let hash = lineup_core::auth::hash("t");
+        let da = Deployment::of_repo_template(&[("Deployment", a), ("AdminTokenSha256", &hash)]);
+        let db = Deployment::of_repo_template(&[("Deployment", b), ("AdminTokenSha256", &hash)]);
+        let (own, theirs) = (resources_of(&da), resources_of(&db));
+        let grants = da.grants();
+        assert!(!grants.is_empty());
+        for (role, _, patterns) in &grants {
+            for p in patterns {
+                assert!(p != "*", "{a}/{role}: a '*' resource");
+                for r in &theirs {
+                    assert!(!iam_matches(p, r), "{a}'s {role} grant {p} reaches {b}'s {r}");
+                }
+            }
+        }
+        // And the grants do reach A's own runtime queues (the check above is not vacuous).
+        let own_queue = own.iter().find(|r| r.contains(":sqs:") && !r.ends_with("dead-letter")).unwrap();
+        assert!(grants.iter().any(|(_, _, ps)| ps.iter().any(|p| iam_matches(p, own_queue))), "{own_queue}");
+    }
 }

@@ -80,19 +80,23 @@ fn admin_token(settings: &Settings, dir: &Path) -> Result<String, CliError> {
     Ok(token)
 }
 
+/// Written to a temporary file created 0600 (never readable by others, not even while
+/// being written), then renamed into place.
 fn write_private(path: &Path, contents: &str) -> Result<(), CliError> {
+    use std::io::Write;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).map_err(|e| CliError::io(&tmp, e))?;
+    let _ = std::fs::remove_file(&tmp);
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
     #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(|e| CliError::io(&tmp, e))?;
-    }
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let mut f = o.open(&tmp).map_err(|e| CliError::io(&tmp, e))?;
+    f.write_all(contents.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| CliError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| CliError::io(path, e))
 }
 
 pub async fn run(settings: Settings, opts: DevOptions) -> Result<(), CliError> {
-    std::fs::create_dir_all(&opts.data_dir).map_err(|e| CliError::io(&opts.data_dir, e))?;
+    lineup_sqlite::private_dir(&opts.data_dir).map_err(|e| CliError::io(&opts.data_dir, e))?;
     let (store, queues, what) = open_backend(&settings, &opts).await?;
     let token = admin_token(&settings, &opts.data_dir)?;
     let lineup = Lineup::new(store, queues, Arc::new(SystemClock), settings, &token);

@@ -17,6 +17,7 @@ use lineup_core::backend::Heartbeat;
 use lineup_core::service::{Finish, HeartbeatRequest, NewEval, SchedulerOptions};
 use lineup_core::*;
 
+pub mod deployment;
 pub mod moto;
 mod queues;
 mod service;

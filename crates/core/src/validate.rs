@@ -72,12 +72,14 @@ pub fn reason(s: &str) -> String {
 }
 
 /// A deployment name becomes the prefix of every queue name: SQS allows 80 characters
-/// of `[A-Za-z0-9_-]`, and the longest name is `{deployment}-{pool}-{worker}`.
+/// of `[A-Za-z0-9_-]`, and the longest name is `{deployment}_{pool}_{worker}`. No `_`:
+/// that is the separator (see `Settings::pool_queue`), which keeps IAM grants on
+/// `{deployment}_*` from matching another deployment's queues.
 pub fn deployment(s: &str) -> Result<String> {
-    if s.is_empty() || s.len() > 30 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if s.is_empty() || s.len() > 30 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         return Err(Error::invalid(
             "invalid_deployment",
-            format!("deployment must be 1 to 30 characters of [A-Za-z0-9_-], got {s:?}"),
+            format!("deployment must be 1 to 30 characters of [A-Za-z0-9-], got {s:?}"),
         ));
     }
     Ok(s.to_owned())
@@ -110,7 +112,8 @@ mod tests {
 
     #[test]
     fn deployments() {
-        assert!(deployment("lineup-prod_1").is_ok());
+        assert!(deployment("lineup-prod-1").is_ok());
+        assert!(deployment("lineup_prod").is_err(), "_ separates a deployment from the rest of a queue name");
         assert!(deployment("").is_err());
         assert!(deployment("a.b").is_err());
         assert!(deployment(&"a".repeat(31)).is_err());

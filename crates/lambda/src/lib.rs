@@ -11,6 +11,9 @@
 //! handler, falling back to `AWS_LAMBDA_FUNCTION_NAME` where an emulator reports a
 //! placeholder ARN.
 
+pub mod env;
+mod start;
+
 use std::time::Duration;
 
 use lambda_runtime::LambdaEvent;
@@ -19,6 +22,8 @@ use lineup_core::service::{ScheduleSummary, SchedulerOptions};
 use lineup_core::{Lineup, Settings, SystemClock};
 use serde::Deserialize;
 use serde_json::Value;
+
+pub use start::main;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LambdaError {
@@ -34,13 +39,18 @@ pub enum LambdaError {
 
 impl From<LambdaError> for lambda_runtime::Diagnostic {
     fn from(e: LambdaError) -> Self {
-        let error_type = match &e {
-            LambdaError::UnknownRole(_) | LambdaError::WrongRole { .. } => "Lineup.Dispatch",
-            LambdaError::Config(_) => "Lineup.Config",
-            LambdaError::Core(c) => c.code(),
-        };
-        lambda_runtime::Diagnostic { error_type: error_type.to_owned(), error_message: e.to_string() }
+        diagnostic(&e)
     }
+}
+
+fn diagnostic(e: &LambdaError) -> lambda_runtime::Diagnostic {
+    let error_type = match e {
+        LambdaError::UnknownRole(_) | LambdaError::WrongRole { .. } => "Lineup.Dispatch",
+        LambdaError::Config(_) => "Lineup.Config",
+        LambdaError::Core(c) if c.code() == "invalid_config" => "Lineup.Config",
+        LambdaError::Core(c) => c.code(),
+    };
+    lambda_runtime::Diagnostic { error_type: error_type.to_owned(), error_message: e.to_string() }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +126,48 @@ impl Default for FunctionSettings {
     }
 }
 
+/// A handler's configuration: everything it reads from its environment.
+#[derive(Clone)]
+pub struct Config {
+    pub role: Role,
+    pub settings: Settings,
+    pub functions: FunctionSettings,
+    /// The admin token's SHA-256; for schedule and release, of a random token.
+    admin_hash: String,
+}
+
+impl Config {
+    /// From `vars` (the process environment, or a function's environment as the
+    /// template deploys it). Warns about `LINEUP_*` variables `role` does not read.
+    pub fn from_vars(role: Role, vars: impl IntoIterator<Item = (String, String)>) -> Result<Config, LambdaError> {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        for name in env::unread(role, vars.iter().map(|(k, _)| k.as_str())) {
+            tracing::warn!(variable = name, role = role.name(), "set, but not read by this function");
+        }
+        let settings = Settings::from_vars(vars.iter().cloned())?;
+        let functions: FunctionSettings =
+            envy::prefixed("LINEUP_").from_iter(vars).map_err(|e| LambdaError::Config(e.to_string()))?;
+        let admin_hash = match (role, settings.admin_hash()) {
+            (_, Some(h)) => h,
+            (Role::Gateway, None) => {
+                return Err(LambdaError::Config(
+                    "the gateway needs LINEUP_ADMIN_TOKEN_SHA256 (the SHA-256 of the admin token, 64 hex \
+                     characters, as infra/template.yaml sets it) or LINEUP_ADMIN_TOKEN"
+                        .into(),
+                ))
+            }
+            // Schedule and release authenticate nobody; an unguessable token keeps it so.
+            (_, None) => lineup_core::auth::hash(&lineup_core::auth::random_secret()),
+        };
+        Ok(Config { role, settings, functions, admin_hash })
+    }
+
+    /// Tables are `{prefix}-pools` etc.
+    pub fn table_prefix(&self) -> String {
+        self.functions.table_prefix.clone().unwrap_or_else(|| self.settings.deployment.clone())
+    }
+}
+
 /// What every handler needs, built once per instance.
 #[derive(Clone)]
 pub struct Deps {
@@ -127,25 +179,32 @@ pub struct Deps {
 impl Deps {
     /// Settings from the environment, SDK clients from the usual chain.
     pub async fn from_env(role: Role) -> Result<Deps, LambdaError> {
-        let settings = Settings::from_env()?;
-        let functions: FunctionSettings =
-            envy::prefixed("LINEUP_").from_env().map_err(|e| LambdaError::Config(e.to_string()))?;
-        let prefix = functions.table_prefix.clone().unwrap_or_else(|| settings.deployment.clone());
-        let backend = AwsBackend::connect(&AwsOptions { table_prefix: prefix, ..Default::default() }).await;
-        let token = match (role, settings.admin_token.clone()) {
-            (_, Some(t)) if !t.is_empty() => t,
-            (Role::Gateway, _) => {
-                return Err(LambdaError::Config("LINEUP_ADMIN_TOKEN must be set for the gateway".into()))
-            }
-            // Schedule and release authenticate nobody; an unguessable token keeps it so.
-            _ => lineup_core::auth::random_secret(),
-        };
-        Ok(Deps::new(backend, settings, functions, &token))
+        let config = Config::from_vars(
+            role,
+            std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )?;
+        let backend =
+            AwsBackend::connect(&AwsOptions { table_prefix: config.table_prefix(), ..Default::default() }).await;
+        Ok(Deps::with_config(backend, config))
+    }
+
+    pub fn with_config(backend: AwsBackend, config: Config) -> Deps {
+        Self::with_admin_hash(backend, config.settings, config.functions, &config.admin_hash)
     }
 
     pub fn new(backend: AwsBackend, settings: Settings, functions: FunctionSettings, admin_token: &str) -> Deps {
+        Self::with_admin_hash(backend, settings, functions, &lineup_core::auth::hash(admin_token))
+    }
+
+    /// As `new`, given the admin token's SHA-256 (lowercase hex) only.
+    pub fn with_admin_hash(
+        backend: AwsBackend,
+        settings: Settings,
+        functions: FunctionSettings,
+        admin_hash: &str,
+    ) -> Deps {
         let b = std::sync::Arc::new(backend.clone());
-        let lineup = Lineup::new(b.clone(), b, std::sync::Arc::new(SystemClock), settings, admin_token);
+        let lineup = Lineup::with_admin_hash(b.clone(), b, std::sync::Arc::new(SystemClock), settings, admin_hash);
         Deps { lineup, backend, functions }
     }
 }

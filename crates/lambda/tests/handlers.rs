@@ -6,8 +6,9 @@ use std::time::Duration;
 use http_body_util::BodyExt;
 use lambda_runtime::{Context, LambdaEvent};
 use lineup_aws::{create_tables, AwsBackend};
+use lineup_conformance::deployment::Deployment;
 use lineup_conformance::moto::Moto;
-use lineup_core::Settings;
+use lineup_core::auth;
 use lineup_lambda::*;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -19,14 +20,30 @@ fn fixture(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))).unwrap()
 }
 
+/// The three handlers' dependencies, configured as the template configures each
+/// function (its environment, resolved for a fresh deployment whose admin token is
+/// TOKEN), over tables of their own in moto.
+async fn deployment() -> [Deps; 3] {
+    let name = format!("h{}", &lineup_core::PoolId::generate().as_str()[8..]);
+    let dep = Deployment::of_repo_template(&[("Deployment", &name), ("AdminTokenSha256", &auth::hash(TOKEN))]);
+    let mut out = Vec::new();
+    for role in [Role::Gateway, Role::Schedule, Role::Release] {
+        let f = dep.function_named(&format!("-{}", role.name()));
+        let config = Config::from_vars(role, f.env.clone()).unwrap();
+        let backend = AwsBackend::for_emulator(&Moto::shared().endpoint, &config.table_prefix()).await;
+        if role == Role::Gateway {
+            create_tables(backend.dynamodb(), backend.tables()).await.unwrap();
+        }
+        let d = Deps::with_config(backend, config);
+        d.lineup.init().await.unwrap();
+        out.push(d);
+    }
+    out.try_into().unwrap_or_else(|_| unreachable!())
+}
+
 async fn deps() -> Deps {
-    let prefix = format!("h{}", lineup_core::PoolId::generate());
-    let backend = AwsBackend::for_emulator(&Moto::shared().endpoint, &prefix).await;
-    create_tables(backend.dynamodb(), backend.tables()).await.unwrap();
-    let settings = Settings { deployment: prefix, ..Settings::default() };
-    let d = Deps::new(backend, settings, FunctionSettings::default(), TOKEN);
-    d.lineup.init().await.unwrap();
-    d
+    let [gateway, _, _] = deployment().await;
+    gateway
 }
 
 /// The REST (v1) sample event, aimed at our route. Its stage stays in the event, as
@@ -82,9 +99,7 @@ fn ctx(arn: &str, budget: Duration) -> Context {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn original_story_through_the_three_handlers() {
     ignore_stage_in_path();
-    let d = deps().await;
-    let fns = FunctionSettings { schedule_margin: 1, schedule_wait: 1, ..FunctionSettings::default() };
-    let d = Deps { functions: fns, ..d };
+    let [d, sched, rel] = deployment().await;
     let gw = gateway(&d);
 
     // REST v1: create the pool and register the worker.
@@ -110,11 +125,13 @@ async fn original_story_through_the_three_handlers() {
     let eval = sub["eval_id"].as_str().unwrap().to_owned();
 
     // The schedule function, invoked by the EventBridge schedule.
+    // Its deadline leaves three seconds past the margin it keeps.
+    let budget = Duration::from_secs(sched.functions.schedule_margin + 3);
     let event = LambdaEvent::new(
         fixture("example-eventbridge-schedule.json"),
-        ctx("arn:aws:lambda:us-east-1:123456789012:function:lineup-schedule", Duration::from_secs(4)),
+        ctx("arn:aws:lambda:us-east-1:123456789012:function:lineup-schedule", budget),
     );
-    let sum = schedule(event, &d).await.unwrap();
+    let sum = schedule(event, &sched).await.unwrap();
     assert_eq!((sum.pools, sum.placed, sum.errors), (1, 1, 0), "{sum:?}");
 
     // The alloc is in the worker's queue.
@@ -149,7 +166,7 @@ async fn original_story_through_the_three_handlers() {
         fixture("example-eventbridge-schedule.json"),
         ctx("arn:aws:lambda:us-east-1:123456789012:function:lineup-release", Duration::from_secs(30)),
     );
-    let rel = release(event, &d).await.unwrap();
+    let rel = release(event, &rel).await.unwrap();
     assert_eq!((rel.allocs_released, rel.errors), (0, 0));
     let (_, ev) = call(&gw, rest_event("GET", &format!("/v1/pools/{pool}/evals/{eval}"), TOKEN, None)).await;
     assert_eq!(ev["status"], "complete");
@@ -160,6 +177,7 @@ async fn original_story_through_the_three_handlers() {
         ctx("arn:aws:lambda:us-east-1:123456789012:function:lineup-gateway", Duration::from_secs(5)),
     );
     assert!(matches!(release(event, &d).await, Err(LambdaError::WrongRole { .. })));
+    let _ = sched;
 }
 
 #[tokio::test]
@@ -214,18 +232,12 @@ fn unknown_suffix_fails_at_start() {
 #[tokio::test]
 async fn gateway_accepts_the_admin_token_by_its_hash() {
     ignore_stage_in_path();
+    // The template deploys only the hash; the token itself appears nowhere.
     let d = deps().await;
-    let hashed = lineup_core::Lineup::with_admin_hash(
-        std::sync::Arc::new(d.backend.clone()),
-        std::sync::Arc::new(d.backend.clone()),
-        std::sync::Arc::new(lineup_core::SystemClock),
-        d.lineup.settings.as_ref().clone(),
-        &lineup_core::auth::hash("only-the-hash-is-deployed"),
-    );
-    let d = Deps { lineup: hashed, ..d };
+    assert_eq!(d.lineup.settings.admin_token, None);
     let gw = gateway(&d);
-    let (st, _) = call(&gw, http_event("GET", "/v1/pools", "only-the-hash-is-deployed", None)).await;
-    assert_eq!(st, 200);
     let (st, _) = call(&gw, http_event("GET", "/v1/pools", TOKEN, None)).await;
-    assert_eq!(st, 401);
+    assert_eq!(st, 200);
+    let (st, _) = call(&gw, http_event("GET", "/v1/pools", &auth::hash(TOKEN), None)).await;
+    assert_eq!(st, 401, "the hash is not a token");
 }

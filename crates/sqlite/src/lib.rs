@@ -66,7 +66,7 @@ pub struct SqliteBackend {
 impl SqliteBackend {
     /// Opens (creating if needed) `<dir>/lineup.db`.
     pub fn open_dir(dir: &Path, durability: Durability) -> Result<Self, Error> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::backend(format!("create data dir {}", dir.display()), e))?;
+        private_dir(dir).map_err(|e| Error::backend(format!("create data dir {}", dir.display()), e))?;
         Self::open(&dir.join("lineup.db"), durability)
     }
 
@@ -88,6 +88,9 @@ impl SqliteBackend {
             conn.set_prepared_statement_cache_capacity(64);
             Ok(conn)
         };
+        // The file holds token hashes and payloads: created 0600 before SQLite opens it,
+        // and SQLite gives its WAL and shared-memory files the database file's mode.
+        private_file(path).map_err(|e| Error::backend(format!("create {}", path.display()), e))?;
         let write_conn = open(WRITE_CACHE_KIB)?;
         schema::create(&write_conn)?;
         let checkpoint_conn = open(CHECKPOINT_CACHE_KIB)?;
@@ -146,4 +149,23 @@ struct Signal {
 /// Maps an SQLite error to the core's error, with what was being done.
 pub(crate) fn db(context: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
     move |e| Error::backend(context, e)
+}
+
+/// Creates `dir` (and its parents) if missing, the last one 0700 from the start.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
+/// Creates `path` empty with mode 0600 if it does not exist (no window where it is
+/// wider: the mode is given to `open`, and the umask only narrows it).
+pub fn private_file(path: &Path) -> std::io::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    o.open(path).map(drop)
 }

@@ -23,7 +23,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use finish::Finish;
-pub use gateway::{CancelOutcome, FinishOutcome, HeartbeatRequest, NewEval, RegisteredWorker, SubmitOutcome};
+pub use gateway::{
+    CancelOutcome, FinishOutcome, HeartbeatRequest, NewEval, RegisteredWorker, SubmitOutcome, MAX_POLL_BATCH,
+    MAX_POLL_WAIT,
+};
 pub use releaser::ReleaseSummary;
 pub use scheduler::{alloc_message, PassSummary, PoolScheduler, ScheduleSummary, SchedulerOptions};
 

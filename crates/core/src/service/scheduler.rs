@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use super::Lineup;
 use crate::backend::Placement;
 use crate::error::{Error, Result};
-use crate::id::{AllocId, EvalId, WorkerId};
+use crate::id::{AllocId, EvalId, PoolId, WorkerId};
 use crate::model::*;
 use crate::placement::{self, Candidate};
 
@@ -36,6 +36,8 @@ pub struct SchedulerOptions {
     /// At most this many blocked evals held in memory per pool; beyond it, blocked
     /// messages are parked back in the queue with a backoff.
     pub hold_max: usize,
+    /// How often `schedule_until` looks for pools created since it started.
+    pub pool_refresh: Duration,
 }
 
 impl Default for SchedulerOptions {
@@ -46,6 +48,7 @@ impl Default for SchedulerOptions {
             visibility: Duration::from_secs(30),
             recheck: Duration::from_secs(5),
             hold_max: 1_000,
+            pool_refresh: Duration::from_secs(5),
         }
     }
 }
@@ -685,51 +688,91 @@ impl Lineup {
     /// Schedules every active pool concurrently until `deadline` (the schedule Lambda
     /// passes its own deadline minus a safety margin). No pass starts a long poll that
     /// would outlast the deadline. Overlapping calls are safe.
+    ///
+    /// The pool list is read again every `opts.pool_refresh`: one invocation runs for
+    /// most of a minute, and a pool created meanwhile should not wait for the next.
     pub async fn schedule_until(
         &self,
         deadline: tokio::time::Instant,
         opts: &SchedulerOptions,
     ) -> Result<ScheduleSummary> {
-        let pools: Vec<Pool> =
-            self.store.list_pools().await?.into_iter().filter(|p| p.status == PoolStatus::Active).collect();
-        let mut sum = ScheduleSummary { pools: pools.len(), ..Default::default() };
+        let mut sum = ScheduleSummary::default();
         let mut tasks = tokio::task::JoinSet::new();
-        for pool in pools {
-            let (l, opts) = (self.clone(), opts.clone());
-            tasks.spawn(async move {
-                let mut s = ScheduleSummary::default();
-                let mut ps = PoolScheduler::new(l, pool, opts);
-                loop {
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    if left < Duration::from_secs(1) || ps.gone {
-                        break;
-                    }
-                    match ps.step(left - Duration::from_secs(1)).await {
-                        Ok(p) => s.add_pass(&p),
-                        Err(e) => {
-                            warn!(pool = %ps.pool.pool_id, error = %e, "schedule pass failed");
-                            s.errors += 1;
-                            tokio::time::sleep(Duration::from_millis(250)).await;
+        let mut started: HashSet<PoolId> = HashSet::new();
+        let mut first = true;
+        loop {
+            match self.store.list_pools().await {
+                Ok(pools) => {
+                    for pool in pools.into_iter().filter(|p| p.status == PoolStatus::Active) {
+                        if started.insert(pool.pool_id.clone()) {
+                            sum.pools += 1;
+                            tasks.spawn(self.clone().schedule_pool_until(pool, deadline, opts.clone()));
                         }
                     }
                 }
-                // The next invocation picks up what this one held.
-                if let Err(e) = ps.release_held().await {
-                    warn!(pool = %ps.pool.pool_id, error = %e, "handing back held evals");
-                    s.errors += 1;
-                }
-                s
-            });
-        }
-        while let Some(r) = tasks.join_next().await {
-            match r {
-                Ok(s) => sum.merge(&s),
+                // Nothing started yet: the invocation fails and says why.
+                Err(e) if first => return Err(e),
                 Err(e) => {
-                    warn!(error = %e, "scheduler task failed");
+                    warn!(error = %e, "listing pools failed; the running pools go on");
                     sum.errors += 1;
                 }
             }
+            first = false;
+            let refresh = tokio::time::Instant::now() + opts.pool_refresh;
+            if refresh + Duration::from_secs(1) >= deadline {
+                break;
+            }
+            // Collect the pools that are done (gone, disbanded) while waiting.
+            loop {
+                tokio::select! {
+                    Some(r) = tasks.join_next(), if !tasks.is_empty() => merge_task(&mut sum, r),
+                    _ = tokio::time::sleep_until(refresh) => break,
+                }
+            }
+        }
+        while let Some(r) = tasks.join_next().await {
+            merge_task(&mut sum, r);
         }
         Ok(sum)
+    }
+
+    async fn schedule_pool_until(
+        self,
+        pool: Pool,
+        deadline: tokio::time::Instant,
+        opts: SchedulerOptions,
+    ) -> ScheduleSummary {
+        let mut s = ScheduleSummary::default();
+        let mut ps = PoolScheduler::new(self, pool, opts);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left < Duration::from_secs(1) || ps.gone {
+                break;
+            }
+            match ps.step(left - Duration::from_secs(1)).await {
+                Ok(p) => s.add_pass(&p),
+                Err(e) => {
+                    warn!(pool = %ps.pool.pool_id, error = %e, "schedule pass failed");
+                    s.errors += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+        // The next invocation picks up what this one held.
+        if let Err(e) = ps.release_held().await {
+            warn!(pool = %ps.pool.pool_id, error = %e, "handing back held evals");
+            s.errors += 1;
+        }
+        s
+    }
+}
+
+fn merge_task(sum: &mut ScheduleSummary, r: std::result::Result<ScheduleSummary, tokio::task::JoinError>) {
+    match r {
+        Ok(s) => sum.merge(&s),
+        Err(e) => {
+            warn!(error = %e, "scheduler task failed");
+            sum.errors += 1;
+        }
     }
 }
