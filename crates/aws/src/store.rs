@@ -499,7 +499,7 @@ impl Store for AwsBackend {
                 .table_name(&self.tables.allocs)
                 .set_key(Some(key(&hb.pool, Some(("alloc", a.as_str())))))
                 .update_expression("SET #t = :t, #e = :t")
-                .condition_expression("#w = :w AND #st = :live AND #stop = :no")
+                .condition_expression("#w = :w AND #st = :live AND #stop = :no AND #t > :now")
                 .set_expression_attribute_names(names(&[
                     ("#t", "ttl"),
                     ("#e", "exp"),
@@ -511,6 +511,7 @@ impl Store for AwsBackend {
                 .expression_attribute_values(":w", s(hb.worker.as_str()))
                 .expression_attribute_values(":live", s("live"))
                 .expression_attribute_values(":no", aws_sdk_dynamodb::types::AttributeValue::Bool(false))
+                .expression_attribute_values(":now", n(hb.now))
                 .send()
                 .await;
             match r {
@@ -761,19 +762,22 @@ impl Store for AwsBackend {
         }
     }
 
-    async fn release(&self, a: &Alloc, eval: Option<(&Eval, u64)>) -> Result<()> {
-        let free_alloc = build(
-            Update::builder()
-                .table_name(&self.tables.allocs)
-                .set_key(Some(key(&a.pool_id, Some(("alloc", a.alloc_id.as_str())))))
-                .update_expression("SET #st = :rel, #pa = :pa REMOVE #t")
-                .condition_expression("#st = :live")
-                .set_expression_attribute_names(names(&[("#st", "state"), ("#pa", "purge_at"), ("#t", "ttl")]))
-                .expression_attribute_values(":rel", s("released"))
-                .expression_attribute_values(":live", s("live"))
-                .expression_attribute_values(":pa", n(purge_at(a.ttl.max(0), DAY)))
-                .build(),
-        )?;
+    async fn release(&self, a: &Alloc, eval: Option<(&Eval, u64)>, expired_by: Option<Millis>) -> Result<()> {
+        let mut free_alloc = Update::builder()
+            .table_name(&self.tables.allocs)
+            .set_key(Some(key(&a.pool_id, Some(("alloc", a.alloc_id.as_str())))))
+            .update_expression("SET #st = :rel, #pa = :pa REMOVE #t")
+            .condition_expression("#st = :live")
+            .set_expression_attribute_names(names(&[("#st", "state"), ("#pa", "purge_at"), ("#t", "ttl")]))
+            .expression_attribute_values(":rel", s("released"))
+            .expression_attribute_values(":live", s("live"))
+            .expression_attribute_values(":pa", n(purge_at(a.ttl.max(0), DAY)));
+        if let Some(by) = expired_by {
+            // The lease must still be expired when this lands (see Store::release).
+            free_alloc =
+                free_alloc.condition_expression("#st = :live AND #t <= :by").expression_attribute_values(":by", n(by));
+        }
+        let free_alloc = build(free_alloc.build())?;
         let give_back = build(
             Update::builder()
                 .table_name(&self.tables.workers)
@@ -799,7 +803,7 @@ impl Store for AwsBackend {
             match self.transact(items, "release").await {
                 Ok(()) => return Ok(()),
                 Err(TxError::Cancelled(r)) if TxError::failed(&r, 0) => {
-                    return Err(Error::Conflict("alloc already released".into()))
+                    return Err(Error::Conflict("alloc already released or renewed".into()))
                 }
                 Err(TxError::Cancelled(r)) if eval.is_some() && TxError::failed(&r, eval_idx) => {
                     return Err(Error::Conflict("eval changed".into()))

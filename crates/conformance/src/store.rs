@@ -358,19 +358,52 @@ pub async fn store_release_returns_capacity_once(b: Backend) {
     done.exit_code = Some(0);
 
     // Eval changed meanwhile: nothing written.
-    assert!(s.release(&a, Some((&done, 99))).await.unwrap_err().is_conflict());
+    assert!(s.release(&a, Some((&done, 99)), None).await.unwrap_err().is_conflict());
     assert_eq!(s.get_worker(&p.pool_id, &w.worker_id).await.unwrap().unwrap().free, 1);
     assert_eq!(s.get_alloc(&p.pool_id, &a.alloc_id).await.unwrap().unwrap().state, AllocState::Live);
 
-    s.release(&a, Some((&done, pe.version))).await.unwrap();
+    s.release(&a, Some((&done, pe.version)), None).await.unwrap();
     assert_eq!(s.get_worker(&p.pool_id, &w.worker_id).await.unwrap().unwrap().free, 5);
     assert_eq!(s.get_alloc(&p.pool_id, &a.alloc_id).await.unwrap().unwrap().state, AllocState::Released);
     assert_eq!(s.get_eval(&p.pool_id, &e.eval_id).await.unwrap().unwrap().exit_code, Some(0));
     // A second release (a racing releaser) returns nothing twice.
-    assert!(s.release(&a, None).await.unwrap_err().is_conflict());
+    assert!(s.release(&a, None, None).await.unwrap_err().is_conflict());
     assert_eq!(s.get_worker(&p.pool_id, &w.worker_id).await.unwrap().unwrap().free, 5);
     assert!(s.live_allocs(&p.pool_id, None).await.unwrap().is_empty());
     assert!(s.expired_allocs(&p.pool_id, T0 + 5_000).await.unwrap().is_empty());
+}
+
+/// A lease is decided once: a heartbeat never renews an alloc whose TTL passed (the
+/// worker is told to stop it), and an expiry release never lands on a lease that a
+/// heartbeat renewed after the releaser read it.
+pub async fn store_lease_decided_once(b: Backend) {
+    let s = &b.store;
+    let (p, w) = setup(&b, 5).await;
+    let e = eval_rec(&p.pool_id, 2);
+    s.insert_eval(&e).await.unwrap();
+    let a = alloc_for(&e, &w, T0 + 1_000);
+    s.place(&a, &placed(&e, &a), 1, T0).await.unwrap();
+
+    // The releaser read it expired at T0+1000; a heartbeat renewed it just before
+    // (at T0+999, when the lease was still valid): the expiry does not land.
+    let stale = s.get_alloc(&p.pool_id, &a.alloc_id).await.unwrap().unwrap();
+    let stop = s.heartbeat(&hb(&p.pool_id, &w.worker_id, T0 + 999, &[], std::slice::from_ref(&a.alloc_id))).await;
+    assert_eq!(stop.unwrap(), Vec::<AllocId>::new());
+    let renewed = s.get_alloc(&p.pool_id, &a.alloc_id).await.unwrap().unwrap().ttl;
+    assert!(renewed > T0 + 1_000);
+    assert!(s.release(&stale, None, Some(T0 + 1_000)).await.unwrap_err().is_conflict());
+    assert_eq!(s.get_alloc(&p.pool_id, &a.alloc_id).await.unwrap().unwrap().state, AllocState::Live);
+    assert_eq!(s.get_worker(&p.pool_id, &w.worker_id).await.unwrap().unwrap().free, 3);
+
+    // Once the renewed lease has passed, a late heartbeat does not revive it: the worker
+    // is told to stop, and the expiry lands.
+    let stop = s.heartbeat(&hb(&p.pool_id, &w.worker_id, renewed, &[], std::slice::from_ref(&a.alloc_id))).await;
+    assert_eq!(stop.unwrap(), vec![a.alloc_id.clone()], "an expired lease is never renewed");
+    assert_eq!(s.get_alloc(&p.pool_id, &a.alloc_id).await.unwrap().unwrap().ttl, renewed);
+    let current = s.get_alloc(&p.pool_id, &a.alloc_id).await.unwrap().unwrap();
+    s.release(&current, None, Some(renewed)).await.unwrap();
+    assert_eq!(s.get_worker(&p.pool_id, &w.worker_id).await.unwrap().unwrap().free, 5);
+    assert!(s.release(&current, None, Some(renewed)).await.unwrap_err().is_conflict(), "once");
 }
 
 pub async fn store_release_without_worker(b: Backend) {
@@ -382,7 +415,7 @@ pub async fn store_release_without_worker(b: Backend) {
     s.place(&a, &placed(&e, &a), 1, T0).await.unwrap();
     s.delete_worker(&p.pool_id, &w.worker_id).await.unwrap();
     // The worker is gone: release must still succeed, or it would fail forever.
-    s.release(&a, None).await.unwrap();
+    s.release(&a, None, None).await.unwrap();
     assert_eq!(s.get_alloc(&p.pool_id, &a.alloc_id).await.unwrap().unwrap().state, AllocState::Released);
 }
 

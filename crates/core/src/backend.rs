@@ -73,7 +73,8 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_worker(&self, pool: &PoolId, worker: &WorkerId) -> Result<()>;
     /// Extends a live worker's TTL, upserts its replicas and extends its allocs.
     /// Returns the listed allocs the worker should stop: released, not its own, unknown,
-    /// or flagged to stop. `NotFound` if no such worker, `Expired` if its TTL passed
+    /// flagged to stop, or expired (a lease whose TTL passed is never renewed: the
+    /// releaser may be retrying its eval already). `NotFound` if no such worker, `Expired` if its TTL passed
     /// (an expired worker never comes back: its allocs are being released).
     async fn heartbeat(&self, hb: &Heartbeat) -> Result<Vec<AllocId>>;
 
@@ -164,7 +165,12 @@ pub trait Store: Send + Sync + 'static {
     /// the worker still exists: a removed worker must not block release) and write
     /// `eval` if given (stored version must match). `Conflict` if the alloc is no longer
     /// live or the eval changed; then nothing is written, so capacity is returned once.
-    async fn release(&self, alloc: &Alloc, eval: Option<(&Eval, u64)>) -> Result<()>;
+    ///
+    /// `expired_by`: release only if the alloc's TTL is still at or before this time
+    /// when the write lands (the releaser's view of an expired lease). A heartbeat that
+    /// renewed it in between wins (`Conflict`), and a heartbeat never renews an expired
+    /// one: so a lease is decided once, by whichever write lands first.
+    async fn release(&self, alloc: &Alloc, eval: Option<(&Eval, u64)>, expired_by: Option<Millis>) -> Result<()>;
 
     /// Atomically: write `eval` (stored version must match) and flag the live alloc to stop.
     async fn cancel_placed(&self, eval: &Eval, expected_version: u64, alloc: &AllocId) -> Result<()>;

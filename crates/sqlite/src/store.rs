@@ -638,10 +638,10 @@ impl Store for SqliteBackend {
         Some(res)
     }
 
-    async fn release(&self, a: &Alloc, eval: Option<(&Eval, u64)>) -> Result<()> {
+    async fn release(&self, a: &Alloc, eval: Option<(&Eval, u64)>, expired_by: Option<Millis>) -> Result<()> {
         let a = a.clone();
         let eval = eval.map(|(e, v)| (e.clone(), v));
-        self.writer.write(move |tx| release_job(tx, &a, eval.as_ref())).await
+        self.writer.write(move |tx| release_job(tx, &a, eval.as_ref(), expired_by)).await
     }
 
     async fn cancel_placed(&self, e: &Eval, expected: u64, alloc: &AllocId) -> Result<()> {
@@ -660,14 +660,16 @@ impl Store for SqliteBackend {
     }
 }
 
-fn release_job(tx: &Connection, a: &Alloc, eval: Option<&(Eval, u64)>) -> Result<()> {
+fn release_job(tx: &Connection, a: &Alloc, eval: Option<&(Eval, u64)>, expired_by: Option<Millis>) -> Result<()> {
     let (p, id) = (a.pool_id.as_str(), a.alloc_id.as_str());
-    let size: Option<u32> = tx
-        .prepare_cached("SELECT size FROM allocs WHERE pool_id=?1 AND alloc_id=?2 AND state='live'")
-        .and_then(|mut st| st.query_row([p, id], |r| r.get(0)).optional())
+    let row: Option<(u32, Millis)> = tx
+        .prepare_cached("SELECT size, ttl FROM allocs WHERE pool_id=?1 AND alloc_id=?2 AND state='live'")
+        .and_then(|mut st| st.query_row([p, id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
         .map_err(db("read alloc"))?;
-    let Some(size) = size else {
-        return Err(conflict("alloc already released"));
+    let size = match row {
+        None => return Err(conflict("alloc already released")),
+        Some((_, ttl)) if expired_by.is_some_and(|by| ttl > by) => return Err(conflict("alloc renewed")),
+        Some((size, _)) => size,
     };
     tx.prepare_cached("UPDATE allocs SET state='released' WHERE pool_id=?1 AND alloc_id=?2")
         .and_then(|mut st| st.execute([p, id]))
@@ -711,11 +713,11 @@ fn heartbeat_job(tx: &Connection, hb: &Heartbeat) -> Result<Vec<AllocId>> {
     let mut ext = tx
         .prepare_cached(
             "UPDATE allocs SET ttl=MAX(ttl, ?4) WHERE pool_id=?1 AND alloc_id=?2 AND worker_id=?3
-             AND state='live' AND stop=0",
+             AND state='live' AND stop=0 AND ttl > ?5",
         )
         .map_err(db("prepare alloc extend"))?;
     for a in &hb.allocs {
-        if ext.execute(params![p, a.as_str(), w, hb.alloc_ttl]).map_err(db("extend alloc"))? == 0 {
+        if ext.execute(params![p, a.as_str(), w, hb.alloc_ttl, hb.now]).map_err(db("extend alloc"))? == 0 {
             stop.push(a.clone());
         }
     }

@@ -26,6 +26,8 @@ pub enum Finished {
     Released(Option<EvalStatus>),
     /// Someone released it before: nothing changed.
     AlreadyReleased,
+    /// Asked to expire it, but a heartbeat renewed the lease first: nothing changed.
+    Renewed,
 }
 
 const MAX_TRIES: usize = 16;
@@ -33,10 +35,30 @@ const MAX_TRIES: usize = 16;
 impl Lineup {
     /// Releases `alloc` (as read by the caller) with `finish`. See the module doc.
     /// Returns what happened and, when it released, the eval as it now stands.
-    pub async fn finish(&self, mut alloc: Alloc, finish: &Finish) -> Result<(Finished, Option<Eval>)> {
+    pub async fn finish(&self, alloc: Alloc, finish: &Finish) -> Result<(Finished, Option<Eval>)> {
+        self.finish_lease(alloc, finish, None).await
+    }
+
+    /// Releases `alloc` because its lease ran out at `now`: only if it is still expired
+    /// when the release lands. A heartbeat that renewed it first wins (`Renewed`), and
+    /// a heartbeat never renews an expired lease, so the eval is either still running
+    /// on this alloc or retried, never both.
+    pub async fn expire(&self, alloc: Alloc, reason: &str, now: crate::Millis) -> Result<(Finished, Option<Eval>)> {
+        self.finish_lease(alloc, &Finish::Fail { reason: reason.to_owned() }, Some(now)).await
+    }
+
+    async fn finish_lease(
+        &self,
+        mut alloc: Alloc,
+        finish: &Finish,
+        expired_by: Option<crate::Millis>,
+    ) -> Result<(Finished, Option<Eval>)> {
         for _ in 0..MAX_TRIES {
             if alloc.state == AllocState::Released {
                 return Ok((Finished::AlreadyReleased, None));
+            }
+            if expired_by.is_some_and(|by| alloc.ttl > by) {
+                return Ok((Finished::Renewed, None));
             }
             let eval = self.store.get_eval(&alloc.pool_id, &alloc.eval_id).await?;
             let mut new_eval = self.decide(eval.as_ref(), &alloc, finish);
@@ -58,7 +80,7 @@ impl Lineup {
 
             let expected = eval.as_ref().map(|e| e.version);
             let write = new_eval.as_ref().zip(expected);
-            match self.store.release(&alloc, write).await {
+            match self.store.release(&alloc, write, expired_by).await {
                 Ok(()) => {
                     let status = new_eval.as_ref().map(|e| e.status);
                     info!(pool = %alloc.pool_id, alloc = %alloc.alloc_id, eval = %alloc.eval_id,

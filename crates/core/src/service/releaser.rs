@@ -50,12 +50,9 @@ impl Lineup {
 
             for alloc in self.store.expired_allocs(id, now).await? {
                 let (a, e) = (alloc.alloc_id.clone(), alloc.eval_id.clone());
-                match self
-                    .finish(alloc, &Finish::Fail { reason: "alloc expired: no heartbeat listed it in time".into() })
-                    .await
-                {
+                match self.expire(alloc, "alloc expired: no heartbeat listed it in time", now).await {
                     Ok((Finished::Released(_), _)) => sum.allocs_released += 1,
-                    Ok((Finished::AlreadyReleased, _)) => {}
+                    Ok((Finished::AlreadyReleased | Finished::Renewed, _)) => {}
                     Err(err) => {
                         warn!(pool = %id, alloc = %a, eval = %e, error = %err, "releasing expired alloc");
                         sum.errors += 1;
@@ -70,7 +67,7 @@ impl Lineup {
                     let a = alloc.alloc_id.clone();
                     match self.finish(alloc, &Finish::Fail { reason: format!("worker {wid} expired") }).await {
                         Ok((Finished::Released(_), _)) => sum.allocs_released += 1,
-                        Ok((Finished::AlreadyReleased, _)) => {}
+                        Ok((Finished::AlreadyReleased | Finished::Renewed, _)) => {}
                         Err(err) => {
                             warn!(pool = %id, worker = %wid, alloc = %a, error = %err, "releasing alloc of expired worker");
                             sum.errors += 1;
