@@ -212,6 +212,16 @@ enum WorkerCmd {
         /// With --sqs: an emulator's URL.
         #[arg(long, env = "LINEUP_AWS_ENDPOINT")]
         aws_endpoint: Option<String>,
+        /// A variable of this environment that jobs also get (repeatable). Jobs get only
+        /// PATH, HOME and their LINEUP_* job variables otherwise; never a Lineup token.
+        #[arg(long = "pass-env", value_name = "NAME")]
+        pass_env: Vec<String>,
+        /// Seconds a stopped job gets between SIGTERM and SIGKILL (to its process group).
+        #[arg(long, default_value_t = 5)]
+        kill_timeout: u64,
+        /// Where each job's private working directory is made (removed after the job).
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<std::path::PathBuf>,
         /// The command run once per alloc.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -429,7 +439,18 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                         table::workers(&ws)
                     }
                 }
-                WorkerCmd::Run { pool, capacity, datasets, poll_wait, sqs, aws_endpoint, command } => {
+                WorkerCmd::Run {
+                    pool,
+                    capacity,
+                    datasets,
+                    poll_wait,
+                    sqs,
+                    aws_endpoint,
+                    pass_env,
+                    kill_timeout,
+                    work_dir,
+                    command,
+                } => {
                     let opts = worker::WorkerOptions {
                         pool: pool.clone(),
                         capacity: *capacity,
@@ -438,6 +459,9 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                         wait: *poll_wait,
                         sqs: *sqs,
                         aws_endpoint: aws_endpoint.clone(),
+                        pass_env: pass_env.clone(),
+                        kill_timeout: std::time::Duration::from_secs(*kill_timeout),
+                        work_root: work_dir.clone().unwrap_or_else(std::env::temp_dir),
                     };
                     worker::run(c, opts).await?;
                 }
