@@ -174,6 +174,8 @@ pub struct Deps {
     pub lineup: Lineup,
     pub backend: AwsBackend,
     pub functions: FunctionSettings,
+    /// Where the release handler's last pass stopped, if its deadline cut it short.
+    pub release_cursor: std::sync::Arc<std::sync::Mutex<Option<lineup_core::PoolId>>>,
 }
 
 impl Deps {
@@ -205,7 +207,7 @@ impl Deps {
     ) -> Deps {
         let b = std::sync::Arc::new(backend.clone());
         let lineup = Lineup::with_admin_hash(b.clone(), b, std::sync::Arc::new(SystemClock), settings, admin_hash);
-        Deps { lineup, backend, functions }
+        Deps { lineup, backend, functions, release_cursor: Default::default() }
     }
 }
 
@@ -242,13 +244,23 @@ pub async fn schedule(event: LambdaEvent<Value>, deps: &Deps) -> Result<Schedule
     Ok(sum)
 }
 
+/// Kept free before the release function's deadline: one pool's release takes well
+/// under a second, so a pass never runs into the timeout.
+pub const RELEASE_MARGIN: Duration = Duration::from_secs(5);
+
 /// The release handler: an EventBridge event in, a summary out.
 pub async fn release(
     event: LambdaEvent<Value>,
     deps: &Deps,
 ) -> Result<lineup_core::service::ReleaseSummary, LambdaError> {
     check_invocation(&event.context.invoked_function_arn, Role::Release)?;
-    let sum = deps.lineup.release_pass().await?;
+    let now_ms = lineup_core::clock::Clock::now(&SystemClock) as u64;
+    let budget = schedule_budget(event.context.deadline, now_ms, RELEASE_MARGIN, Duration::from_secs(900));
+    // A pass cut short by the deadline resumes after the last pool it visited, in the
+    // next invocation this instance serves (a new instance starts from the first pool).
+    let resume = deps.release_cursor.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let (sum, next) = deps.lineup.release_until(tokio::time::Instant::now() + budget, resume.as_ref()).await?;
+    *deps.release_cursor.lock().unwrap_or_else(|p| p.into_inner()) = next;
     tracing::info!(?sum, "release invocation done");
     Ok(sum)
 }

@@ -74,6 +74,8 @@ fn timeouts_and_concurrency_fit_the_long_polls() {
         let f = dep.function_named(suffix);
         assert!(f.reserved_concurrency.is_some_and(|n| n >= 1), "{suffix} has no reserved concurrency");
     }
+    let release = dep.function_named("-release");
+    assert!(lineup_lambda::RELEASE_MARGIN.as_secs() + 5 < release.timeout_secs, "release: no time left to release");
     let schedule = dep.function_named("-schedule");
     let config = Config::from_vars(Role::Schedule, schedule.env.clone()).unwrap();
     assert!(

@@ -9,7 +9,8 @@ use tracing::{info, warn};
 use super::finish::{Finish, Finished};
 use super::Lineup;
 use crate::error::Result;
-use crate::model::PoolStatus;
+use crate::id::PoolId;
+use crate::model::{Pool, PoolStatus};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReleaseSummary {
@@ -17,76 +18,130 @@ pub struct ReleaseSummary {
     pub workers_removed: usize,
     pub replicas_removed: u64,
     pub pools_purged: usize,
+    /// Pools whose release failed part-way (counted in `errors` too).
+    pub pools_failed: usize,
     pub errors: usize,
+    /// The deadline came before every pool was visited.
+    pub cut_short: bool,
+}
+
+impl ReleaseSummary {
+    fn add(&mut self, o: &ReleaseSummary) {
+        self.allocs_released += o.allocs_released;
+        self.workers_removed += o.workers_removed;
+        self.replicas_removed += o.replicas_removed;
+        self.pools_purged += o.pools_purged;
+        self.pools_failed += o.pools_failed;
+        self.errors += o.errors;
+    }
 }
 
 impl Lineup {
+    /// One pass over every pool, with no deadline.
     pub async fn release_pass(&self) -> Result<ReleaseSummary> {
-        let mut sum = ReleaseSummary::default();
-        for pool in self.store.list_pools().await? {
-            let now = self.now();
-            let id = &pool.pool_id;
-            if pool.status == PoolStatus::Disbanded
-                && pool.disbanded_at.is_some_and(|t| t + self.settings.pool_ttl_ms() <= now)
-            {
-                for w in self.store.list_workers(id).await? {
-                    self.queues.delete_queue(&self.worker_queue(id, &w.worker_id)).await?;
-                }
-                self.store.purge_pool(id).await?;
-                info!(pool = %id, "disbanded pool purged");
-                sum.pools_purged += 1;
-                continue;
-            }
-            if pool.status == PoolStatus::Disbanded {
-                // Disband cancelled what it could see; an index that lags (DynamoDB's
-                // GSI) may have hidden a few. Until the purge, cancel any left over.
-                for e in self.store.unfinished_evals(id).await? {
-                    if let Err(err) = self.cancel_unfinished(e).await {
-                        warn!(pool = %id, error = %err, "cancelling a straggler of a disbanded pool");
-                        sum.errors += 1;
-                    }
-                }
-            }
+        let far = tokio::time::Instant::now() + std::time::Duration::from_secs(365 * 24 * 3600);
+        Ok(self.release_until(far, None).await?.0)
+    }
 
-            for alloc in self.store.expired_allocs(id, now).await? {
-                let (a, e) = (alloc.alloc_id.clone(), alloc.eval_id.clone());
-                match self.expire(alloc, "alloc expired: no heartbeat listed it in time", now).await {
+    /// Releases pool by pool (in id order, starting after `resume`) until every pool was
+    /// visited or `deadline` is near. A pool that fails is logged and counted, and the
+    /// others are still visited. Returns the summary and, when the deadline cut the pass
+    /// short, the last pool visited: the next call resumes after it.
+    pub async fn release_until(
+        &self,
+        deadline: tokio::time::Instant,
+        resume: Option<&PoolId>,
+    ) -> Result<(ReleaseSummary, Option<PoolId>)> {
+        let mut sum = ReleaseSummary::default();
+        let mut pools = self.store.list_pools().await?;
+        pools.sort_by(|a, b| a.pool_id.cmp(&b.pool_id));
+        // Start after `resume`, wrapping around.
+        let at = resume.map(|r| pools.partition_point(|p| p.pool_id <= *r)).unwrap_or(0).min(pools.len());
+        pools.rotate_left(at);
+        let mut last = resume.cloned();
+        for pool in &pools {
+            if tokio::time::Instant::now() >= deadline {
+                sum.cut_short = true;
+                return Ok((sum, last));
+            }
+            last = Some(pool.pool_id.clone());
+            let mut one = ReleaseSummary::default();
+            match self.release_pool(pool, &mut one).await {
+                Ok(()) => {}
+                Err(e) => {
+                    warn!(pool = %pool.pool_id, error = %e, "releasing a pool failed; going on with the others");
+                    one.errors += 1;
+                    one.pools_failed += 1;
+                }
+            }
+            sum.add(&one);
+        }
+        Ok((sum, None))
+    }
+
+    async fn release_pool(&self, pool: &Pool, sum: &mut ReleaseSummary) -> Result<()> {
+        let now = self.now();
+        let id = &pool.pool_id;
+        if pool.status == PoolStatus::Disbanded
+            && pool.disbanded_at.is_some_and(|t| t + self.settings.pool_ttl_ms() <= now)
+        {
+            for w in self.store.list_workers(id).await? {
+                self.queues.delete_queue(&self.worker_queue(id, &w.worker_id)).await?;
+            }
+            self.store.purge_pool(id).await?;
+            info!(pool = %id, "disbanded pool purged");
+            sum.pools_purged += 1;
+            return Ok(());
+        }
+        if pool.status == PoolStatus::Disbanded {
+            // Disband cancelled what it could see; an index that lags (DynamoDB's
+            // GSI) may have hidden a few. Until the purge, cancel any left over.
+            for e in self.store.unfinished_evals(id).await? {
+                if let Err(err) = self.cancel_unfinished(e).await {
+                    warn!(pool = %id, error = %err, "cancelling a straggler of a disbanded pool");
+                    sum.errors += 1;
+                }
+            }
+        }
+
+        for alloc in self.store.expired_allocs(id, now).await? {
+            let (a, e) = (alloc.alloc_id.clone(), alloc.eval_id.clone());
+            match self.expire(alloc, "alloc expired: no heartbeat listed it in time", now).await {
+                Ok((Finished::Released(_), _)) => sum.allocs_released += 1,
+                Ok((Finished::AlreadyReleased | Finished::Renewed, _)) => {}
+                Err(err) => {
+                    warn!(pool = %id, alloc = %a, eval = %e, error = %err, "releasing expired alloc");
+                    sum.errors += 1;
+                }
+            }
+        }
+
+        for worker in self.store.expired_workers(id, now).await? {
+            let wid = &worker.worker_id;
+            let mut ok = true;
+            for alloc in self.store.live_allocs(id, Some(wid)).await? {
+                let a = alloc.alloc_id.clone();
+                match self.finish(alloc, &Finish::Fail { reason: format!("worker {wid} expired") }).await {
                     Ok((Finished::Released(_), _)) => sum.allocs_released += 1,
                     Ok((Finished::AlreadyReleased | Finished::Renewed, _)) => {}
                     Err(err) => {
-                        warn!(pool = %id, alloc = %a, eval = %e, error = %err, "releasing expired alloc");
+                        warn!(pool = %id, worker = %wid, alloc = %a, error = %err, "releasing alloc of expired worker");
                         sum.errors += 1;
+                        ok = false;
                     }
                 }
             }
-
-            for worker in self.store.expired_workers(id, now).await? {
-                let wid = &worker.worker_id;
-                let mut ok = true;
-                for alloc in self.store.live_allocs(id, Some(wid)).await? {
-                    let a = alloc.alloc_id.clone();
-                    match self.finish(alloc, &Finish::Fail { reason: format!("worker {wid} expired") }).await {
-                        Ok((Finished::Released(_), _)) => sum.allocs_released += 1,
-                        Ok((Finished::AlreadyReleased | Finished::Renewed, _)) => {}
-                        Err(err) => {
-                            warn!(pool = %id, worker = %wid, alloc = %a, error = %err, "releasing alloc of expired worker");
-                            sum.errors += 1;
-                            ok = false;
-                        }
-                    }
-                }
-                // Only once its allocs are released, so nothing is left holding capacity
-                // on a worker that no longer exists; the next run tries again otherwise.
-                if ok {
-                    self.store.delete_worker(id, wid).await?;
-                    self.queues.delete_queue(&self.worker_queue(id, wid)).await?;
-                    info!(pool = %id, worker = %wid, "expired worker removed");
-                    sum.workers_removed += 1;
-                }
+            // Only once its allocs are released, so nothing is left holding capacity
+            // on a worker that no longer exists; the next run tries again otherwise.
+            if ok {
+                self.store.delete_worker(id, wid).await?;
+                self.queues.delete_queue(&self.worker_queue(id, wid)).await?;
+                info!(pool = %id, worker = %wid, "expired worker removed");
+                sum.workers_removed += 1;
             }
-
-            sum.replicas_removed += self.store.delete_expired_replicas(id, now).await?;
         }
-        Ok(sum)
+
+        sum.replicas_removed += self.store.delete_expired_replicas(id, now).await?;
+        Ok(())
     }
 }
