@@ -10,11 +10,13 @@
 //! - `store.rs`: `Store`; multi-record writes are one `TransactWriteItems`.
 //! - `queues.rs`: `Queues` over SQS, batched.
 //! - `calls.rs`: an SDK interceptor that counts calls by operation.
+//! - `retry.rs`: backoff for throttling, 5xx and transaction conflicts.
 
 mod calls;
 mod direct;
 mod items;
 mod queues;
+pub mod retry;
 mod store;
 mod tables;
 
@@ -88,8 +90,14 @@ impl AwsBackend {
 
     pub fn from_conf(conf: &aws_config::SdkConfig, table_prefix: &str) -> Self {
         let calls = CallCounter::default();
-        let ddb_conf = aws_sdk_dynamodb::config::Builder::from(conf).interceptor(calls.interceptor()).build();
-        let sqs_conf = aws_sdk_sqs::config::Builder::from(conf).interceptor(calls.interceptor()).build();
+        let ddb_conf = aws_sdk_dynamodb::config::Builder::from(conf)
+            .retry_config(retry::config())
+            .interceptor(calls.interceptor())
+            .build();
+        let sqs_conf = aws_sdk_sqs::config::Builder::from(conf)
+            .retry_config(retry::config())
+            .interceptor(calls.interceptor())
+            .build();
         AwsBackend {
             ddb: aws_sdk_dynamodb::Client::from_conf(ddb_conf),
             sqs: aws_sdk_sqs::Client::from_conf(sqs_conf),

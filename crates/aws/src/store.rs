@@ -176,15 +176,28 @@ impl AwsBackend {
         self.batch_write(table, reqs).await
     }
 
+    /// One `TransactWriteItems`, retried after a backoff while DynamoDB cancels it for
+    /// `TransactionConflict` alone (see `retry.rs`).
     async fn transact(&self, items: Vec<TransactWriteItem>, context: &str) -> std::result::Result<(), TxError> {
-        match self.ddb.transact_write_items().set_transact_items(Some(items)).send().await {
-            Ok(_) => Ok(()),
-            Err(e) => match e.as_service_error() {
-                Some(TransactWriteItemsError::TransactionCanceledException(c)) => Err(TxError::Cancelled(
-                    c.cancellation_reasons().iter().map(|r| r.code().map(str::to_owned)).collect(),
-                )),
-                _ => Err(TxError::Other(sdk_err(context, e))),
-            },
+        let mut attempt = 0;
+        loop {
+            let r = self.ddb.transact_write_items().set_transact_items(Some(items.clone())).send().await;
+            let reasons = match r {
+                Ok(_) => return Ok(()),
+                Err(e) => match e.as_service_error() {
+                    Some(TransactWriteItemsError::TransactionCanceledException(c)) => {
+                        c.cancellation_reasons().iter().map(|r| r.code().map(str::to_owned)).collect::<Vec<_>>()
+                    }
+                    _ => return Err(TxError::Other(sdk_err(context, e))),
+                },
+            };
+            let conflict_only = reasons.iter().any(|r| r.as_deref() == Some("TransactionConflict"))
+                && reasons.iter().all(|r| matches!(r.as_deref(), None | Some("None") | Some("TransactionConflict")));
+            if !conflict_only || attempt + 1 >= crate::retry::CONFLICT_TRIES {
+                return Err(TxError::Cancelled(reasons));
+            }
+            tokio::time::sleep(crate::retry::backoff(attempt)).await;
+            attempt += 1;
         }
     }
 
@@ -270,16 +283,25 @@ impl AwsBackend {
 #[async_trait]
 impl Store for AwsBackend {
     async fn create_pool(&self, p: &Pool) -> Result<()> {
-        self.ddb
+        let r = self
+            .ddb
             .put_item()
             .table_name(&self.tables.pools)
             .set_item(Some(to_item(&PoolItem::from(p))?))
             .condition_expression("attribute_not_exists(#p)")
             .expression_attribute_names("#p", "pool")
             .send()
-            .await
-            .map_err(|e| if ccf(&e) { Error::Conflict("pool id exists".into()) } else { sdk_err("put pool", e) })?;
-        Ok(())
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            // The SDK retried a put whose first response was lost after it was applied:
+            // the pool that exists is this very one.
+            Err(e) if ccf(&e) => match self.get_pool(&p.pool_id).await? {
+                Some(existing) if existing == *p => Ok(()),
+                _ => Err(Error::Conflict("pool id exists".into())),
+            },
+            Err(e) => Err(sdk_err("put pool", e)),
+        }
     }
 
     async fn get_pool(&self, pool: &PoolId) -> Result<Option<Pool>> {

@@ -1,7 +1,9 @@
 //! Overlapping schedulers and releasers on the AWS backend (moto, real SDK): two of
 //! each on one pool with 500 evals, while workers complete most allocs and silently
 //! drop some (which expire and are retried). No over-allocation, no eval placed twice
-//! for the same attempt, capacity conserved, every eval accounted for.
+//! for the same attempt, capacity conserved, every eval accounted for. Then again, with
+//! fewer evals, while moto throttles, fails, cancels transactions for conflicts and
+//! loses responses after applying writes (`Moto::faulty`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,13 +16,32 @@ use lineup_conformance::{complete, new_eval, ADMIN};
 use lineup_core::service::SchedulerOptions;
 use lineup_core::*;
 
-const EVALS: usize = 500;
 const WORKERS: usize = 10;
+
+/// Alloc ids delivered, by eval and attempt.
+type Deliveries = HashMap<(EvalId, u32), std::collections::HashSet<AllocId>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_schedulers_two_releasers_500_evals() {
+    race(Moto::shared(), 500).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_schedulers_two_releasers_under_injected_faults() {
+    let moto = Moto::faulty();
+    race(moto, 120).await;
+    let injected = moto.injected();
+    println!("faults injected: {injected:?}");
+    for kind in ["conflict", "throttle", "500", "lost", "sqs-lost"] {
+        assert!(injected.get(kind).copied().unwrap_or(0) > 0, "no {kind} was injected: {injected:?}");
+    }
+}
+
+async fn race(moto: &Moto, evals: usize) {
+    #[allow(non_snake_case)]
+    let EVALS = evals;
     let prefix = format!("r{}", PoolId::generate());
-    let backend = Arc::new(AwsBackend::for_emulator(&Moto::shared().endpoint, &prefix).await);
+    let backend = Arc::new(AwsBackend::for_emulator(&moto.endpoint, &prefix).await);
     create_tables(backend.dynamodb(), backend.tables()).await.unwrap();
     let settings = Settings { deployment: prefix.clone(), alloc_ttl: 4, max_retry: 20, ..Settings::default() };
     // Four independent service instances, as four Lambda invocations would be.
@@ -67,7 +88,9 @@ async fn two_schedulers_two_releasers_500_evals() {
     }
     // Workers: complete what arrives, except every seventh alloc, which is dropped on
     // the floor (no heartbeat lists it, nobody completes it).
-    let deliveries: Arc<Mutex<HashMap<(EvalId, u32), usize>>> = Arc::default();
+    // Alloc ids delivered per (eval, attempt): one alloc delivered twice is SQS's
+    // at-least-once (the agent ignores the copy); two allocs would be a double placement.
+    let deliveries: Arc<Mutex<Deliveries>> = Arc::default();
     let mut runners = Vec::new();
     for (i, w) in workers.iter().enumerate() {
         let (l, pool, w, deliveries, stop) =
@@ -77,7 +100,12 @@ async fn two_schedulers_two_releasers_500_evals() {
             while !stop.load(Ordering::SeqCst) {
                 l.heartbeat(&ADMIN, &pool, &w, lineup_conformance::hb_req(&[], &[])).await.unwrap();
                 for a in l.poll(&ADMIN, &pool, &w, Duration::from_secs(1), 10).await.unwrap() {
-                    *deliveries.lock().unwrap().entry((a.eval_id.clone(), a.attempt)).or_default() += 1;
+                    deliveries
+                        .lock()
+                        .unwrap()
+                        .entry((a.eval_id.clone(), a.attempt))
+                        .or_default()
+                        .insert(a.alloc_id.clone());
                     n += 1;
                     if n % 7 != 0 {
                         l.finish_alloc(&ADMIN, &pool, &a.alloc_id, complete(0)).await.unwrap();
@@ -113,7 +141,7 @@ async fn two_schedulers_two_releasers_500_evals() {
     let evals = l.store.get_evals(&pool.pool_id, &ids).await.unwrap();
     assert_eq!(evals.len(), EVALS, "every eval accounted for");
     let deliveries = deliveries.lock().unwrap().clone();
-    assert!(deliveries.values().all(|&n| n == 1), "an eval was placed twice for one attempt");
+    assert!(deliveries.values().all(|allocs| allocs.len() == 1), "an eval was placed twice for one attempt");
     let mut retried = 0;
     for e in &evals {
         assert_eq!(e.status, EvalStatus::Complete);

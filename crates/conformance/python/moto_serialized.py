@@ -12,12 +12,33 @@ Lineup's invariants rest on DynamoDB transactions being serializable, so:
    written; if one fails, it is cancelled with per-item reasons and nothing is
    written, so the table copies (and their rollback) are skipped.
 
+3. like DynamoDB, a TransactWriteItems retried with the same ClientRequestToken within
+   10 minutes of its success is not applied again and answers success (the SDK retries
+   with the token it filled in, so a response lost after the write was applied does not
+   turn into a second write or a spurious cancellation).
+
+Fault mode (LINEUP_MOTO_FAULTS="seed=7,rate=0.02"; off when unset): each DynamoDB
+request, and each SQS send or delete, fails with probability `rate` (a seeded random
+stream, so a run can be repeated), as real services do under load:
+- TransactWriteItems: TransactionCanceledException with a TransactionConflict reason
+  (nothing written);
+- any DynamoDB operation: ProvisionedThroughputExceededException or ThrottlingException
+  (400, nothing written), or an InternalServerError (500, nothing written);
+- any of them: the request is applied, then its response is lost (500): the client
+  cannot tell it from the previous case, and must retry safely;
+- SQS SendMessage(Batch)/DeleteMessage(Batch): a 500, before or after applying.
+Counts of what was injected are served at GET /lineup-faults (JSON).
+
 Usage: python moto_serialized.py -H 127.0.0.1 -p PORT   (moto_server's flags)
 """
 
 import copy as _copy
+import json
+import os
+import random
 import sys
 import threading
+import time
 
 import moto.dynamodb.models as ddb_models
 from moto.dynamodb.comparisons import get_filter_expression
@@ -48,13 +69,130 @@ ddb_models.copy = _CopyShim()
 
 _call_action = DynamoHandler.call_action
 
+# ---- faults
+
+
+def _parse_faults(spec):
+    conf = dict(kv.split("=", 1) for kv in spec.split(",") if "=" in kv)
+    return random.Random(int(conf.get("seed", "1"))), float(conf.get("rate", "0"))
+
+
+_faults = _parse_faults(os.environ["LINEUP_MOTO_FAULTS"]) if os.environ.get("LINEUP_MOTO_FAULTS") else None
+_fault_lock = threading.Lock()
+injected = {}
+
+
+def _draw(kinds):
+    """One of `kinds` with probability `rate`, else None."""
+    if _faults is None:
+        return None
+    rng, rate = _faults
+    with _fault_lock:
+        if rng.random() >= rate:
+            return None
+        kind = rng.choice(kinds)
+        injected[kind] = injected.get(kind, 0) + 1
+        return kind
+
+
+def _ddb_error(status, kind, message, extra=None):
+    body = {"__type": "com.amazonaws.dynamodb.v20120810#" + kind, "message": message}
+    body.update(extra or {})
+    return status, {"Content-Type": "application/x-amz-json-1.0", "status": status}, json.dumps(body)
+
+
+def _lost(status_headers_body):
+    return _ddb_error(500, "InternalServerError", "injected: the response was lost after the write")
+
+
+# ---- idempotent transactions: token -> (when, request body)
+_tokens = {}
+_TOKEN_TTL = 600
+
+
+def _transaction_replay(self):
+    try:
+        body = json.loads(self.body)
+    except Exception:
+        return None, None
+    token = body.get("ClientRequestToken")
+    if not token:
+        return None, None
+    now = time.time()
+    for t in [t for t, (at, _) in _tokens.items() if now - at > _TOKEN_TTL]:
+        del _tokens[t]
+    seen = _tokens.get(token)
+    if seen is None:
+        return token, None
+    if seen[1] != self.body:
+        return token, _ddb_error(400, "IdempotentParameterMismatchException", "a different request with this token")
+    return token, (200, {"Content-Type": "application/x-amz-json-1.0"}, "{}")
+
 
 def _serialized_call(self):
+    action = self._get_action()
+    # moto replaces self.body with the parsed request while it handles it: keep the text.
+    raw = self.body
     with _lock:
-        return _call_action(self)
+        token, replay = (None, None)
+        if action == "TransactWriteItems":
+            token, replay = _transaction_replay(self)
+            if replay is not None:
+                return replay
+        kinds = ["throttle", "throughput", "500", "lost"]
+        if action == "TransactWriteItems":
+            kinds.append("conflict")
+        fault = _draw(kinds)
+        if fault == "conflict":
+            n = len(json.loads(self.body).get("TransactItems", []))
+            reasons = [{"Code": "None"} for _ in range(n)]
+            reasons[0] = {"Code": "TransactionConflict", "Message": "injected: transaction conflict"}
+            return _ddb_error(
+                400,
+                "TransactionCanceledException",
+                "Transaction cancelled, please refer cancellation reasons for specific reasons [TransactionConflict]",
+                {"CancellationReasons": reasons},
+            )
+        if fault == "throttle":
+            return _ddb_error(400, "ThrottlingException", "injected: rate of requests exceeds the allowed throughput")
+        if fault == "throughput":
+            return _ddb_error(400, "ProvisionedThroughputExceededException", "injected: throughput exceeded")
+        if fault == "500":
+            return _ddb_error(500, "InternalServerError", "injected: internal server error")
+        out = _call_action(self)
+        if token is not None and out[0] == 200:
+            _tokens[token] = (time.time(), raw)
+        if fault == "lost":
+            return _lost(out)
+        return out
 
 
 DynamoHandler.call_action = _serialized_call
+
+# ---- SQS: sends and deletes may fail, before or after they are applied
+
+from moto.sqs.responses import SQSResponse  # noqa: E402
+
+_sqs_call_action = SQSResponse.call_action
+_SQS_FAULTY = {"SendMessage", "SendMessageBatch", "DeleteMessage", "DeleteMessageBatch"}
+
+
+def _sqs_error():
+    body = json.dumps({"__type": "com.amazonaws.sqs#InternalError", "message": "injected: internal error"})
+    return 500, {"Content-Type": "application/x-amz-json-1.0", "status": 500}, body
+
+
+def _faulty_sqs_call(self):
+    if self._get_action() not in _SQS_FAULTY:
+        return _sqs_call_action(self)
+    fault = _draw(["sqs-500", "sqs-lost"])
+    if fault == "sqs-500":
+        return _sqs_error()
+    out = _sqs_call_action(self)
+    return _sqs_error() if fault == "sqs-lost" else out
+
+
+SQSResponse.call_action = _faulty_sqs_call
 
 _transact = ddb_models.DynamoDBBackend.transact_write_items
 
@@ -100,6 +238,28 @@ def _checked_transact(self, transact_items):
 
 
 ddb_models.DynamoDBBackend.transact_write_items = _checked_transact
+
+# ---- GET /lineup-faults: what was injected so far
+
+from moto.server import DomainDispatcherApplication  # noqa: E402
+
+_get_application = DomainDispatcherApplication.get_application
+
+
+def _with_faults_route(self, environ):
+    if environ.get("PATH_INFO") == "/lineup-faults":
+
+        def app(env, start_response):
+            with _fault_lock:
+                body = json.dumps(injected).encode()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+
+        return app
+    return _get_application(self, environ)
+
+
+DomainDispatcherApplication.get_application = _with_faults_route
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

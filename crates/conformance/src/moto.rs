@@ -14,6 +14,9 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// The share of requests the fault mode fails (`Moto::faulty`).
+pub const FAULT_RATE: f64 = 0.03;
+
 pub struct Moto {
     pub endpoint: String,
     pub port: u16,
@@ -50,22 +53,45 @@ impl Moto {
     /// The shared server of this test process.
     pub fn shared() -> &'static Moto {
         static MOTO: OnceLock<Moto> = OnceLock::new();
-        MOTO.get_or_init(Moto::start)
+        MOTO.get_or_init(|| Moto::start(None))
     }
 
-    fn start() -> Moto {
+    /// A second server of this test process, in fault mode: a seeded `FAULT_RATE` of
+    /// DynamoDB requests (and SQS sends and deletes) throttled, failed with a 500,
+    /// cancelled for a transaction conflict, or applied with their response lost (see
+    /// `python/moto_serialized.py`). `LINEUP_FAULT_SEED` picks another stream.
+    pub fn faulty() -> &'static Moto {
+        static MOTO: OnceLock<Moto> = OnceLock::new();
+        MOTO.get_or_init(|| {
+            let seed = std::env::var("LINEUP_FAULT_SEED").unwrap_or_else(|_| "7".into());
+            Moto::start(Some(&format!("seed={seed},rate={FAULT_RATE}")))
+        })
+    }
+
+    /// What the fault mode injected so far, by kind.
+    pub fn injected(&self) -> std::collections::BTreeMap<String, u64> {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return Default::default() };
+        let _ = s.write_all(b"GET /lineup-faults HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("{}");
+        serde_json::from_str(body).unwrap_or_default()
+    }
+
+    fn start(faults: Option<&str>) -> Moto {
         let python = python();
         assert!(python.exists(), "{} not found: run `make test` (it installs moto into .venv)", python.display());
         let port = free_port();
         let log = std::env::temp_dir().join(format!("lineup-moto-{port}.log"));
         // A watchdog shell stops moto when this test process is gone, however it ends.
         let script = format!(
-            "\"{python}\" \"{launcher}\" -H 127.0.0.1 -p {port} >\"{log}\" 2>&1 & m=$!; \
+            "{env}\"{python}\" \"{launcher}\" -H 127.0.0.1 -p {port} >\"{log}\" 2>&1 & m=$!; \
              while kill -0 {pid} 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 0.5; done; kill $m 2>/dev/null",
             python = python.display(),
             launcher = launcher().display(),
             log = log.display(),
-            pid = std::process::id()
+            pid = std::process::id(),
+            env = faults.map(|f| format!("LINEUP_MOTO_FAULTS='{f}' ")).unwrap_or_default()
         );
         // Not waited for: the watchdog outlives us by design and ends on its own.
         #[allow(clippy::zombie_processes)]

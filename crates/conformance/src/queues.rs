@@ -136,7 +136,9 @@ pub async fn queue_batch_of_ten(b: Backend) {
     q.create_queue(&name).await.unwrap();
     let bodies: Vec<String> = (0..25).map(|i| format!("m{i}")).collect();
     q.send(&name, &bodies).await.unwrap();
-    let mut seen = Vec::new();
+    // At least once (the Queues contract: a send retried after its response was lost
+    // may deliver a message twice, as SQS may), batches of at most ten.
+    let mut seen = std::collections::BTreeSet::new();
     let end = tokio::time::Instant::now() + Duration::from_secs(10);
     while seen.len() < 25 && tokio::time::Instant::now() < end {
         let got = q.receive(&name, 10, Duration::from_millis(200), VIS).await.unwrap();
@@ -144,9 +146,7 @@ pub async fn queue_batch_of_ten(b: Backend) {
         q.delete(&name, &got.iter().map(|m| m.receipt.clone()).collect::<Vec<_>>()).await.unwrap();
         seen.extend(got.into_iter().map(|m| m.body));
     }
-    seen.sort();
-    let mut want = bodies.clone();
-    want.sort();
-    assert_eq!(seen, want, "every message received exactly once");
+    let want: std::collections::BTreeSet<String> = bodies.iter().cloned().collect();
+    assert_eq!(seen, want, "every message received");
     q.delete_queue(&name).await.unwrap();
 }

@@ -53,7 +53,7 @@ impl Lineup {
         finish: &Finish,
         expired_by: Option<crate::Millis>,
     ) -> Result<(Finished, Option<Eval>)> {
-        for _ in 0..MAX_TRIES {
+        for attempt in 0..MAX_TRIES as u32 {
             if alloc.state == AllocState::Released {
                 return Ok((Finished::AlreadyReleased, None));
             }
@@ -96,6 +96,7 @@ impl Lineup {
                 }
                 Err(Error::Conflict(why)) => {
                     debug!(alloc = %alloc.alloc_id, %why, "release lost a race; re-reading");
+                    super::backoff::pause(attempt).await;
                     match self.store.get_alloc(&alloc.pool_id, &alloc.alloc_id).await? {
                         Some(a) => alloc = a,
                         None => return Ok((Finished::AlreadyReleased, None)),

@@ -327,7 +327,7 @@ impl Lineup {
     }
 
     async fn cancel_loop(&self, mut e: Eval, reason: &str) -> Result<CancelOutcome> {
-        for _ in 0..16 {
+        for attempt in 0..16 {
             if e.status.is_terminal() {
                 return Ok(CancelOutcome::AlreadyFinished(e));
             }
@@ -347,6 +347,7 @@ impl Lineup {
                     return Ok(CancelOutcome::Cancelled(next));
                 }
                 Err(Error::Conflict(_)) => {
+                    super::backoff::pause(attempt).await;
                     e = self
                         .store
                         .get_eval(&e.pool_id, &e.eval_id)

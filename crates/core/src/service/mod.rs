@@ -14,6 +14,7 @@
 //! duplicate or early message, which the scheduler recognises by the eval's attempt
 //! number; never a waiting eval without a message.
 
+mod backoff;
 mod finish;
 mod gateway;
 mod releaser;

@@ -458,6 +458,11 @@ struct Held {
     hidden_until: tokio::time::Instant,
 }
 
+/// The eval a held message is for.
+fn held_eval(rcv: &crate::backend::Received) -> Option<String> {
+    serde_json::from_str::<EvalMessage>(&rcv.body).ok().map(|m| m.eval_id.to_string())
+}
+
 /// The shortest time between two looks at the held evals prompted by new capacity.
 const RECHECK_MIN: Duration = Duration::from_millis(20);
 
@@ -600,9 +605,15 @@ impl PoolScheduler {
             let room_left = self.opts.hold_max.saturating_sub(self.held.len());
             let mut hide = Vec::new();
             let mut park = Vec::new();
+            let mut duplicates = Vec::new();
             let hidden_until = tokio::time::Instant::now() + HOLD;
+            let held_evals: HashSet<String> = self.held.iter().filter_map(|h| held_eval(&h.rcv)).collect();
             for (i, (rcv, size)) in p.blocked.into_iter().enumerate() {
-                if i < room_left {
+                // A second message for an eval already held (a send retried after its
+                // response was lost, SQS delivering twice): the one held is enough.
+                if held_eval(&rcv).is_some_and(|e| held_evals.contains(&e)) {
+                    duplicates.push(rcv.receipt);
+                } else if i < room_left {
                     hide.push((rcv.receipt.clone(), HOLD));
                     self.held.push(Held { rcv, size, hidden_until });
                 } else {
@@ -611,6 +622,10 @@ impl PoolScheduler {
             }
             self.lineup.queues.change_visibility(&queue, &hide, false).await?;
             self.lineup.queues.change_visibility(&queue, &park, true).await?;
+            if !duplicates.is_empty() {
+                debug!(pool = %self.pool.pool_id, n = duplicates.len(), "duplicate messages of held evals deleted");
+                self.lineup.queues.delete(&queue, &duplicates).await?;
+            }
             if self.next_check <= tokio::time::Instant::now() {
                 self.next_check = tokio::time::Instant::now() + self.opts.recheck;
             }
