@@ -69,3 +69,59 @@ async fn sigterm_shuts_down_cleanly_and_state_survives() {
     // The admin token stayed the same across the restart (it was saved in the data dir).
     assert_eq!(app.admin.pools().await.unwrap().len(), 1);
 }
+
+/// Recovery is bounded: evals a scheduler held (blocked, hidden in memory) when the
+/// process was killed come back and are placed within 60 s of capacity appearing, on
+/// both backends (the bound: `HOLD`, then one long poll).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_evals_are_placed_within_a_minute_after_kill_9() {
+    recover_after_kill(&[], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_evals_are_placed_within_a_minute_after_kill_9_on_aws() {
+    use lineup_conformance::moto::{sdk_env, Moto};
+    let moto = Moto::shared();
+    let deployment = format!("k{}", &lineup_core::PoolId::generate().as_str()[8..]);
+    let mut env: Vec<(String, String)> = sdk_env(moto).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    env.push(("LINEUP_DEPLOYMENT".into(), deployment));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    recover_after_kill(&env, &["--backend", "aws", "--aws-endpoint", &moto.endpoint, "--init"]).await;
+}
+
+async fn recover_after_kill(env: &[(&str, &str)], args: &[&str]) {
+    let mut app = TestApp::spawn_with(env, args).await;
+    let pool = app.admin.create_pool(None).await.unwrap().pool_id;
+    app.admin.register_worker(&pool, 1).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(app.admin.submit_eval(&pool, &SubmitEval { size: 1, ..Default::default() }).await.unwrap().eval_id);
+    }
+    // One placed; some blocked and held (hidden) by the scheduler. (While it holds
+    // blocked evals and no capacity is free, it leaves the rest in the queue.)
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let evals = app.admin.evals(&pool, None, 100).await.unwrap();
+        let blocked = evals.iter().filter(|e| e.reason.as_deref().is_some_and(|r| r.contains("blocked"))).count();
+        let placed = evals.iter().filter(|e| e.status == "placed").count();
+        if placed == 1 && blocked >= 1 {
+            break;
+        }
+        let seen: Vec<_> = evals.iter().map(|e| (e.status.clone(), e.reason.clone())).collect();
+        assert!(std::time::Instant::now() < end, "not 1 placed and some held: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.kill();
+    app.start().await;
+    let appeared = std::time::Instant::now();
+    app.admin.register_worker(&pool, 100).await.unwrap();
+    wait_for_async(Duration::from_secs(60), || {
+        let (c, pool) = (app.admin.clone(), pool.clone());
+        async move {
+            let evals = c.evals(&pool, None, 100).await.ok()?;
+            (evals.iter().filter(|e| e.status == "placed").count() == 10).then_some(())
+        }
+    })
+    .await;
+    println!("all placed {:?} after capacity appeared", appeared.elapsed());
+}

@@ -29,7 +29,7 @@ pub use gateway::{
     MAX_POLL_WAIT,
 };
 pub use releaser::ReleaseSummary;
-pub use scheduler::{alloc_message, PassSummary, PoolScheduler, ScheduleSummary, SchedulerOptions};
+pub use scheduler::{alloc_message, PassSummary, PoolScheduler, ScheduleSummary, SchedulerOptions, HOLD};
 
 use crate::auth::{self, Principal};
 use crate::backend::{Queues, Store};

@@ -466,8 +466,12 @@ fn held_eval(rcv: &crate::backend::Received) -> Option<String> {
 /// The shortest time between two looks at the held evals prompted by new capacity.
 const RECHECK_MIN: Duration = Duration::from_millis(20);
 
-/// How long a held message stays hidden; extended at half-time, made visible at `release_held`.
-const HOLD: Duration = Duration::from_secs(300);
+/// How long a held message stays hidden; extended at half-time, made visible at
+/// `release_held`. It bounds recovery: if the scheduler holding it dies (`kill -9`, a
+/// Lambda timeout), the message is visible again within `HOLD`, and the next scheduler
+/// places it within one long poll of that (docs/ARCHITECTURE.md, "Recovery"). The price
+/// is one visibility change per 10 held messages every `HOLD / 2`.
+pub const HOLD: Duration = Duration::from_secs(30);
 
 /// A scheduler loop's state for one pool. Blocked evals are held here rather than
 /// re-received over and over: a stable pool with blocked evals costs one candidate read
