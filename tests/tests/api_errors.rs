@@ -26,13 +26,13 @@ async fn auth_401_and_403() {
     let other = format!("/v1/pools/{}/workers/{}/heartbeat", pool.pool_id, w2.worker_id);
     let (st, v) = app.raw(Method::POST, &other, Some(&t1), Some("{}")).await;
     assert_eq!((st, v["code"].as_str()), (403, Some("forbidden")));
-    for (m, path) in [
-        (Method::GET, "/v1/pools".to_string()),
-        (Method::POST, format!("/v1/pools/{}/evals", pool.pool_id)),
-        (Method::DELETE, format!("/v1/pools/{}", pool.pool_id)),
-        (Method::POST, format!("/v1/pools/{}/workers", pool.pool_id)),
+    for (m, path, body) in [
+        (Method::GET, "/v1/pools".to_string(), None),
+        (Method::POST, format!("/v1/pools/{}/evals", pool.pool_id), Some(r#"{"size":1}"#)),
+        (Method::DELETE, format!("/v1/pools/{}", pool.pool_id), None),
+        (Method::POST, format!("/v1/pools/{}/workers", pool.pool_id), Some(r#"{"capacity":1}"#)),
     ] {
-        let (st, _) = app.raw(m.clone(), &path, Some(&t1), Some(r#"{"size":1,"capacity":1}"#)).await;
+        let (st, _) = app.raw(m.clone(), &path, Some(&t1), body).await;
         assert_eq!(st, 403, "{m} {path}");
     }
     // A worker cannot complete another worker's alloc.
@@ -108,6 +108,19 @@ async fn malformed_and_out_of_range_input() {
         (Method::GET, "/v2/nothing".into(), None, 404, "not_found"),
         (Method::PUT, "/v1/pools".into(), None, 405, "method_not_allowed"),
         (Method::POST, "/ScheduleEval".into(), Some(r#"{"pool_id":"x","size":1}"#.into()), 400, "invalid_id"),
+        // A path segment that is not UTF-8 once decoded.
+        (Method::GET, "/v1/pools/%FF%FE".into(), None, 400, "invalid_path"),
+        (Method::GET, format!("{evals}/%C3%28"), None, 400, "invalid_path"),
+        // An array or a scalar where an object is expected (serde would read `[2]` as
+        // the fields in order).
+        (Method::POST, format!("/v1/pools/{}/workers", pool.pool_id), Some("[2]".into()), 400, "invalid_json"),
+        (Method::POST, evals.clone(), Some("7".into()), 400, "invalid_json"),
+        (Method::POST, evals.clone(), Some(r#""size""#.into()), 400, "invalid_json"),
+        // Unknown fields on /v1, named.
+        (Method::POST, evals.clone(), Some(r#"{"size":1,"sise":2}"#.into()), 400, "invalid_json"),
+        (Method::POST, "/v1/pools".into(), Some(r#"{"strategy":"spread","x":1}"#.into()), 400, "invalid_json"),
+        // The compat routes stay lenient about fields, not about JSON.
+        (Method::POST, "/CreatePool".into(), Some(r#"{"PoolID":"#.into()), 400, "invalid_json"),
     ];
     for (m, path, body, want, code) in cases {
         let (st, v) = app.raw(m.clone(), &path, t, body.as_deref()).await;
@@ -115,12 +128,27 @@ async fn malformed_and_out_of_range_input() {
         assert_eq!(v["code"].as_str(), Some(code), "{m} {path} → {v}");
         assert!(v["message"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
     }
+    let (st, v) = app.raw(Method::POST, &evals, t, Some(r#"{"size":1,"sise":2}"#)).await;
+    assert!(st == 400 && v["message"].as_str().unwrap().contains("sise"), "the unknown field is named: {v}");
+    // The compat route takes fields it does not know.
+    let (st, v) = app.raw(Method::POST, "/CreatePool", t, Some(r#"{"Anything":1}"#)).await;
+    assert_eq!(st, 200, "{v}");
+    // An idempotency key reused for a different eval: 409, nothing created.
+    let k = json!({"size": 1, "idempotency_key": "once"}).to_string();
+    assert_eq!(app.raw(Method::POST, &evals, t, Some(&k)).await.0, 202);
+    assert_eq!(app.raw(Method::POST, &evals, t, Some(&k)).await.0, 200, "the same request again: a replay");
+    let other = json!({"size": 2, "idempotency_key": "once"}).to_string();
+    let (st, v) = app.raw(Method::POST, &evals, t, Some(&other)).await;
+    assert_eq!((st, v["code"].as_str()), (409, Some("idempotency_mismatch")), "{v}");
+    let kept = app.admin.evals(&pool.pool_id, None, 100).await.unwrap();
+    assert_eq!(kept.len(), 1);
+    app.admin.cancel_eval(&pool.pool_id, &kept[0].eval_id).await.unwrap();
     // Body over 256 KiB: 413, as JSON.
     let big = json!({"size": 1, "payload": "x".repeat(300 * 1024)}).to_string();
     let (st, v) = app.raw(Method::POST, &evals, t, Some(&big)).await;
     assert_eq!((st, v["code"].as_str()), (413, Some("body_too_large")));
-    // Nothing was created by any of it, and the server is fine.
-    assert!(app.admin.evals(&pool.pool_id, None, 100).await.unwrap().is_empty());
+    // Nothing was created by any of it but the one keyed eval, and the server is fine.
+    assert_eq!(app.admin.evals(&pool.pool_id, None, 100).await.unwrap().len(), 1);
     let ok = app.admin.submit_eval(&pool.pool_id, &SubmitEval { size: 1, ..Default::default() }).await.unwrap();
     assert_eq!(ok.status, "queued");
 }

@@ -36,7 +36,8 @@ struct PoolOnly {
     pool_id: Option<String>,
 }
 
-async fn create_pool(State(l): State<Lineup>, Auth(who): Auth) -> CompatResult {
+/// Any fields (the Go client's), but JSON if there is a body at all.
+async fn create_pool(State(l): State<Lineup>, Auth(who): Auth, _body: JsonBody<serde_json::Value>) -> CompatResult {
     let p = l.create_pool(&who, Strategy::Spread).await?;
     Ok(Json(json!({ "pool_id": p.pool_id })))
 }

@@ -29,7 +29,9 @@ impl From<Error> for ApiError {
         let status = match &e {
             Error::Invalid { .. } => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::Disbanded(_) | Error::Conflict(_) | Error::QueueGone(_) => StatusCode::CONFLICT,
+            Error::Disbanded(_) | Error::Conflict(_) | Error::QueueGone(_) | Error::IdempotencyMismatch(_) => {
+                StatusCode::CONFLICT
+            }
             Error::Expired(_) => StatusCode::GONE,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,

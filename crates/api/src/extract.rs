@@ -70,9 +70,30 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             }
         })?;
         let slice: &[u8] = if bytes.iter().all(|b| b.is_ascii_whitespace()) { b"{}" } else { &bytes };
-        serde_json::from_slice(slice)
+        let value: serde_json::Value = serde_json::from_slice(slice)
+            .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))?;
+        // Checked before the fields: serde would read `[2]` as a struct's fields in order.
+        if !value.is_object() {
+            return Err(ApiError::bad_request("invalid_json", "the body must be a JSON object"));
+        }
+        T::deserialize(value)
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))
+    }
+}
+
+/// Path parameters of type `T`, with a JSON error when they don't parse (a segment that
+/// is not valid UTF-8 once percent-decoded, say).
+pub struct PathParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| PathParams(p.0))
+            .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::extract::{Auth, JsonBody, QueryParams};
+use crate::extract::{Auth, JsonBody, PathParams, QueryParams};
 use crate::views;
 
 type ApiResult = Result<Response, ApiError>;
@@ -38,6 +38,7 @@ fn ok(status: StatusCode, body: serde_json::Value) -> ApiResult {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CreatePool {
     strategy: Option<String>,
 }
@@ -53,12 +54,12 @@ async fn list_pools(State(l): State<Lineup>, Auth(who): Auth) -> ApiResult {
     ok(StatusCode::OK, json!({ "pools": pools }))
 }
 
-async fn get_pool(State(l): State<Lineup>, Auth(who): Auth, Path(pool): Path<String>) -> ApiResult {
+async fn get_pool(State(l): State<Lineup>, Auth(who): Auth, PathParams(pool): PathParams<String>) -> ApiResult {
     let (p, s) = l.pool(&who, &PoolId::parse(&pool)?).await?;
     ok(StatusCode::OK, views::pool(&p, &s))
 }
 
-async fn disband_pool(State(l): State<Lineup>, Auth(who): Auth, Path(pool): Path<String>) -> ApiResult {
+async fn disband_pool(State(l): State<Lineup>, Auth(who): Auth, PathParams(pool): PathParams<String>) -> ApiResult {
     let id = PoolId::parse(&pool)?;
     l.disband_pool(&who, &id).await?;
     let (p, s) = l.pool(&who, &id).await?;
@@ -66,6 +67,7 @@ async fn disband_pool(State(l): State<Lineup>, Auth(who): Auth, Path(pool): Path
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RegisterWorker {
     capacity: Option<i64>,
 }
@@ -73,7 +75,7 @@ struct RegisterWorker {
 async fn register_worker(
     State(l): State<Lineup>,
     Auth(who): Auth,
-    Path(pool): Path<String>,
+    PathParams(pool): PathParams<String>,
     JsonBody(b): JsonBody<RegisterWorker>,
 ) -> ApiResult {
     let pool = PoolId::parse(&pool)?;
@@ -85,7 +87,7 @@ async fn register_worker(
     ok(StatusCode::CREATED, body)
 }
 
-async fn list_workers(State(l): State<Lineup>, Auth(who): Auth, Path(pool): Path<String>) -> ApiResult {
+async fn list_workers(State(l): State<Lineup>, Auth(who): Auth, PathParams(pool): PathParams<String>) -> ApiResult {
     let ws: Vec<_> = l.workers(&who, &PoolId::parse(&pool)?).await?.iter().map(|w| views::worker(&l, w)).collect();
     ok(StatusCode::OK, json!({ "workers": ws }))
 }
@@ -104,13 +106,24 @@ pub(crate) fn heartbeat_request(b: HeartbeatBody) -> Result<HeartbeatRequest, Er
     Ok(HeartbeatRequest { datasets: b.datasets.unwrap_or_default(), allocs })
 }
 
+/// The `/v1` heartbeat body: as `HeartbeatBody`, but unknown fields are an error.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StrictHeartbeat {
+    #[serde(default)]
+    datasets: Option<Vec<String>>,
+    #[serde(default)]
+    allocs: Option<Vec<String>>,
+}
+
 async fn heartbeat(
     State(l): State<Lineup>,
     Auth(who): Auth,
-    Path((pool, worker)): Path<(String, String)>,
-    JsonBody(b): JsonBody<HeartbeatBody>,
+    PathParams((pool, worker)): PathParams<(String, String)>,
+    JsonBody(b): JsonBody<StrictHeartbeat>,
 ) -> ApiResult {
     let (pool, worker) = (PoolId::parse(&pool)?, WorkerId::parse(&worker)?);
+    let b = HeartbeatBody { datasets: b.datasets, allocs: b.allocs };
     let cancelled = l.heartbeat(&who, &pool, &worker, heartbeat_request(b)?).await?;
     ok(
         StatusCode::OK,
@@ -127,7 +140,7 @@ struct PollQuery {
 async fn poll(
     State(l): State<Lineup>,
     Auth(who): Auth,
-    Path((pool, worker)): Path<(String, String)>,
+    PathParams((pool, worker)): PathParams<(String, String)>,
     QueryParams(q): QueryParams<PollQuery>,
 ) -> ApiResult {
     let (pool, worker) = (PoolId::parse(&pool)?, WorkerId::parse(&worker)?);
@@ -137,6 +150,7 @@ async fn poll(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SubmitEval {
     size: Option<i64>,
     dataset: Option<String>,
@@ -147,7 +161,7 @@ struct SubmitEval {
 async fn submit_eval(
     State(l): State<Lineup>,
     Auth(who): Auth,
-    Path(pool): Path<String>,
+    PathParams(pool): PathParams<String>,
     JsonBody(b): JsonBody<SubmitEval>,
 ) -> ApiResult {
     let pool = PoolId::parse(&pool)?;
@@ -180,7 +194,7 @@ struct ListQuery {
 async fn list_evals(
     State(l): State<Lineup>,
     Auth(who): Auth,
-    Path(pool): Path<String>,
+    PathParams(pool): PathParams<String>,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> ApiResult {
     let status = q.status.as_deref().map(EvalStatus::parse).transpose()?;
@@ -192,7 +206,7 @@ async fn list_evals(
 async fn dead_letters(
     State(l): State<Lineup>,
     Auth(who): Auth,
-    Path(pool): Path<String>,
+    PathParams(pool): PathParams<String>,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> ApiResult {
     let pool = PoolId::parse(&pool)?;
@@ -201,7 +215,11 @@ async fn dead_letters(
     ok(StatusCode::OK, json!({ "evals": evals }))
 }
 
-async fn get_eval(State(l): State<Lineup>, Auth(who): Auth, Path((pool, eval)): Path<(String, String)>) -> ApiResult {
+async fn get_eval(
+    State(l): State<Lineup>,
+    Auth(who): Auth,
+    PathParams((pool, eval)): PathParams<(String, String)>,
+) -> ApiResult {
     let e = l.eval(&who, &PoolId::parse(&pool)?, &EvalId::parse(&eval)?).await?;
     ok(StatusCode::OK, views::eval(&e))
 }
@@ -209,7 +227,7 @@ async fn get_eval(State(l): State<Lineup>, Auth(who): Auth, Path((pool, eval)): 
 async fn cancel_eval(
     State(l): State<Lineup>,
     Auth(who): Auth,
-    Path((pool, eval)): Path<(String, String)>,
+    PathParams((pool, eval)): PathParams<(String, String)>,
 ) -> ApiResult {
     match l.cancel_eval(&who, &PoolId::parse(&pool)?, &EvalId::parse(&eval)?).await? {
         CancelOutcome::Cancelled(e) => ok(StatusCode::ACCEPTED, views::eval(&e)),
@@ -229,6 +247,7 @@ async fn cancel_eval(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CompleteBody {
     exit_code: Option<i32>,
     output: Option<String>,
@@ -237,7 +256,7 @@ struct CompleteBody {
 async fn complete_alloc(
     State(l): State<Lineup>,
     Auth(who): Auth,
-    Path((pool, alloc)): Path<(String, String)>,
+    PathParams((pool, alloc)): PathParams<(String, String)>,
     JsonBody(b): JsonBody<CompleteBody>,
 ) -> ApiResult {
     let finish = Finish::Complete { exit_code: b.exit_code.unwrap_or(0), output: b.output };
@@ -245,6 +264,7 @@ async fn complete_alloc(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FailBody {
     reason: Option<String>,
 }
@@ -252,7 +272,7 @@ struct FailBody {
 async fn fail_alloc(
     State(l): State<Lineup>,
     Auth(who): Auth,
-    Path((pool, alloc)): Path<(String, String)>,
+    PathParams((pool, alloc)): PathParams<(String, String)>,
     JsonBody(b): JsonBody<FailBody>,
 ) -> ApiResult {
     let finish = Finish::Fail { reason: b.reason.unwrap_or_else(|| "failed by the worker".into()) };

@@ -300,6 +300,10 @@ pub async fn service_idempotency(b: Backend) {
     assert_eq!(first.eval.eval_id, again.eval.eval_id);
     let (_, stats) = l.pool(&ADMIN, &pool.pool_id).await.unwrap();
     assert_eq!(stats.queued, 1);
+    // The key reused for another eval: refused, nothing created.
+    let other = NewEval { size: 2, ..mk() };
+    assert!(matches!(l.submit_eval(&ADMIN, &pool.pool_id, other).await, Err(Error::IdempotencyMismatch(_))));
+    assert_eq!(l.pool(&ADMIN, &pool.pool_id).await.unwrap().1.queued, 1);
 }
 
 pub async fn service_disband_in_flight(b: Backend) {

@@ -28,6 +28,11 @@ pub enum Error {
     #[error("conflict: {0}")]
     Conflict(String),
 
+    /// An idempotency key reused with a different request (HTTP 409): the eval it
+    /// names was submitted with other values.
+    #[error("idempotency key {0} was used for a different eval; use a new key")]
+    IdempotencyMismatch(String),
+
     /// Missing or wrong credentials (HTTP 401).
     #[error("missing or invalid token")]
     Unauthorized,
@@ -66,6 +71,7 @@ impl Error {
             Error::Disbanded(_) => "pool_disbanded",
             Error::Expired(_) => "worker_expired",
             Error::Conflict(_) => "conflict",
+            Error::IdempotencyMismatch(_) => "idempotency_mismatch",
             Error::Unauthorized => "unauthorized",
             Error::Forbidden(_) => "forbidden",
             Error::QueueGone(_) => "queue_gone",

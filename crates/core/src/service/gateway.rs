@@ -26,7 +26,18 @@ pub struct HeartbeatRequest {
     pub allocs: Vec<AllocId>,
 }
 
+/// The eval an idempotency key named, if it was submitted with the same values; a
+/// key reused for something else is the caller's mistake, not a replay.
+fn same_submission(existing: Eval, new: &NewEval) -> Result<SubmitOutcome> {
+    if existing.size == new.size && existing.dataset == new.dataset && existing.payload == new.payload {
+        Ok(SubmitOutcome { eval: existing, created: false })
+    } else {
+        Err(Error::IdempotencyMismatch(existing.idempotency_key.clone().unwrap_or_default()))
+    }
+}
+
 /// A validated eval submission.
+#[derive(Clone)]
 pub struct NewEval {
     pub size: u32,
     pub dataset: Option<String>,
@@ -262,9 +273,11 @@ impl Lineup {
         require_admin(who)?;
         if let Some(key) = &new.idempotency_key {
             if let Some(eval) = self.store.find_eval_by_key(pool, key).await? {
-                return Ok(SubmitOutcome { eval, created: false });
+                return same_submission(eval, &new);
             }
         }
+        // Kept to compare with an eval that claims the key first (a race); only with a key.
+        let asked = new.idempotency_key.is_some().then(|| new.clone());
         let now = self.now();
         let eval = Eval::queued(pool.clone(), new.size, new.dataset, new.payload, new.idempotency_key, now);
         // Message first (see service/mod.rs): if the insert never happens, the
@@ -291,7 +304,10 @@ impl Lineup {
                 debug!(pool = %pool, eval = %eval.eval_id, size = eval.size, "eval queued");
                 Ok(SubmitOutcome { eval, created: true })
             }
-            Some(existing) => Ok(SubmitOutcome { eval: existing, created: false }),
+            Some(existing) => match &asked {
+                Some(asked) => same_submission(existing, asked),
+                None => Ok(SubmitOutcome { eval: existing, created: false }),
+            },
         }
     }
 
