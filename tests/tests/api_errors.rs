@@ -152,3 +152,35 @@ async fn malformed_and_out_of_range_input() {
     let ok = app.admin.submit_eval(&pool.pool_id, &SubmitEval { size: 1, ..Default::default() }).await.unwrap();
     assert_eq!(ok.status, "queued");
 }
+
+/// Headers: too many get a JSON 431; a client that never finishes its headers is
+/// disconnected (it does not hold a connection forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_limits() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn().await;
+    let addr = app.endpoint.trim_start_matches("http://").to_owned();
+
+    let mut req = String::from("GET /v1/pools HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for i in 0..150 {
+        req.push_str(&format!("X-Filler-{i}: y\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    assert!(out.contains("application/json") && out.contains("\"code\":\"too_many_headers\""), "{out}");
+
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(30), s.read(&mut buf)).await;
+    let n = read.expect("the server never closed a connection whose headers never came");
+    assert!(matches!(n, Ok(0) | Err(_)) || String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 408"), "{n:?}");
+    println!("closed after {:?}", started.elapsed());
+    // And the server still serves.
+    assert!(app.admin.health().await.is_ok());
+}

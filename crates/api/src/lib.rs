@@ -25,6 +25,9 @@ pub use error::ApiError;
 /// Largest request body accepted; larger gets 413.
 pub const MAX_BODY: usize = 256 * 1024;
 
+/// Most headers a request may carry; more gets a JSON 431.
+pub const MAX_HEADERS: usize = 100;
+
 /// The whole API over `lineup`.
 pub fn router(lineup: Lineup) -> Router {
     let api = v1::routes()
@@ -34,8 +37,22 @@ pub fn router(lineup: Lineup) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     api.layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(limit_headers))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(lineup)
+}
+
+async fn limit_headers(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if req.headers().len() > MAX_HEADERS {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too_many_headers",
+            format!("at most {MAX_HEADERS} headers"),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// The span every request's log lines carry: method and path, with the token of a

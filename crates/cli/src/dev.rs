@@ -119,22 +119,17 @@ pub async fn run(settings: Settings, opts: DevOptions) -> Result<(), CliError> {
 
     let mut server_stop = stop_rx.clone();
     let app = lineup_api::router(lineup.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                stopped(&mut server_stop).await;
-            })
-            .await
-    });
+    let server = tokio::spawn(crate::serve::serve(listener, app, async move {
+        stopped(&mut server_stop).await;
+    }));
 
     shutdown_signal().await;
     info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = sched.await;
     let _ = rel.await;
-    match tokio::time::timeout(Duration::from_secs(25), server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => warn!(error = %e, "server stopped with an error"),
+    match tokio::time::timeout(Duration::from_secs(30), server).await {
+        Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %e, "server task failed"),
         // Long polls may still be open; they end with the process.
         Err(_) => warn!("server did not drain in time"),
