@@ -201,6 +201,79 @@ impl AwsBackend {
         }
     }
 
+    /// A heartbeat's alloc renewals: each `ttl` moved on if the alloc is this worker's,
+    /// live, not flagged to stop and its lease has not run out. One `UpdateItem` for a
+    /// single alloc; otherwise 100 to a transaction (a constant number of calls for up
+    /// to `MAX_ALLOCS_PER_HEARTBEAT`), where a cancellation names every alloc that failed
+    /// its condition: those are the ones to stop, and the rest are renewed in a retry.
+    async fn extend_allocs(&self, hb: &Heartbeat) -> Result<Vec<AllocId>> {
+        let mut listed = hb.allocs.clone();
+        listed.sort();
+        listed.dedup();
+        let extend = |a: &AllocId| {
+            Update::builder()
+                .table_name(&self.tables.allocs)
+                .set_key(Some(key(&hb.pool, Some(("alloc", a.as_str())))))
+                .update_expression("SET #t = :t, #e = :t")
+                .condition_expression("#w = :w AND #st = :live AND #stop = :no AND #t > :now")
+                .set_expression_attribute_names(names(&[
+                    ("#t", "ttl"),
+                    ("#e", "exp"),
+                    ("#w", "wrk"),
+                    ("#st", "state"),
+                    ("#stop", "stop"),
+                ]))
+                .expression_attribute_values(":t", n(hb.alloc_ttl))
+                .expression_attribute_values(":w", s(hb.worker.as_str()))
+                .expression_attribute_values(":live", s("live"))
+                .expression_attribute_values(":no", aws_sdk_dynamodb::types::AttributeValue::Bool(false))
+                .expression_attribute_values(":now", n(hb.now))
+        };
+        let mut stop = Vec::new();
+        if let [only] = listed.as_slice() {
+            let u = extend(only);
+            let r = self
+                .ddb
+                .update_item()
+                .table_name(&self.tables.allocs)
+                .set_key(u.get_key().clone())
+                .set_update_expression(u.get_update_expression().clone())
+                .set_condition_expression(u.get_condition_expression().clone())
+                .set_expression_attribute_names(u.get_expression_attribute_names().clone())
+                .set_expression_attribute_values(u.get_expression_attribute_values().clone())
+                .send()
+                .await;
+            return match r {
+                Ok(_) => Ok(stop),
+                Err(e) if ccf(&e) => Ok(vec![only.clone()]),
+                Err(e) => Err(sdk_err("extend alloc", e)),
+            };
+        }
+        for chunk in listed.chunks(100) {
+            let mut pending: Vec<&AllocId> = chunk.iter().collect();
+            while !pending.is_empty() {
+                let items = pending
+                    .iter()
+                    .map(|a| Ok(TransactWriteItem::builder().update(build(extend(a).build())?).build()))
+                    .collect::<Result<Vec<_>>>()?;
+                match self.transact(items, "extend allocs").await {
+                    Ok(()) => break,
+                    Err(TxError::Cancelled(reasons)) => {
+                        let failed: Vec<usize> = (0..pending.len()).filter(|i| TxError::failed(&reasons, *i)).collect();
+                        if failed.is_empty() {
+                            return Err(Error::Conflict("renewing allocs kept conflicting; try again".into()));
+                        }
+                        for i in failed.into_iter().rev() {
+                            stop.push(pending.remove(i).clone());
+                        }
+                    }
+                    Err(TxError::Other(e)) => return Err(e),
+                }
+            }
+        }
+        Ok(stop)
+    }
+
     /// `NotFound` or `Disbanded`, after a check that the pool is active failed.
     async fn pool_not_active(&self, pool: &PoolId) -> Error {
         match self.get_pool(pool).await {
@@ -513,36 +586,7 @@ impl Store for AwsBackend {
             }
             self.batch_write(&self.tables.replicas, reqs).await?;
         }
-        let mut stop = Vec::new();
-        for a in &hb.allocs {
-            let r = self
-                .ddb
-                .update_item()
-                .table_name(&self.tables.allocs)
-                .set_key(Some(key(&hb.pool, Some(("alloc", a.as_str())))))
-                .update_expression("SET #t = :t, #e = :t")
-                .condition_expression("#w = :w AND #st = :live AND #stop = :no AND #t > :now")
-                .set_expression_attribute_names(names(&[
-                    ("#t", "ttl"),
-                    ("#e", "exp"),
-                    ("#w", "wrk"),
-                    ("#st", "state"),
-                    ("#stop", "stop"),
-                ]))
-                .expression_attribute_values(":t", n(hb.alloc_ttl))
-                .expression_attribute_values(":w", s(hb.worker.as_str()))
-                .expression_attribute_values(":live", s("live"))
-                .expression_attribute_values(":no", aws_sdk_dynamodb::types::AttributeValue::Bool(false))
-                .expression_attribute_values(":now", n(hb.now))
-                .send()
-                .await;
-            match r {
-                Ok(_) => {}
-                Err(e) if ccf(&e) => stop.push(a.clone()),
-                Err(e) => return Err(sdk_err("extend alloc", e)),
-            }
-        }
-        Ok(stop)
+        self.extend_allocs(hb).await
     }
 
     async fn replicas(&self, pool: &PoolId, datasets: &[String], now: Millis) -> Result<Vec<Replica>> {

@@ -78,3 +78,33 @@ async fn calls_per_placement() {
         "one transaction per placement, no lost claims"
     );
 }
+
+/// A heartbeat's cost is bounded: 150 listed allocs are renewed in 2 transactions (100
+/// each), not 230 writes; a worker token cannot spend more than that per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_renews_allocs_in_batches() {
+    use lineup_conformance::{alloc_for, eval_rec, hb, placed, pool_rec, worker_rec, T0};
+    use lineup_core::Store;
+    let prefix = format!("hb{}", lineup_core::PoolId::generate());
+    let b = lineup_aws::AwsBackend::for_emulator(&lineup_conformance::moto::Moto::shared().endpoint, &prefix).await;
+    lineup_aws::create_tables(b.dynamodb(), b.tables()).await.unwrap();
+    let now = T0;
+    let p = pool_rec(lineup_core::Strategy::Spread);
+    b.create_pool(&p).await.unwrap();
+    let w = worker_rec(&p.pool_id, 300, now + 60_000);
+    b.register_worker(&w).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..150 {
+        let e = eval_rec(&p.pool_id, 1);
+        b.insert_eval(&e).await.unwrap();
+        let a = alloc_for(&e, &w, now + 1_000);
+        b.place(&a, &placed(&e, &a), 1, now).await.unwrap();
+        ids.push(a.alloc_id);
+    }
+    b.calls().reset();
+    let stop = b.heartbeat(&hb(&p.pool_id, &w.worker_id, now + 500, &[], &ids)).await.unwrap();
+    assert!(stop.is_empty());
+    let calls = b.calls().snapshot();
+    assert_eq!(calls.get("DynamoDB.TransactWriteItems"), Some(&2), "{calls:?}");
+    assert!(b.calls().total() <= 3, "{calls:?}");
+}

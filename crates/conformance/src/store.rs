@@ -158,6 +158,35 @@ pub async fn store_heartbeat(b: Backend) {
     ));
 }
 
+/// A heartbeat listing many allocs (as many as a busy worker runs) renews the live ones
+/// and reports exactly the rest: released, unknown, listed twice or not.
+pub async fn store_heartbeat_many_allocs(b: Backend) {
+    let s = &b.store;
+    let (p, w) = setup(&b, 300).await;
+    let mut allocs = Vec::new();
+    for _ in 0..150 {
+        let e = eval_rec(&p.pool_id, 1);
+        s.insert_eval(&e).await.unwrap();
+        let a = alloc_for(&e, &w, T0 + 1_000);
+        s.place(&a, &placed(&e, &a), 1, T0).await.unwrap();
+        allocs.push(a);
+    }
+    for a in &allocs[..3] {
+        s.release(a, None, None).await.unwrap();
+    }
+    let unknown = [AllocId::generate(), AllocId::generate()];
+    let mut listed: Vec<AllocId> = allocs.iter().map(|a| a.alloc_id.clone()).chain(unknown.clone()).collect();
+    listed.push(allocs[10].alloc_id.clone());
+    let mut stop = s.heartbeat(&hb(&p.pool_id, &w.worker_id, T0 + 500, &[], &listed)).await.unwrap();
+    stop.sort();
+    let mut want: Vec<AllocId> = allocs[..3].iter().map(|a| a.alloc_id.clone()).chain(unknown).collect();
+    want.sort();
+    assert_eq!(stop, want);
+    for a in &allocs[3..] {
+        assert_eq!(s.get_alloc(&p.pool_id, &a.alloc_id).await.unwrap().unwrap().ttl, T0 + 500 + 30_000);
+    }
+}
+
 pub async fn store_place_is_atomic(b: Backend) {
     let s = &b.store;
     let (p, w) = setup(&b, 5).await;

@@ -13,7 +13,10 @@ pub type Millis = i64;
 pub const MAX_SIZE: u32 = 1_000_000;
 pub const MAX_DATASET_LEN: usize = 256;
 pub const MAX_DATASETS_PER_HEARTBEAT: usize = 1_000;
-pub const MAX_ALLOCS_PER_HEARTBEAT: usize = 10_000;
+/// Allocs one heartbeat may list. On DynamoDB they are renewed 100 to a transaction, so a
+/// heartbeat costs at most 10 transactions (and one retry each for those that list a
+/// lost alloc), whatever a worker token sends.
+pub const MAX_ALLOCS_PER_HEARTBEAT: usize = 1_000;
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
 pub const MAX_REASON_BYTES: usize = 4 * 1024;
