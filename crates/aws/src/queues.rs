@@ -79,6 +79,28 @@ impl Queues for AwsBackend {
         Ok(url)
     }
 
+    async fn depth(&self, name: &str) -> Result<Option<u64>> {
+        let url = self.url(name).await?;
+        let attrs = [
+            QueueAttributeName::ApproximateNumberOfMessages,
+            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+        ];
+        let r = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .set_attribute_names(Some(attrs.to_vec()))
+            .send()
+            .await
+            .map_err(|e| map_err(name, "queue depth", e))?;
+        let total = attrs
+            .iter()
+            .filter_map(|a| r.attributes().and_then(|m| m.get(a)).and_then(|v| v.parse::<u64>().ok()))
+            .sum();
+        Ok(Some(total))
+    }
+
     async fn delete_queue(&self, name: &str) -> Result<()> {
         let url = match self.url(name).await {
             Ok(u) => u,

@@ -134,7 +134,16 @@ fn iam_policies_name_only_the_deployments_resources() {
                 "dynamodb:BatchWriteItem",
             ],
         ),
-        ("ReleaseRole", vec!["sqs:DeleteQueue", "sqs:SendMessage", "dynamodb:BatchWriteItem", "dynamodb:DeleteItem"]),
+        (
+            "ReleaseRole",
+            vec![
+                "sqs:DeleteQueue",
+                "sqs:SendMessage",
+                "sqs:GetQueueAttributes",
+                "dynamodb:BatchWriteItem",
+                "dynamodb:DeleteItem",
+            ],
+        ),
         (
             "ScheduleRole",
             vec![

@@ -48,7 +48,8 @@ macro_rules! conformance_tests {
             service_original_story, service_locality_and_strategies, service_retry_then_dead,
             service_expired_worker_evals_move, service_redelivered_message_placed_once,
             service_concurrent_schedulers, service_cancel, service_idempotency, service_disband_in_flight,
-            service_blocked_reason_and_wake, service_complete_twice, service_held_evals_placed_when_capacity_appears
+            service_blocked_reason_and_wake, service_complete_twice, service_held_evals_placed_when_capacity_appears,
+            service_stranded_evals_get_their_message_back
         );
     };
     (@each $factory:path; $($name:ident),* $(,)?) => {

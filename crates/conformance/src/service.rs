@@ -418,3 +418,50 @@ pub async fn service_held_evals_placed_when_capacity_appears(b: Backend) {
     assert_eq!(ps.step(Duration::from_secs(1)).await.unwrap().placed, 0);
     assert_capacity_conserved(l.store.as_ref(), &pool.pool_id).await;
 }
+
+/// No eval is stranded: when a pool queue loses its messages (an operator's purge,
+/// SQS's retention), the releaser re-sends them; an eval waiting for a week gets its
+/// message again before the retention could drop it; and the duplicates this makes are
+/// never placed twice.
+pub async fn service_stranded_evals_get_their_message_back(b: Backend) {
+    use lineup_core::service::{RECONCILE_EVERY_MS, RESEND_AFTER_MS};
+    let (l, clock) = lineup(&b);
+    let pool = pool_with(&l, Strategy::Spread).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(l.submit_eval(&ADMIN, &pool.pool_id, new_eval(1, None)).await.unwrap().eval.eval_id);
+    }
+    // Purge the pool queue, as an operator might.
+    let q = l.settings.pool_queue(&pool.pool_id);
+    let mut purged = 0;
+    while purged < 5 {
+        let got = b.queues.receive(&q, 10, Duration::from_secs(1), Duration::from_secs(300)).await.unwrap();
+        assert!(!got.is_empty(), "only {purged} messages to purge");
+        b.queues.delete(&q, &got.iter().map(|m| m.receipt.clone()).collect::<Vec<_>>()).await.unwrap();
+        purged += got.len();
+    }
+    // Not at once (a message may be in flight for a moment), but within the next round.
+    assert_eq!(l.release_pass().await.unwrap().messages_resent, 0);
+    clock.advance_secs((RECONCILE_EVERY_MS / 1000 + 1) as u64);
+    assert_eq!(l.release_pass().await.unwrap().messages_resent, 5);
+    // Now the queue holds them: nothing more until a week has passed.
+    clock.advance_secs((RECONCILE_EVERY_MS / 1000 + 1) as u64);
+    assert_eq!(l.release_pass().await.unwrap().messages_resent, 0);
+    clock.advance_secs((RESEND_AFTER_MS / 1000) as u64);
+    assert_eq!(l.release_pass().await.unwrap().messages_resent, 5, "a week old: re-sent before retention ends");
+
+    // Two messages per eval now; each eval is placed once.
+    let w = worker(&l, &pool, 10).await.worker.worker_id;
+    schedule_until(&l, &pool, Duration::from_secs(20), |s| s.placed == 5).await;
+    let allocs = poll_n(&l, &pool, &w, 5).await;
+    let placed: std::collections::HashSet<_> = allocs.iter().map(|a| a.eval_id.clone()).collect();
+    assert_eq!(placed.len(), 5);
+    for _ in 0..3 {
+        assert_eq!(l.schedule_pass(&pool, &fast_opts()).await.unwrap().placed, 0, "a duplicate placed");
+    }
+    for id in &ids {
+        let e = l.eval(&ADMIN, &pool.pool_id, id).await.unwrap();
+        assert_eq!((e.status, e.attempt), (EvalStatus::Placed, 1));
+    }
+    assert_capacity_conserved(l.store.as_ref(), &pool.pool_id).await;
+}

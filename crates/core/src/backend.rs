@@ -213,6 +213,12 @@ pub trait Queues: Send + Sync + 'static {
     /// where the backend has one). `parked` marks them as waiting for capacity, so that
     /// `wake` can bring them back early. Stale receipts are ignored.
     async fn change_visibility(&self, name: &str, changes: &[(String, Duration)], parked: bool) -> Result<()>;
+    /// How many messages the queue holds, visible, in flight and delayed (approximate on
+    /// SQS); `None` where the backend cannot tell. The reconciler compares it with the
+    /// evals waiting on the queue.
+    async fn depth(&self, _name: &str) -> Result<Option<u64>> {
+        Ok(None)
+    }
     /// Makes parked messages visible now, where the backend can (new capacity appeared).
     /// SQS cannot; the default does nothing and the backoff bounds the wait.
     async fn wake(&self, _name: &str) -> Result<()> {

@@ -259,6 +259,15 @@ impl Queues for SqliteBackend {
         Ok(())
     }
 
+    async fn depth(&self, name: &str) -> Result<Option<u64>> {
+        let conn = self.conn();
+        let n: i64 = conn
+            .prepare_cached("SELECT COUNT(*) FROM messages WHERE queue=?1")
+            .and_then(|mut st| st.query_row([name], |r| r.get(0)))
+            .map_err(db("count messages"))?;
+        Ok(Some(n as u64))
+    }
+
     async fn wake(&self, name: &str) -> Result<()> {
         // Most wakes find nothing parked: look first on the read connection, so that
         // they cost no write.

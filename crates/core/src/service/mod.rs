@@ -17,6 +17,7 @@
 mod backoff;
 mod finish;
 mod gateway;
+mod reconcile;
 mod releaser;
 mod scheduler;
 
@@ -28,6 +29,7 @@ pub use gateway::{
     CancelOutcome, FinishOutcome, HeartbeatRequest, NewEval, RegisteredWorker, SubmitOutcome, MAX_POLL_BATCH,
     MAX_POLL_WAIT,
 };
+pub use reconcile::{RECONCILE_EVERY_MS, RESEND_AFTER_MS, RESEND_GRACE_MS};
 pub use releaser::ReleaseSummary;
 pub use scheduler::{alloc_message, PassSummary, PoolScheduler, ScheduleSummary, SchedulerOptions, HOLD};
 
@@ -54,6 +56,8 @@ pub struct Lineup {
     /// at its next recheck. Other processes (Lambda) rely on the recheck.
     capacity_epoch: Arc<AtomicU64>,
     capacity_notify: Arc<tokio::sync::Notify>,
+    /// When each pool was last reconciled by this process (`reconcile.rs`).
+    reconciled: Arc<std::sync::Mutex<std::collections::HashMap<PoolId, crate::Millis>>>,
 }
 
 impl Lineup {
@@ -85,6 +89,7 @@ impl Lineup {
             pools_changed: Arc::new(tokio::sync::Notify::new()),
             capacity_epoch: Arc::new(AtomicU64::new(0)),
             capacity_notify: Arc::new(tokio::sync::Notify::new()),
+            reconciled: Arc::default(),
         }
     }
 

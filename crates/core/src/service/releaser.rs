@@ -18,6 +18,8 @@ pub struct ReleaseSummary {
     pub workers_removed: usize,
     pub replicas_removed: u64,
     pub pools_purged: usize,
+    /// Messages of waiting evals re-sent by the reconciler (`reconcile.rs`).
+    pub messages_resent: usize,
     /// Pools whose release failed part-way (counted in `errors` too).
     pub pools_failed: usize,
     pub errors: usize,
@@ -31,6 +33,7 @@ impl ReleaseSummary {
         self.workers_removed += o.workers_removed;
         self.replicas_removed += o.replicas_removed;
         self.pools_purged += o.pools_purged;
+        self.messages_resent += o.messages_resent;
         self.pools_failed += o.pools_failed;
         self.errors += o.errors;
     }
@@ -142,6 +145,9 @@ impl Lineup {
         }
 
         sum.replicas_removed += self.store.delete_expired_replicas(id, now).await?;
+        if pool.status == PoolStatus::Active && self.reconcile_due(pool, now) {
+            sum.messages_resent += self.reconcile_pool(pool, now).await?;
+        }
         Ok(())
     }
 }
