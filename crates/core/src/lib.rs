@@ -13,6 +13,7 @@ pub mod backend;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod faults;
 pub mod id;
 pub mod model;
 pub mod placement;

@@ -67,7 +67,7 @@ impl Lineup {
             if let Some(e) = new_eval.as_mut().filter(|e| e.status == EvalStatus::Failed) {
                 let msg = EvalMessage { eval_id: e.eval_id.clone(), attempt: e.attempt };
                 match self.send_eval_message(&alloc.pool_id, &msg).await {
-                    Ok(()) => {}
+                    Ok(()) => crate::fault!("finish.after_send"),
                     Err(Error::QueueGone(_)) => {
                         // The pool was disbanded: nothing will run it again.
                         e.status = EvalStatus::Cancelled;
@@ -82,6 +82,7 @@ impl Lineup {
             let write = new_eval.as_ref().zip(expected);
             match self.store.release(&alloc, write, expired_by).await {
                 Ok(()) => {
+                    crate::fault!("finish.after_release");
                     let status = new_eval.as_ref().map(|e| e.status);
                     info!(pool = %alloc.pool_id, alloc = %alloc.alloc_id, eval = %alloc.eval_id,
                           worker = %alloc.worker_id, size = alloc.size, ?status, "alloc released");

@@ -108,6 +108,7 @@ impl Lineup {
     pub async fn disband_pool(&self, who: &Principal, pool: &PoolId) -> Result<Pool> {
         require_admin(who)?;
         let p = self.store.disband_pool(pool, self.now()).await?;
+        crate::fault!("disband.after_mark");
         self.queues.delete_queue(&self.pool_queue(pool)).await?;
         for e in self.store.unfinished_evals(pool).await? {
             if let Err(err) = self.cancel_loop(e, "pool disbanded").await {
@@ -246,6 +247,7 @@ impl Lineup {
             }
             Err(e) => return Err(e),
         };
+        crate::fault!("poll.after_receive");
         let mut out = Vec::with_capacity(got.len());
         let mut receipts = Vec::with_capacity(got.len());
         for m in got {
@@ -288,7 +290,10 @@ impl Lineup {
         let inserted = match self.store.insert_eval_with_message(&eval, &self.pool_queue(pool), &body).await {
             Some(done) => done,
             None => match self.queues.send(&self.pool_queue(pool), &[body]).await {
-                Ok(()) => self.store.insert_eval(&eval).await,
+                Ok(()) => {
+                    crate::fault!("submit.after_send");
+                    self.store.insert_eval(&eval).await
+                }
                 Err(e) => Err(e),
             },
         };

@@ -108,6 +108,7 @@ impl Lineup {
         }
 
         for alloc in self.store.expired_allocs(id, now).await? {
+            crate::fault!("release.before_expire");
             let (a, e) = (alloc.alloc_id.clone(), alloc.eval_id.clone());
             match self.expire(alloc, "alloc expired: no heartbeat listed it in time", now).await {
                 Ok((Finished::Released(_), _)) => sum.allocs_released += 1,

@@ -226,6 +226,7 @@ impl Lineup {
                 }
             }
         };
+        crate::fault!("place.after_claim");
         for ((Placement { alloc, body, .. }, (idx, rcv, eval, holders)), result) in
             plan.into_iter().zip(planned).zip(results)
         {
@@ -289,6 +290,7 @@ impl Lineup {
                 Err(e) => return Err(e),
             }
         }
+        crate::fault!("deliver.after_send");
         if !to_delete.is_empty() {
             self.queues.delete(&queue, &to_delete).await?;
         }
