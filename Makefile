@@ -10,7 +10,7 @@ VENV := .venv
 PY_PACKAGES := 'moto[dynamodb,sqs,cloudformation]==5.2.5' flask flask-cors cfn-lint==1.58.0
 VENV_STAMP := $(VENV)/.installed-$(shell echo "$(PY_PACKAGES)" | cksum | cut -d' ' -f1)
 
-.PHONY: build run test test-all e2e bench lint fmt clean venv lambda
+.PHONY: build run test test-all e2e bench lint fmt clean venv lambda soak
 CARGO_LAMBDA_VERSION := 1.9.2
 
 $(VENV_STAMP):
@@ -56,6 +56,19 @@ e2e: $(VENV_STAMP)
 
 # `make test` already runs the e2e tests; kept for habit.
 test-all: test
+
+# Longer fault-injected runs than make test's: the overlapping schedulers and releasers
+# with SOAK_EVALS evals, and the whole conformance suite, under moto's fault mode, once
+# per seed in SOAK_SEEDS (docs/RELIABILITY.md has the last results).
+SOAK_SEEDS ?= 1 2 3 4 5
+SOAK_EVALS ?= 500
+soak: $(VENV_STAMP)
+	for seed in $(SOAK_SEEDS); do \
+		echo "== seed $$seed"; \
+		LINEUP_FAULT_SEED=$$seed $(CARGO) test -q -p lineup-aws --test faults || exit 1; \
+		LINEUP_FAULT_SEED=$$seed LINEUP_SOAK_EVALS=$(SOAK_EVALS) $(CARGO) test -q -p lineup-aws \
+			--test races -- --nocapture injected || exit 1; \
+	done
 
 # Figures, not assertions: the release `lineup dev` driven over HTTP, and the AWS call
 # counts over moto (docs/BENCHMARKS.md). BENCH_ARGS: e.g. --only drain,latency.

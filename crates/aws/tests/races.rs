@@ -29,7 +29,9 @@ async fn two_schedulers_two_releasers_500_evals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_schedulers_two_releasers_under_injected_faults() {
     let moto = Moto::faulty();
-    race(moto, 120).await;
+    // `make soak` runs it bigger, over several fault seeds.
+    let evals = std::env::var("LINEUP_SOAK_EVALS").ok().and_then(|n| n.parse().ok()).unwrap_or(120);
+    race(moto, evals).await;
     let injected = moto.injected();
     println!("faults injected: {injected:?}");
     for kind in ["conflict", "throttle", "500", "lost", "sqs-lost"] {
