@@ -65,7 +65,7 @@ SOAK_EVALS ?= 500
 soak: $(VENV_STAMP)
 	for seed in $(SOAK_SEEDS); do \
 		echo "== seed $$seed"; \
-		LINEUP_FAULT_SEED=$$seed $(CARGO) test -q -p lineup-aws --test faults || exit 1; \
+		LINEUP_FAULT_SEED=$$seed $(CARGO) test -q -p lineup-aws --test faults --test crash || exit 1; \
 		LINEUP_FAULT_SEED=$$seed LINEUP_SOAK_EVALS=$(SOAK_EVALS) $(CARGO) test -q -p lineup-aws \
 			--test races -- --nocapture injected || exit 1; \
 	done

@@ -83,7 +83,7 @@ async fn calls_per_placement() {
 /// each), not 230 writes; a worker token cannot spend more than that per request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heartbeat_renews_allocs_in_batches() {
-    use lineup_conformance::{alloc_for, eval_rec, hb, placed, pool_rec, worker_rec, T0};
+    use lineup_conformance::{hb, place_new, pool_rec, worker_rec, T0};
     use lineup_core::Store;
     let prefix = format!("hb{}", lineup_core::PoolId::generate());
     let b = lineup_aws::AwsBackend::for_emulator(&lineup_conformance::moto::Moto::shared().endpoint, &prefix).await;
@@ -95,11 +95,7 @@ async fn a_heartbeat_renews_allocs_in_batches() {
     b.register_worker(&w).await.unwrap();
     let mut ids = Vec::new();
     for _ in 0..150 {
-        let e = eval_rec(&p.pool_id, 1);
-        b.insert_eval(&e).await.unwrap();
-        let a = alloc_for(&e, &w, now + 1_000);
-        b.place(&a, &placed(&e, &a), 1, now).await.unwrap();
-        ids.push(a.alloc_id);
+        ids.push(place_new(&b, &p.pool_id, &w, 1, now + 1_000).await.1.alloc_id);
     }
     b.calls().reset();
     let stop = b.heartbeat(&hb(&p.pool_id, &w.worker_id, now + 500, &[], &ids)).await.unwrap();

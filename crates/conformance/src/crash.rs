@@ -4,6 +4,10 @@
 //! drains the pool. Whatever the point: capacity is conserved on every worker, every
 //! accepted eval ends in exactly one terminal state, and no eval is placed twice for
 //! one attempt.
+//!
+//! Fault points are armed process-wide, so this test must run in a test binary of its
+//! own (`crates/sqlite/tests/crash.rs`, `crates/aws/tests/crash.rs`), never beside the
+//! rest of the suite, whose steps would hit the armed point.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

@@ -51,7 +51,7 @@ macro_rules! conformance_tests {
             service_expired_worker_evals_move, service_redelivered_message_placed_once,
             service_concurrent_schedulers, service_cancel, service_idempotency, service_disband_in_flight,
             service_blocked_reason_and_wake, service_complete_twice, service_held_evals_placed_when_capacity_appears,
-            service_stranded_evals_get_their_message_back, service_crash_at_every_step
+            service_stranded_evals_get_their_message_back
         );
     };
     (@each $factory:path; $($name:ident),* $(,)?) => {

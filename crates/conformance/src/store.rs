@@ -53,6 +53,15 @@ pub fn placed(e: &Eval, a: &Alloc) -> Eval {
     n
 }
 
+/// A new eval of `size`, placed on `w` by a fresh alloc expiring at `ttl`.
+pub async fn place_new(s: &dyn Store, pool: &PoolId, w: &Worker, size: u32, ttl: Millis) -> (Eval, Alloc) {
+    let e = eval_rec(pool, size);
+    s.insert_eval(&e).await.unwrap();
+    let a = alloc_for(&e, w, ttl);
+    s.place(&a, &placed(&e, &a), 1, T0).await.unwrap();
+    (e, a)
+}
+
 async fn setup(b: &Backend, capacity: u32) -> (Pool, Worker) {
     let p = pool_rec(Strategy::Spread);
     b.store.create_pool(&p).await.unwrap();
@@ -165,11 +174,7 @@ pub async fn store_heartbeat_many_allocs(b: Backend) {
     let (p, w) = setup(&b, 300).await;
     let mut allocs = Vec::new();
     for _ in 0..150 {
-        let e = eval_rec(&p.pool_id, 1);
-        s.insert_eval(&e).await.unwrap();
-        let a = alloc_for(&e, &w, T0 + 1_000);
-        s.place(&a, &placed(&e, &a), 1, T0).await.unwrap();
-        allocs.push(a);
+        allocs.push(place_new(s.as_ref(), &p.pool_id, &w, 1, T0 + 1_000).await.1);
     }
     for a in &allocs[..3] {
         s.release(a, None, None).await.unwrap();
@@ -408,10 +413,7 @@ pub async fn store_release_returns_capacity_once(b: Backend) {
 pub async fn store_lease_decided_once(b: Backend) {
     let s = &b.store;
     let (p, w) = setup(&b, 5).await;
-    let e = eval_rec(&p.pool_id, 2);
-    s.insert_eval(&e).await.unwrap();
-    let a = alloc_for(&e, &w, T0 + 1_000);
-    s.place(&a, &placed(&e, &a), 1, T0).await.unwrap();
+    let (_, a) = place_new(s.as_ref(), &p.pool_id, &w, 2, T0 + 1_000).await;
 
     // The releaser read it expired at T0+1000; a heartbeat renewed it just before
     // (at T0+999, when the lease was still valid): the expiry does not land.
@@ -438,10 +440,7 @@ pub async fn store_lease_decided_once(b: Backend) {
 pub async fn store_release_without_worker(b: Backend) {
     let s = &b.store;
     let (p, w) = setup(&b, 5).await;
-    let e = eval_rec(&p.pool_id, 2);
-    s.insert_eval(&e).await.unwrap();
-    let a = alloc_for(&e, &w, T0 + 1_000);
-    s.place(&a, &placed(&e, &a), 1, T0).await.unwrap();
+    let (_, a) = place_new(s.as_ref(), &p.pool_id, &w, 2, T0 + 1_000).await;
     s.delete_worker(&p.pool_id, &w.worker_id).await.unwrap();
     // The worker is gone: release must still succeed, or it would fail forever.
     s.release(&a, None, None).await.unwrap();
