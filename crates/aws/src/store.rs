@@ -745,7 +745,8 @@ impl Store for AwsBackend {
     }
 
     async fn update_eval(&self, e: &Eval, expected: u64) -> Result<()> {
-        self.ddb
+        let r = self
+            .ddb
             .put_item()
             .table_name(&self.tables.evals)
             .set_item(Some(to_item(&EvalItem::from(e))?))
@@ -753,11 +754,17 @@ impl Store for AwsBackend {
             .expression_attribute_names("#v", "version")
             .expression_attribute_values(":v", n(expected))
             .send()
-            .await
-            .map_err(
-                |err| if ccf(&err) { Error::Conflict("eval changed".into()) } else { sdk_err("update eval", err) },
-            )?;
-        Ok(())
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            // The SDK retried a put whose first response was lost after it was applied:
+            // if the stored eval is this very write, it succeeded.
+            Err(err) if ccf(&err) => match self.get_eval(&e.pool_id, &e.eval_id).await? {
+                Some(stored) if stored == *e => Ok(()),
+                _ => Err(Error::Conflict("eval changed".into())),
+            },
+            Err(err) => Err(sdk_err("update eval", err)),
+        }
     }
 
     async fn get_alloc(&self, pool: &PoolId, alloc: &AllocId) -> Result<Option<Alloc>> {

@@ -264,7 +264,9 @@ pub async fn service_cancel(b: Backend) {
     assert_eq!(c.status, EvalStatus::Cancelled);
     let w = worker(&l, &pool, 4).await.worker.worker_id;
     let s = l.schedule_pass(&pool, &fast_opts()).await.unwrap();
-    assert_eq!((s.placed, s.dropped), (0, 1), "a cancelled eval is never placed");
+    // One message, or two when the submit's send was retried after a lost response.
+    assert_eq!(s.placed, 0, "a cancelled eval is never placed");
+    assert!(s.dropped >= 1, "its message is dropped: {s:?}");
 
     let e = l.submit_eval(&ADMIN, &pool.pool_id, new_eval(3, None)).await.unwrap().eval;
     schedule_until(&l, &pool, Duration::from_secs(10), |s| s.placed == 1).await;
@@ -346,7 +348,9 @@ pub async fn service_blocked_reason_and_wake(b: Backend) {
     let pool = pool_with(&l, Strategy::Spread).await;
     worker(&l, &pool, 2).await;
     let e = l.submit_eval(&ADMIN, &pool.pool_id, new_eval(5, None)).await.unwrap().eval;
-    schedule_until(&l, &pool, Duration::from_secs(10), |s| s.blocked == 1).await;
+    // At least once: a submit whose send was retried after a lost response leaves two
+    // messages, both blocked.
+    schedule_until(&l, &pool, Duration::from_secs(10), |s| s.blocked >= 1).await;
     let got = l.eval(&ADMIN, &pool.pool_id, &e.eval_id).await.unwrap();
     assert_eq!(got.status, EvalStatus::Queued);
     let reason = got.reason.unwrap_or_default();

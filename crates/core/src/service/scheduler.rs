@@ -613,13 +613,16 @@ impl PoolScheduler {
             let mut park = Vec::new();
             let mut duplicates = Vec::new();
             let hidden_until = tokio::time::Instant::now() + HOLD;
-            let held_evals: HashSet<String> = self.held.iter().filter_map(|h| held_eval(&h.rcv)).collect();
+            let mut held_evals: HashSet<String> = self.held.iter().filter_map(|h| held_eval(&h.rcv)).collect();
             for (i, (rcv, size)) in p.blocked.into_iter().enumerate() {
                 // A second message for an eval already held (a send retried after its
-                // response was lost, SQS delivering twice): the one held is enough.
-                if held_eval(&rcv).is_some_and(|e| held_evals.contains(&e)) {
+                // response was lost, SQS delivering twice), earlier or in this very
+                // batch: the one held is enough.
+                let eval = held_eval(&rcv);
+                if eval.as_ref().is_some_and(|e| held_evals.contains(e)) {
                     duplicates.push(rcv.receipt);
                 } else if i < room_left {
+                    held_evals.extend(eval);
                     hide.push((rcv.receipt.clone(), HOLD));
                     self.held.push(Held { rcv, size, hidden_until });
                 } else {
