@@ -105,6 +105,7 @@ async fn schedule_eval(State(l): State<Lineup>, Auth(who): Auth, JsonBody(b): Js
         size,
         dataset: validate::optional_dataset(b.dataset_id.as_deref())?,
         payload: None,
+        priority: Priority::DEFAULT,
         idempotency_key: None,
     };
     let out = l.submit_eval(&who, &pool, new).await?;

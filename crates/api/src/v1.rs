@@ -155,6 +155,7 @@ struct SubmitEval {
     size: Option<i64>,
     dataset: Option<String>,
     payload: Option<serde_json::Value>,
+    priority: Option<i64>,
     idempotency_key: Option<String>,
 }
 
@@ -170,6 +171,7 @@ async fn submit_eval(
         size: validate::size(size)?,
         dataset: validate::optional_dataset(b.dataset.as_deref())?,
         payload: b.payload.filter(|p| !p.is_null()),
+        priority: b.priority.map(Priority::new).transpose()?.unwrap_or_default(),
         idempotency_key: b.idempotency_key.as_deref().map(validate::idempotency_key).transpose()?,
     };
     let out = l.submit_eval(&who, &pool, new).await?;

@@ -43,6 +43,7 @@ pub fn eval(e: &Eval) -> Value {
         "size": e.size,
         "dataset": e.dataset,
         "payload": e.payload,
+        "priority": e.priority,
         "attempts": e.attempt,
         "worker_id": e.worker_id,
         "alloc_id": e.alloc_id,

@@ -204,6 +204,9 @@ pub struct EvalItem {
     /// The payload as JSON text: exact, whatever its shape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<String>,
+    /// Absent on items written before priorities existed: the default.
+    #[serde(default)]
+    pub priority: Priority,
     pub status: EvalStatus,
     pub attempt: u32,
     pub version: u64,
@@ -237,6 +240,7 @@ impl From<&Eval> for EvalItem {
             size: e.size,
             dataset: e.dataset.clone(),
             payload: e.payload.as_ref().map(|p| p.to_string()),
+            priority: e.priority,
             status: e.status,
             attempt: e.attempt,
             version: e.version,
@@ -267,6 +271,7 @@ impl TryFrom<EvalItem> for Eval {
             size: e.size,
             dataset: e.dataset,
             payload,
+            priority: e.priority,
             status: e.status,
             attempt: e.attempt,
             version: e.version,

@@ -156,6 +156,9 @@ enum EvalCmd {
         payload: Option<String>,
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// 0–100, default 50: among waiting evals that fit, higher is placed first.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+        priority: Option<u8>,
         /// Wait until the eval is complete, dead or cancelled; exit non-zero unless it completed with 0.
         #[arg(long)]
         wait: bool,
@@ -352,7 +355,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Cmd::Eval(e) => {
             let c = client(&cli)?;
             match e {
-                EvalCmd::Submit { pool, size, dataset, payload, idempotency_key, wait, timeout } => {
+                EvalCmd::Submit { pool, size, dataset, payload, idempotency_key, priority, wait, timeout } => {
                     let payload = payload
                         .as_deref()
                         .map(serde_json::from_str)
@@ -362,6 +365,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                         size: *size,
                         dataset: dataset.clone(),
                         payload,
+                        priority: *priority,
                         idempotency_key: idempotency_key.clone(),
                     };
                     let sub = c.submit_eval(pool, &req).await?;

@@ -107,6 +107,8 @@ pub struct SubmitEval {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
 }
 

@@ -17,6 +17,7 @@ use lineup_core::backend::Heartbeat;
 use lineup_core::service::{Finish, HeartbeatRequest, NewEval, SchedulerOptions};
 use lineup_core::*;
 
+mod admission;
 mod crash;
 pub mod deployment;
 pub mod moto;
@@ -24,6 +25,7 @@ mod queues;
 mod service;
 mod store;
 
+pub use admission::*;
 pub use crash::*;
 pub use queues::*;
 pub use service::*;
@@ -51,7 +53,8 @@ macro_rules! conformance_tests {
             service_expired_worker_evals_move, service_redelivered_message_placed_once,
             service_concurrent_schedulers, service_cancel, service_idempotency, service_disband_in_flight,
             service_blocked_reason_and_wake, service_complete_twice, service_held_evals_placed_when_capacity_appears,
-            service_stranded_evals_get_their_message_back
+            service_stranded_evals_get_their_message_back,
+            admission_priority_jumps_the_backlog
         );
     };
     (@each $factory:path; $($name:ident),* $(,)?) => {
@@ -87,7 +90,13 @@ pub fn fast_opts() -> SchedulerOptions {
 pub const ADMIN: Principal = Principal::Admin;
 
 pub fn new_eval(size: u32, dataset: Option<&str>) -> NewEval {
-    NewEval { size, dataset: dataset.map(str::to_owned), payload: None, idempotency_key: None }
+    NewEval {
+        size,
+        dataset: dataset.map(str::to_owned),
+        payload: None,
+        priority: Priority::DEFAULT,
+        idempotency_key: None,
+    }
 }
 
 /// Asserts the capacity invariant for every worker of `pool`: free plus the sizes of

@@ -12,21 +12,21 @@ use crate::*;
 
 const POLL: Duration = Duration::from_millis(500);
 
-async fn pool_with(l: &Lineup, strategy: Strategy) -> Pool {
+pub(crate) async fn pool_with(l: &Lineup, strategy: Strategy) -> Pool {
     l.init().await.unwrap();
     l.create_pool(&ADMIN, strategy).await.unwrap()
 }
 
-async fn worker(l: &Lineup, pool: &Pool, capacity: u32) -> lineup_core::service::RegisteredWorker {
+pub(crate) async fn worker(l: &Lineup, pool: &Pool, capacity: u32) -> lineup_core::service::RegisteredWorker {
     l.register_worker(&ADMIN, &pool.pool_id, capacity).await.unwrap()
 }
 
-async fn free_of(l: &Lineup, pool: &Pool, w: &WorkerId) -> u32 {
+pub(crate) async fn free_of(l: &Lineup, pool: &Pool, w: &WorkerId) -> u32 {
     l.store.get_worker(&pool.pool_id, w).await.unwrap().unwrap().free
 }
 
 /// Polls `w`'s queue until `n` allocs arrived.
-async fn poll_n(l: &Lineup, pool: &Pool, w: &WorkerId, n: usize) -> Vec<AllocMessage> {
+pub(crate) async fn poll_n(l: &Lineup, pool: &Pool, w: &WorkerId, n: usize) -> Vec<AllocMessage> {
     let mut out = Vec::new();
     let end = tokio::time::Instant::now() + Duration::from_secs(20);
     while out.len() < n {
@@ -183,7 +183,7 @@ pub async fn service_redelivered_message_placed_once(b: Backend) {
     let w = worker(&l, &pool, 10).await.worker.worker_id;
     let e = l.submit_eval(&ADMIN, &pool.pool_id, new_eval(2, None)).await.unwrap().eval;
     // The same message again, as SQS may deliver it twice.
-    let body = serde_json::to_string(&EvalMessage { eval_id: e.eval_id.clone(), attempt: 1 }).unwrap();
+    let body = serde_json::to_string(&EvalMessage::of(&e)).unwrap();
     b.queues.send(&l.settings.pool_queue(&pool.pool_id), &[body]).await.unwrap();
     schedule_until(&l, &pool, Duration::from_secs(10), |s| s.received >= 2).await;
     assert_eq!(l.store.live_allocs(&pool.pool_id, None).await.unwrap().len(), 1, "placed once");
@@ -294,6 +294,7 @@ pub async fn service_idempotency(b: Backend) {
         size: 1,
         dataset: None,
         payload: Some(serde_json::json!({"x": 1})),
+        priority: Priority::DEFAULT,
         idempotency_key: Some("job-42".into()),
     };
     let first = l.submit_eval(&ADMIN, &pool.pool_id, mk()).await.unwrap();

@@ -26,7 +26,7 @@ pub fn worker_rec(pool: &PoolId, capacity: u32, ttl: Millis) -> Worker {
 
 pub fn eval_rec(pool: &PoolId, size: u32) -> Eval {
     let payload = serde_json::json!({"cmd": ["echo", "hi"], "n": 1});
-    Eval::queued(pool.clone(), size, None, Some(payload), None, T0)
+    Eval::queued(pool.clone(), size, None, Some(payload), Priority::DEFAULT, None, T0)
 }
 
 pub fn alloc_for(e: &Eval, w: &Worker, ttl: Millis) -> Alloc {

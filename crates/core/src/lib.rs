@@ -17,6 +17,7 @@ pub mod faults;
 pub mod id;
 pub mod model;
 pub mod placement;
+pub mod plan;
 pub mod service;
 pub mod validate;
 

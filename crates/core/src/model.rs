@@ -21,6 +21,39 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
 pub const MAX_REASON_BYTES: usize = 4 * 1024;
 
+/// An eval's priority, 0–100 (default 50): among waiting evals that fit, higher is
+/// placed first; equal priorities keep arrival order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Priority(u8);
+
+impl Priority {
+    pub const MAX: u8 = 100;
+    pub const DEFAULT: Priority = Priority(50);
+
+    pub fn new(n: i64) -> Result<Self> {
+        u8::try_from(n).ok().filter(|n| *n <= Self::MAX).map(Priority).ok_or_else(|| {
+            Error::invalid("invalid_priority", format!("priority must be between 0 and {}, got {n}", Self::MAX))
+        })
+    }
+
+    pub fn get(self) -> u8 {
+        self.0
+    }
+}
+
+impl Default for Priority {
+    fn default() -> Self {
+        Priority::DEFAULT
+    }
+}
+
+impl std::fmt::Display for Priority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Strategy {
@@ -184,6 +217,9 @@ pub struct Eval {
     pub size: u32,
     pub dataset: Option<String>,
     pub payload: Option<serde_json::Value>,
+    /// Records written before priorities existed read as the default.
+    #[serde(default)]
+    pub priority: Priority,
     pub status: EvalStatus,
     /// 1 for the first placement attempt; each retry adds one.
     pub attempt: u32,
@@ -206,6 +242,7 @@ impl Eval {
         size: u32,
         dataset: Option<String>,
         payload: Option<serde_json::Value>,
+        priority: Priority,
         idempotency_key: Option<String>,
         now: Millis,
     ) -> Eval {
@@ -215,6 +252,7 @@ impl Eval {
             size,
             dataset,
             payload,
+            priority,
             status: EvalStatus::Queued,
             attempt: 1,
             version: 1,
@@ -261,6 +299,24 @@ pub struct Alloc {
 pub struct EvalMessage {
     pub eval_id: EvalId,
     pub attempt: u32,
+    /// Copies of the eval's priority and size, so a scheduler holding blocked messages
+    /// can order and budget them without reading their evals. Hints only: the eval
+    /// record decides. Messages sent before they existed read as the defaults.
+    #[serde(default)]
+    pub priority: Priority,
+    #[serde(default = "one")]
+    pub size: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl EvalMessage {
+    /// The message that asks for `eval`'s current attempt.
+    pub fn of(eval: &Eval) -> EvalMessage {
+        EvalMessage { eval_id: eval.eval_id.clone(), attempt: eval.attempt, priority: eval.priority, size: eval.size }
+    }
 }
 
 /// The body of a message in a worker's queue: everything the worker needs to run it.

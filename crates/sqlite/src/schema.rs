@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS evals (
     idempotency_key TEXT,
     created_at      INTEGER NOT NULL,
     updated_at      INTEGER NOT NULL,
+    priority        INTEGER NOT NULL DEFAULT 50,
     PRIMARY KEY (pool_id, eval_id)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS evals_key ON evals (pool_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
@@ -95,6 +96,23 @@ CREATE INDEX IF NOT EXISTS messages_visible ON messages (queue, visible_at, id);
 CREATE INDEX IF NOT EXISTS messages_parked ON messages (queue) WHERE parked = 1;
 "#;
 
+/// Columns added after the first release, for data directories made before them:
+/// (table, column, definition).
+const ADDED: &[(&str, &str, &str)] = &[("evals", "priority", "INTEGER NOT NULL DEFAULT 50")];
+
 pub fn create(conn: &Connection) -> Result<(), Error> {
-    conn.execute_batch(SCHEMA).map_err(|e| Error::backend("create schema", e))
+    conn.execute_batch(SCHEMA).map_err(|e| Error::backend("create schema", e))?;
+    for (table, column, def) in ADDED {
+        let exists: bool = conn
+            .query_row(&format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"), [column], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n > 0)
+            .map_err(|e| Error::backend("read schema", e))?;
+        if !exists {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {def}"))
+                .map_err(|e| Error::backend("add column", e))?;
+        }
+    }
+    Ok(())
 }

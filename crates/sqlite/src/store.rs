@@ -12,7 +12,7 @@ use crate::{db, SqliteBackend};
 const POOL_COLS: &str = "pool_id, strategy, status, created_at, disbanded_at";
 const WORKER_COLS: &str = "pool_id, worker_id, capacity, free, ttl, token_hash, queue, created_at";
 const EVAL_COLS: &str = "pool_id, eval_id, size, dataset, payload, status, attempt, version, worker_id, alloc_id, \
-                         exit_code, output, reason, idempotency_key, created_at, updated_at";
+                         exit_code, output, reason, idempotency_key, created_at, updated_at, priority";
 const ALLOC_COLS: &str = "pool_id, alloc_id, worker_id, eval_id, size, attempt, ttl, state, stop, created_at";
 
 /// Reads a column that must hold a valid id; a bad one means a corrupt row.
@@ -78,6 +78,7 @@ fn eval_row(row: &Row) -> rusqlite::Result<Eval> {
         idempotency_key: row.get(13)?,
         created_at: row.get(14)?,
         updated_at: row.get(15)?,
+        priority: Priority::new(row.get(16)?).map_err(|e| bad(16, e.to_string()))?,
     })
 }
 
@@ -105,7 +106,7 @@ fn payload_text(e: &Eval) -> Option<String> {
     e.payload.as_ref().map(|p| p.to_string())
 }
 
-/// An eval's values in `EVAL_COLS` order, for `?1`..`?16`.
+/// An eval's values in `EVAL_COLS` order, for `?1`..`?17`.
 fn eval_values(e: &Eval) -> Vec<rusqlite::types::Value> {
     use rusqlite::types::Value;
     let opt = |v: Option<String>| v.map(Value::Text).unwrap_or(Value::Null);
@@ -126,11 +127,13 @@ fn eval_values(e: &Eval) -> Vec<rusqlite::types::Value> {
         opt(e.idempotency_key.clone()),
         Value::Integer(e.created_at),
         Value::Integer(e.updated_at),
+        Value::Integer(e.priority.get().into()),
     ]
 }
 
-/// Writes every field of `e` if its stored version is `expected` (`?17`); false if not.
-/// Idempotency key and creation time (`?14`, `?15`) never change and go unused.
+/// Writes every field of `e` if its stored version is `expected` (`?18`); false if not.
+/// Idempotency key, creation time and priority (`?14`, `?15`, `?17`) never change and
+/// go unused.
 fn update_eval_tx(tx: &Connection, e: &Eval, expected: u64) -> rusqlite::Result<bool> {
     let mut values = eval_values(e);
     values.push(rusqlite::types::Value::Integer(expected as i64));
@@ -138,7 +141,7 @@ fn update_eval_tx(tx: &Connection, e: &Eval, expected: u64) -> rusqlite::Result<
         .prepare_cached(
             "UPDATE evals SET size=?3, dataset=?4, payload=?5, status=?6, attempt=?7, version=?8, worker_id=?9,
                 alloc_id=?10, exit_code=?11, output=?12, reason=?13, updated_at=?16
-         WHERE pool_id=?1 AND eval_id=?2 AND version=?17",
+         WHERE pool_id=?1 AND eval_id=?2 AND version=?18",
         )?
         .execute(params_from_iter(values))?;
     Ok(n == 1)
@@ -161,7 +164,7 @@ fn insert_eval_job(tx: &Connection, e: &Eval) -> Result<Option<Eval>> {
         }
     }
     tx.prepare_cached(&format!(
-        "INSERT INTO evals ({EVAL_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)"
+        "INSERT INTO evals ({EVAL_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)"
     ))
     .and_then(|mut st| st.execute(params_from_iter(eval_values(e))))
     .map_err(db("insert eval"))?;

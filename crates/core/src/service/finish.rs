@@ -65,7 +65,7 @@ impl Lineup {
 
             // Re-queue before the write that makes the eval waiting (see service/mod.rs).
             if let Some(e) = new_eval.as_mut().filter(|e| e.status == EvalStatus::Failed) {
-                let msg = EvalMessage { eval_id: e.eval_id.clone(), attempt: e.attempt };
+                let msg = EvalMessage::of(e);
                 match self.send_eval_message(&alloc.pool_id, &msg).await {
                     Ok(()) => crate::fault!("finish.after_send"),
                     Err(Error::QueueGone(_)) => {

@@ -29,7 +29,11 @@ pub struct HeartbeatRequest {
 /// The eval an idempotency key named, if it was submitted with the same values; a
 /// key reused for something else is the caller's mistake, not a replay.
 fn same_submission(existing: Eval, new: &NewEval) -> Result<SubmitOutcome> {
-    if existing.size == new.size && existing.dataset == new.dataset && existing.payload == new.payload {
+    if existing.size == new.size
+        && existing.dataset == new.dataset
+        && existing.payload == new.payload
+        && existing.priority == new.priority
+    {
         Ok(SubmitOutcome { eval: existing, created: false })
     } else {
         Err(Error::IdempotencyMismatch(existing.idempotency_key.clone().unwrap_or_default()))
@@ -42,6 +46,7 @@ pub struct NewEval {
     pub size: u32,
     pub dataset: Option<String>,
     pub payload: Option<serde_json::Value>,
+    pub priority: Priority,
     pub idempotency_key: Option<String>,
 }
 
@@ -281,10 +286,11 @@ impl Lineup {
         // Kept to compare with an eval that claims the key first (a race); only with a key.
         let asked = new.idempotency_key.is_some().then(|| new.clone());
         let now = self.now();
-        let eval = Eval::queued(pool.clone(), new.size, new.dataset, new.payload, new.idempotency_key, now);
+        let eval =
+            Eval::queued(pool.clone(), new.size, new.dataset, new.payload, new.priority, new.idempotency_key, now);
         // Message first (see service/mod.rs): if the insert never happens, the
         // scheduler drops the orphan message; the caller was never told "accepted".
-        let msg = EvalMessage { eval_id: eval.eval_id.clone(), attempt: 1 };
+        let msg = EvalMessage::of(&eval);
         let body = serde_json::to_string(&msg).map_err(|e| Error::backend("encode eval message", e))?;
         // No pool read first: the queue and the insert's own check say if it is gone.
         let inserted = match self.store.insert_eval_with_message(&eval, &self.pool_queue(pool), &body).await {

@@ -67,7 +67,7 @@ impl Lineup {
         for chunk in resend.chunks(10) {
             let bodies = chunk
                 .iter()
-                .map(|e| serde_json::to_string(&EvalMessage { eval_id: e.eval_id.clone(), attempt: e.attempt }))
+                .map(|e| serde_json::to_string(&EvalMessage::of(e)))
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(|e| crate::Error::backend("encode eval message", e))?;
             // Message first, as everywhere: then the write that records it.

@@ -1,0 +1,127 @@
+//! The planner: a batch of waiting evals and a snapshot of the pool in, a `Plan` out.
+//! Pure (no I/O, no clock, no randomness), as Nomad's scheduler is: the service reads
+//! the snapshot, asks for a plan, and a backend commits it (`service/scheduler/commit.rs`),
+//! each placement atomically and conditioned on what the snapshot assumed. A plan built
+//! on a stale snapshot loses some claims; it never breaks an invariant.
+//!
+//! Order: higher priority first; equal priorities by arrival (creation time, then id,
+//! which starts with the time). Each eval goes through admission (the pool's limit on
+//! allocs running at once, if any) and then placement (`placement::best`); each choice
+//! takes its size off the local view, so one batch never overfills a worker or a limit.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use crate::id::WorkerId;
+use crate::model::{Eval, Millis, Strategy};
+use crate::placement::{self, Candidate};
+
+/// Why an eval waits. Typed until the API or the eval record renders it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Blocked {
+    /// No live worker has room for it.
+    Capacity(placement::Blocked),
+    /// The pool's `max_running` (scaled by its health) is reached.
+    Limit(Limit),
+    /// Claims on workers that looked free kept losing races to other schedulers.
+    Contended,
+}
+
+impl fmt::Display for Blocked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Blocked::Capacity(b) => b.fmt(f),
+            Blocked::Limit(l) => l.fmt(f),
+            Blocked::Contended => write!(f, "blocked: capacity claims kept losing races; will retry"),
+        }
+    }
+}
+
+impl From<placement::Blocked> for Blocked {
+    fn from(b: placement::Blocked) -> Self {
+        Blocked::Capacity(b)
+    }
+}
+
+/// A pool's admission limit as the snapshot saw it: at most `limit` allocs live at
+/// once, `running` of them live now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    pub running: u32,
+    pub limit: u32,
+    pub max_running: u32,
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "capped: {} running of max_running {}", self.running, self.max_running)
+    }
+}
+
+/// What the planner knows of the pool.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub strategy: Strategy,
+    pub now: Millis,
+    /// Live workers with room (and perhaps some without: they count for the reason).
+    pub candidates: Vec<Candidate>,
+    /// For each dataset the batch asks for, the workers holding a live replica.
+    pub holders: HashMap<String, HashSet<WorkerId>>,
+    /// The pool's admission limit, if it has one.
+    pub limit: Option<Limit>,
+}
+
+/// One placement: `batch[item]` goes to `candidates[worker]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Planned {
+    pub item: usize,
+    pub worker: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// In the order they should be committed: highest priority first.
+    pub placements: Vec<Planned>,
+    /// Indices into the batch, with why each waits.
+    pub blocked: Vec<(usize, Blocked)>,
+}
+
+/// The order in which `batch` is considered: indices, highest priority first, then
+/// oldest first.
+pub fn order(batch: &[&Eval]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..batch.len()).collect();
+    idx.sort_by(|&a, &b| {
+        let (a, b) = (batch[a], batch[b]);
+        b.priority.cmp(&a.priority).then(a.created_at.cmp(&b.created_at)).then(a.eval_id.cmp(&b.eval_id))
+    });
+    idx
+}
+
+/// Plans `batch` against `snap`, taking each placement's size (and one running slot)
+/// off the snapshot, which then describes the pool as the plan leaves it.
+pub fn plan(batch: &[&Eval], snap: &mut Snapshot) -> Plan {
+    let mut out = Plan::default();
+    let none = HashSet::new();
+    for i in order(batch) {
+        let eval = batch[i];
+        if let Some(l) = snap.limit.as_ref().filter(|l| l.running >= l.limit) {
+            out.blocked.push((i, Blocked::Limit(l.clone())));
+            continue;
+        }
+        let holders = eval.dataset.as_ref().and_then(|d| snap.holders.get(d)).unwrap_or(&none);
+        match placement::best(eval.size, holders, &snap.candidates, snap.strategy, snap.now) {
+            Ok(w) => {
+                snap.candidates[w].free -= eval.size;
+                if let Some(l) = snap.limit.as_mut() {
+                    l.running += 1;
+                }
+                out.placements.push(Planned { item: i, worker: w });
+            }
+            Err(why) => out.blocked.push((i, why.into())),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

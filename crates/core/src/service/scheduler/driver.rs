@@ -1,0 +1,141 @@
+//! The driver: one `PoolScheduler` per active pool until a deadline, the pool list
+//! read again as it goes. `lineup dev` runs its own supervisor over the same
+//! `PoolScheduler`; the `schedule` function calls `schedule_until`.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use tracing::warn;
+
+use super::{PassSummary, PoolScheduler, SchedulerOptions};
+use crate::error::Result;
+use crate::id::PoolId;
+use crate::model::{Pool, PoolStatus};
+use crate::service::Lineup;
+
+/// What `schedule_until` did, summed over its pools.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ScheduleSummary {
+    pub pools: usize,
+    pub passes: usize,
+    pub received: usize,
+    pub placed: usize,
+    pub blocked: usize,
+    pub dropped: usize,
+    pub deferred: usize,
+    pub errors: usize,
+}
+
+impl ScheduleSummary {
+    fn add_pass(&mut self, p: &PassSummary) {
+        self.passes += 1;
+        self.received += p.received;
+        self.placed += p.placed;
+        self.blocked += p.blocked;
+        self.dropped += p.dropped;
+        self.deferred += p.deferred;
+    }
+
+    fn merge(&mut self, o: &ScheduleSummary) {
+        self.passes += o.passes;
+        self.received += o.received;
+        self.placed += o.placed;
+        self.blocked += o.blocked;
+        self.dropped += o.dropped;
+        self.deferred += o.deferred;
+        self.errors += o.errors;
+    }
+}
+
+impl Lineup {
+    /// Schedules every active pool concurrently until `deadline` (the schedule Lambda
+    /// passes its own deadline minus a safety margin). No pass starts a long poll that
+    /// would outlast the deadline. Overlapping calls are safe.
+    ///
+    /// The pool list is read again every `opts.pool_refresh`: one invocation runs for
+    /// most of a minute, and a pool created meanwhile should not wait for the next.
+    pub async fn schedule_until(
+        &self,
+        deadline: tokio::time::Instant,
+        opts: &SchedulerOptions,
+    ) -> Result<ScheduleSummary> {
+        let mut sum = ScheduleSummary::default();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut started: HashSet<PoolId> = HashSet::new();
+        let mut first = true;
+        loop {
+            match self.store.list_pools().await {
+                Ok(pools) => {
+                    for pool in pools.into_iter().filter(|p| p.status == PoolStatus::Active) {
+                        if started.insert(pool.pool_id.clone()) {
+                            sum.pools += 1;
+                            tasks.spawn(self.clone().schedule_pool_until(pool, deadline, opts.clone()));
+                        }
+                    }
+                }
+                // Nothing started yet: the invocation fails and says why.
+                Err(e) if first => return Err(e),
+                Err(e) => {
+                    warn!(error = %e, "listing pools failed; the running pools go on");
+                    sum.errors += 1;
+                }
+            }
+            first = false;
+            let refresh = tokio::time::Instant::now() + opts.pool_refresh;
+            if refresh + Duration::from_secs(1) >= deadline {
+                break;
+            }
+            // Collect the pools that are done (gone, disbanded) while waiting.
+            loop {
+                tokio::select! {
+                    Some(r) = tasks.join_next(), if !tasks.is_empty() => merge_task(&mut sum, r),
+                    _ = tokio::time::sleep_until(refresh) => break,
+                }
+            }
+        }
+        while let Some(r) = tasks.join_next().await {
+            merge_task(&mut sum, r);
+        }
+        Ok(sum)
+    }
+
+    async fn schedule_pool_until(
+        self,
+        pool: Pool,
+        deadline: tokio::time::Instant,
+        opts: SchedulerOptions,
+    ) -> ScheduleSummary {
+        let mut s = ScheduleSummary::default();
+        let mut ps = PoolScheduler::new(self, pool, opts);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left < Duration::from_secs(1) || ps.gone {
+                break;
+            }
+            match ps.step(left - Duration::from_secs(1)).await {
+                Ok(p) => s.add_pass(&p),
+                Err(e) => {
+                    warn!(pool = %ps.pool.pool_id, error = %e, "schedule pass failed");
+                    s.errors += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+        // The next invocation picks up what this one held.
+        if let Err(e) = ps.release_held().await {
+            warn!(pool = %ps.pool.pool_id, error = %e, "handing back held evals");
+            s.errors += 1;
+        }
+        s
+    }
+}
+
+fn merge_task(sum: &mut ScheduleSummary, r: std::result::Result<ScheduleSummary, tokio::task::JoinError>) {
+    match r {
+        Ok(s) => sum.merge(&s),
+        Err(e) => {
+            warn!(error = %e, "scheduler task failed");
+            sum.errors += 1;
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The scheduler, in Nomad's shape: the plan is a value.
+//!
+//! One pass: receive a batch of eval messages from a pool's queue, then
+//! - `intake.rs`: match each message to its eval (place it, drop it as stale, or look
+//!   again soon);
+//! - `crate::plan`: pure — the batch and a snapshot of the pool (one candidate read, one
+//!   replica read, the pool's limit) in, a `Plan` of placements and typed `Blocked`
+//!   reasons out, highest priority first;
+//! - `commit.rs`: the backend applies the plan, each placement atomic on its own
+//!   (`Store::place_many`; the embedded store with delivery, `place_and_deliver`); a
+//!   lost claim re-reads that one worker and tries the next; allocs are delivered to the
+//!   workers' queues and the messages deleted;
+//! - `hold.rs`: a scheduler loop's blocked evals, held hidden in memory and looked at
+//!   again when capacity may have appeared (`PoolScheduler`);
+//! - `driver.rs`: one loop per active pool until a deadline (`schedule_until`), shared by
+//!   `lineup dev` and the `schedule` function.
+//!
+//! Messages are matched to evals by attempt number (see service/mod.rs):
+//! - eval waiting with the same attempt → place it;
+//! - eval finished, placed for that attempt, or already on a later attempt → stale, delete;
+//! - eval on an earlier attempt, or not written yet → a re-queue is mid-way; look again soon.
+
+mod commit;
+mod driver;
+mod hold;
+mod intake;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use tracing::debug;
+
+pub use driver::ScheduleSummary;
+pub use hold::{PoolScheduler, HOLD};
+
+use super::Lineup;
+use crate::backend::Received;
+use crate::error::{Error, Result};
+use crate::id::{AllocId, WorkerId};
+use crate::model::*;
+use crate::placement::Candidate;
+use crate::plan::{self, Blocked, Snapshot};
+
+#[derive(Debug, Clone)]
+pub struct SchedulerOptions {
+    /// Messages per receive (SQS allows 10).
+    pub batch: usize,
+    /// Long-poll wait per receive.
+    pub wait: Duration,
+    /// How long a received message stays hidden while this pass works on it.
+    pub visibility: Duration,
+    /// How often a `PoolScheduler` looks again at the blocked evals it holds (one
+    /// candidate read each time; placement only when something could fit).
+    pub recheck: Duration,
+    /// At most this many blocked evals held in memory per pool; beyond it, blocked
+    /// messages are parked back in the queue with a backoff.
+    pub hold_max: usize,
+    /// How often `schedule_until` looks for pools created since it started.
+    pub pool_refresh: Duration,
+}
+
+impl Default for SchedulerOptions {
+    fn default() -> Self {
+        SchedulerOptions {
+            batch: 10,
+            wait: Duration::from_secs(5),
+            visibility: Duration::from_secs(30),
+            recheck: Duration::from_secs(5),
+            hold_max: 1_000,
+            pool_refresh: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PassSummary {
+    pub received: usize,
+    pub placed: usize,
+    pub blocked: usize,
+    /// Stale or duplicate messages deleted.
+    pub dropped: usize,
+    /// Messages put back for a moment because their eval is mid-way through a change.
+    pub deferred: usize,
+    /// The pool's queue is gone (disbanded).
+    pub pool_gone: bool,
+}
+
+impl PassSummary {
+    pub fn add(&mut self, o: &PassSummary) {
+        self.received += o.received;
+        self.placed += o.placed;
+        self.blocked += o.blocked;
+        self.dropped += o.dropped;
+        self.deferred += o.deferred;
+    }
+}
+
+/// How long a message for an eval that is mid-way through a change stays hidden.
+const DEFER: Duration = Duration::from_secs(1);
+/// How stale the counts in a blocked eval's reason may get (see `note_blocked`).
+const REASON_REFRESH_MS: i64 = 10_000;
+
+/// A blocked eval's message, still hidden, for the caller to park or hold.
+struct Waiting {
+    rcv: Received,
+    size: u32,
+    priority: Priority,
+}
+
+/// What `process` did.
+struct Processed {
+    sum: PassSummary,
+    blocked: Vec<Waiting>,
+    /// Free capacity left on live workers, as far as this pass saw.
+    free_left: u64,
+}
+
+impl Lineup {
+    /// One receive-and-place pass over `pool`'s queue.
+    pub async fn schedule_pass(&self, pool: &Pool, opts: &SchedulerOptions) -> Result<PassSummary> {
+        let mut sum = PassSummary::default();
+        let queue = self.pool_queue(&pool.pool_id);
+        let msgs = match self.queues.receive(&queue, opts.batch, opts.wait, opts.visibility).await {
+            Ok(m) => m,
+            Err(Error::QueueGone(_)) => {
+                sum.pool_gone = true;
+                return Ok(sum);
+            }
+            Err(e) => return Err(e),
+        };
+        sum.received = msgs.len();
+        if msgs.is_empty() {
+            return Ok(sum);
+        }
+        let Processed { sum: mut s, blocked, .. } = self.process(pool, msgs, None).await?;
+        // No one holds these: park them in the queue with a backoff.
+        let parked: Vec<(String, Duration)> =
+            blocked.into_iter().map(|w| (w.rcv.receipt, self.backoff(w.rcv.receive_count))).collect();
+        if !parked.is_empty() {
+            self.queues.change_visibility(&queue, &parked, true).await?;
+        }
+        s.received = sum.received;
+        Ok(s)
+    }
+
+    /// Places what `msgs` ask for: intake, plan, commit. Returns the summary and the
+    /// messages whose evals are blocked (still hidden; the caller parks or holds them).
+    /// `cands`, when given, is a fresh candidate read to use instead of reading again.
+    async fn process(&self, pool: &Pool, msgs: Vec<Received>, cands: Option<Vec<Candidate>>) -> Result<Processed> {
+        let queue = self.pool_queue(&pool.pool_id);
+        let intake = self.intake(&queue, pool, msgs).await?;
+        let evals: Vec<&Eval> = intake.work.iter().map(|(e, _)| e).collect();
+        let mut snap = self.snapshot(pool, cands, &evals).await?;
+        let plan = plan::plan(&evals, &mut snap);
+        self.commit(pool, &queue, intake, plan, snap).await
+    }
+
+    /// What the planner needs of the pool, in one candidate read and one replica read
+    /// for the whole batch.
+    async fn snapshot(&self, pool: &Pool, cands: Option<Vec<Candidate>>, evals: &[&Eval]) -> Result<Snapshot> {
+        let now = self.now();
+        let candidates = match cands {
+            Some(c) => c,
+            None => self.candidate_view(pool).await?,
+        };
+        let datasets: Vec<String> = {
+            let set: HashSet<&String> = evals.iter().filter_map(|e| e.dataset.as_ref()).collect();
+            set.into_iter().cloned().collect()
+        };
+        let mut holders: HashMap<String, HashSet<WorkerId>> = HashMap::new();
+        if !datasets.is_empty() {
+            for r in self.store.replicas(&pool.pool_id, &datasets, now).await? {
+                holders.entry(r.dataset).or_default().insert(r.worker_id);
+            }
+        }
+        Ok(Snapshot { strategy: pool.strategy, now, candidates, holders, limit: None })
+    }
+
+    /// Every live worker with any room: one read for a whole batch. (Not only those
+    /// fitting the smallest eval: the blocked reason then names the largest free.)
+    async fn candidate_view(&self, pool: &Pool) -> Result<Vec<Candidate>> {
+        let now = self.now();
+        Ok(self
+            .store
+            .candidates(&pool.pool_id, 1, now)
+            .await?
+            .into_iter()
+            .map(|w| Candidate { worker_id: w.worker_id, free: w.free, ttl: w.ttl })
+            .collect())
+    }
+
+    /// The alloc placing `eval` on `worker`, and the eval as it will then be.
+    pub fn placement_of(&self, pool: &Pool, eval: &Eval, worker: &WorkerId, now: Millis) -> (Alloc, Eval) {
+        let alloc = Alloc {
+            pool_id: pool.pool_id.clone(),
+            alloc_id: AllocId::generate(),
+            worker_id: worker.clone(),
+            eval_id: eval.eval_id.clone(),
+            size: eval.size,
+            attempt: eval.attempt,
+            ttl: now + self.settings.alloc_ttl_ms(),
+            state: AllocState::Live,
+            stop: false,
+            created_at: now,
+        };
+        let mut next = eval.clone();
+        next.status = EvalStatus::Placed;
+        next.version += 1;
+        next.worker_id = Some(worker.clone());
+        next.alloc_id = Some(alloc.alloc_id.clone());
+        next.reason = None;
+        next.updated_at = now;
+        (alloc, next)
+    }
+
+    /// Records why evals wait, in one batch, only where the reason changed: at once when
+    /// its kind changed (the part before `;`), else at most every `REASON_REFRESH` (the
+    /// counts after `;` move with every worker that comes or goes, and a write per eval
+    /// per change would cost more than the scheduling). A lost race means the eval
+    /// moved on; its reason no longer matters.
+    async fn note_blocked(&self, blocked: &[(&Eval, &Blocked)]) {
+        let now = self.now();
+        let kind = |r: &str| r.split(';').next().unwrap_or_default().to_owned();
+        let changed: Vec<(Eval, u64)> = blocked
+            .iter()
+            .filter_map(|(eval, why)| {
+                let why = why.to_string();
+                let write = match eval.reason.as_deref() {
+                    None => true,
+                    Some(old) if old == why => false,
+                    Some(old) => kind(old) != kind(&why) || eval.updated_at + REASON_REFRESH_MS <= now,
+                };
+                write.then(|| {
+                    let mut next = (*eval).clone();
+                    next.reason = Some(why);
+                    next.version += 1;
+                    next.updated_at = now;
+                    (next, eval.version)
+                })
+            })
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.update_evals(&changed).await {
+            debug!(error = %e, "could not record blocked reasons");
+        }
+    }
+
+    /// Exponential backoff for a blocked eval: 1 s, 2 s, 4 s … up to
+    /// `BLOCKED_BACKOFF_MAX`. New capacity wakes parked messages early where it can.
+    fn backoff(&self, receive_count: u32) -> Duration {
+        let exp = receive_count.saturating_sub(1).min(16);
+        Duration::from_secs((1u64 << exp).min(self.settings.blocked_backoff_max))
+    }
+}
+
+/// The message that tells a worker to run `eval` as `alloc`.
+pub fn alloc_message(pool: &Pool, eval: &Eval, alloc: &Alloc) -> Result<String> {
+    let m = AllocMessage {
+        alloc_id: alloc.alloc_id.clone(),
+        eval_id: eval.eval_id.clone(),
+        pool_id: pool.pool_id.clone(),
+        worker_id: alloc.worker_id.clone(),
+        size: eval.size,
+        dataset: eval.dataset.clone(),
+        payload: eval.payload.clone(),
+        attempt: eval.attempt,
+    };
+    serde_json::to_string(&m).map_err(|e| Error::backend("encode alloc message", e))
+}
