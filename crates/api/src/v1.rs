@@ -6,9 +6,10 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use lineup_core::service::{CancelOutcome, Finish, FinishOutcome, HeartbeatRequest, NewEval};
+use lineup_core::admission;
+use lineup_core::service::{CancelOutcome, Finish, FinishOutcome, HeartbeatRequest, NewEval, NewPool, PoolChange};
 use lineup_core::*;
 use serde::Deserialize;
 use serde_json::json;
@@ -22,7 +23,8 @@ type ApiResult = Result<Response, ApiError>;
 pub fn routes() -> Router<Lineup> {
     Router::new()
         .route("/v1/pools", post(create_pool).get(list_pools))
-        .route("/v1/pools/{pool}", get(get_pool).delete(disband_pool))
+        .route("/v1/pools/{pool}", get(get_pool).patch(change_pool).delete(disband_pool))
+        .route("/v1/pools/{pool}/health", put(push_health))
         .route("/v1/pools/{pool}/workers", post(register_worker).get(list_workers))
         .route("/v1/pools/{pool}/workers/{worker}/heartbeat", post(heartbeat))
         .route("/v1/pools/{pool}/workers/{worker}/poll", post(poll))
@@ -41,29 +43,94 @@ fn ok(status: StatusCode, body: serde_json::Value) -> ApiResult {
 #[serde(deny_unknown_fields)]
 struct CreatePool {
     strategy: Option<String>,
+    max_running: Option<i64>,
+    coefficients: Option<Vec<f64>>,
+}
+
+fn coefficients(c: Option<Vec<f64>>) -> Result<Option<admission::Coefficients>> {
+    c.map(admission::Coefficients::try_from).transpose()
 }
 
 async fn create_pool(State(l): State<Lineup>, Auth(who): Auth, JsonBody(b): JsonBody<CreatePool>) -> ApiResult {
-    let strategy = b.strategy.as_deref().map(Strategy::parse).transpose()?.unwrap_or_default();
-    let pool = l.create_pool(&who, strategy).await?;
-    ok(StatusCode::CREATED, views::pool(&pool, &PoolStats::default()))
+    let new = NewPool {
+        strategy: b.strategy.as_deref().map(Strategy::parse).transpose()?.unwrap_or_default(),
+        max_running: b.max_running.map(admission::max_running).transpose()?,
+        coefficients: coefficients(b.coefficients)?,
+    };
+    let pool = l.create_pool_with(&who, new).await?;
+    ok(StatusCode::CREATED, views::pool(&pool, &PoolStats::default(), l.now()))
+}
+
+/// Absent → `None`; `null` → `Some(None)`: "leave it" and "remove it" differ.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> std::result::Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangePool {
+    #[serde(default, deserialize_with = "present")]
+    max_running: Option<Option<i64>>,
+    coefficients: Option<Vec<f64>>,
+}
+
+async fn change_pool(
+    State(l): State<Lineup>,
+    Auth(who): Auth,
+    PathParams(pool): PathParams<String>,
+    JsonBody(b): JsonBody<ChangePool>,
+) -> ApiResult {
+    let id = PoolId::parse(&pool)?;
+    let change = PoolChange {
+        max_running: b.max_running.map(|m| m.map(admission::max_running).transpose()).transpose()?,
+        coefficients: coefficients(b.coefficients)?,
+    };
+    l.change_pool(&who, &id, change).await?;
+    let (p, s) = l.pool(&who, &id).await?;
+    ok(StatusCode::OK, views::pool(&p, &s, l.now()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushHealth {
+    level: Option<i64>,
+    ttl: Option<i64>,
+}
+
+async fn push_health(
+    State(l): State<Lineup>,
+    Auth(who): Auth,
+    PathParams(pool): PathParams<String>,
+    JsonBody(b): JsonBody<PushHealth>,
+) -> ApiResult {
+    let id = PoolId::parse(&pool)?;
+    let level = admission::level(b.level.ok_or_else(|| Error::invalid("missing_field", "level is required"))?)?;
+    let ttl = b.ttl.ok_or_else(|| Error::invalid("missing_field", "ttl is required (seconds)"))?;
+    let ttl = u64::try_from(ttl)
+        .map_err(|_| Error::invalid("invalid_ttl", format!("ttl must be a positive number of seconds, got {ttl}")))?;
+    l.push_health(&who, &id, level, Duration::from_secs(ttl)).await?;
+    let (p, s) = l.pool(&who, &id).await?;
+    ok(StatusCode::OK, views::pool(&p, &s, l.now()))
 }
 
 async fn list_pools(State(l): State<Lineup>, Auth(who): Auth) -> ApiResult {
-    let pools: Vec<_> = l.pools(&who).await?.iter().map(|(p, s)| views::pool(p, s)).collect();
+    let now = l.now();
+    let pools: Vec<_> = l.pools(&who).await?.iter().map(|(p, s)| views::pool(p, s, now)).collect();
     ok(StatusCode::OK, json!({ "pools": pools }))
 }
 
 async fn get_pool(State(l): State<Lineup>, Auth(who): Auth, PathParams(pool): PathParams<String>) -> ApiResult {
     let (p, s) = l.pool(&who, &PoolId::parse(&pool)?).await?;
-    ok(StatusCode::OK, views::pool(&p, &s))
+    ok(StatusCode::OK, views::pool(&p, &s, l.now()))
 }
 
 async fn disband_pool(State(l): State<Lineup>, Auth(who): Auth, PathParams(pool): PathParams<String>) -> ApiResult {
     let id = PoolId::parse(&pool)?;
     l.disband_pool(&who, &id).await?;
     let (p, s) = l.pool(&who, &id).await?;
-    ok(StatusCode::ACCEPTED, views::pool(&p, &s))
+    ok(StatusCode::ACCEPTED, views::pool(&p, &s, l.now()))
 }
 
 #[derive(Deserialize)]

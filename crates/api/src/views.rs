@@ -5,7 +5,9 @@ use lineup_core::clock::rfc3339;
 use lineup_core::{Eval, Lineup, Pool, PoolStats, Worker};
 use serde_json::{json, Value};
 
-pub fn pool(p: &Pool, s: &PoolStats) -> Value {
+pub fn pool(p: &Pool, s: &PoolStats, now: lineup_core::Millis) -> Value {
+    let l = &p.limits;
+    let (level, source) = l.health(now);
     json!({
         "pool_id": p.pool_id,
         "strategy": p.strategy,
@@ -15,6 +17,15 @@ pub fn pool(p: &Pool, s: &PoolStats) -> Value {
         "free": s.free,
         "queued": s.queued,
         "allocs": s.allocs,
+        "max_running": l.max_running,
+        "running": s.allocs,
+        "limit": l.limit(now).map(|x| x.limit),
+        "health": {
+            "level": level,
+            "source": source,
+            "pushed": l.pushed.filter(|p| p.until > now).map(|p| json!({"level": p.level, "expires_at": rfc3339(p.until)})),
+            "coefficients": l.coefficients,
+        },
         "created_at": rfc3339(p.created_at),
         "disbanded_at": p.disbanded_at.map(rfc3339),
     })

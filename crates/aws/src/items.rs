@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use lineup_core::admission::{Coefficients, PoolLimits, Pushed};
 use lineup_core::*;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -51,16 +52,38 @@ pub struct PoolItem {
     pub created: Millis,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disbanded_at: Option<Millis>,
+    /// `max_running`; absent: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maxrun: Option<u32>,
+    /// Allocs counted against the cap (`PoolLimits::running`).
+    #[serde(default)]
+    pub run: u32,
+    /// `PoolLimits::version`; workers carry the version that fenced them (`WorkerItem::lv`).
+    #[serde(default)]
+    pub lv: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub counting: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coef: Option<Coefficients>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed: Option<Pushed>,
 }
 
 impl From<&Pool> for PoolItem {
     fn from(p: &Pool) -> Self {
+        let l = &p.limits;
         PoolItem {
             pool: p.pool_id.clone(),
             strategy: p.strategy,
             status: p.status,
             created: p.created_at,
             disbanded_at: p.disbanded_at,
+            maxrun: l.max_running,
+            run: l.running,
+            lv: l.version,
+            counting: l.counting,
+            coef: (l.coefficients != Coefficients::default()).then_some(l.coefficients),
+            pushed: l.pushed,
         }
     }
 }
@@ -73,6 +96,14 @@ impl From<PoolItem> for Pool {
             status: p.status,
             created_at: p.created,
             disbanded_at: p.disbanded_at,
+            limits: PoolLimits {
+                max_running: p.maxrun,
+                running: p.run,
+                version: p.lv,
+                counting: p.counting,
+                coefficients: p.coef.unwrap_or_default(),
+                pushed: p.pushed,
+            },
         }
     }
 }
@@ -88,6 +119,10 @@ pub struct WorkerItem {
     pub token_hash: String,
     pub queue: String,
     pub created: Millis,
+    /// The pool's limits version when the worker was registered or fenced: claims made
+    /// against an older version lose on this worker (`Store::set_max_running`).
+    #[serde(default)]
+    pub lv: u64,
 }
 
 impl From<&Worker> for WorkerItem {
@@ -101,6 +136,7 @@ impl From<&Worker> for WorkerItem {
             token_hash: w.token_hash.clone(),
             queue: w.queue.clone(),
             created: w.created_at,
+            lv: 0,
         }
     }
 }
@@ -155,6 +191,9 @@ pub struct AllocItem {
     pub created: Millis,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purge_at: Option<i64>,
+    /// Counted in the pool's `run`; absent when not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub counted: bool,
 }
 
 impl From<&Alloc> for AllocItem {
@@ -173,6 +212,7 @@ impl From<&Alloc> for AllocItem {
             stop: a.stop,
             created: a.created_at,
             purge_at: None,
+            counted: a.counted,
         }
     }
 }
@@ -190,6 +230,7 @@ impl From<AllocItem> for Alloc {
             state: a.state,
             stop: a.stop,
             created_at: a.created,
+            counted: a.counted,
         }
     }
 }

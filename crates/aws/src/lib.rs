@@ -8,6 +8,7 @@
 //! - `items.rs`: the DynamoDB items (attribute names from the Go original: `pool`,
 //!   `wrk`, `cap`, `ttl`, `rpl`, `alloc`) and their conversion to the core's model.
 //! - `store.rs`: `Store`; multi-record writes are one `TransactWriteItems`.
+//! - `limits.rs`: a pool's `max_running`: the counted claim, and setting a cap in fenced steps.
 //! - `queues.rs`: `Queues` over SQS, batched.
 //! - `calls.rs`: an SDK interceptor that counts calls by operation.
 //! - `retry.rs`: backoff for throttling, 5xx and transaction conflicts.
@@ -15,6 +16,7 @@
 mod calls;
 mod direct;
 mod items;
+mod limits;
 mod queues;
 pub mod retry;
 mod store;

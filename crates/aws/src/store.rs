@@ -10,13 +10,17 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::types::{
     ConditionCheck, DeleteRequest, KeysAndAttributes, Put, PutRequest, Select, TransactWriteItem, Update, WriteRequest,
 };
-use lineup_core::backend::Heartbeat;
+use lineup_core::backend::{Claim, Heartbeat};
 use lineup_core::*;
 
 use crate::items::*;
+
+/// Registration re-reads the pool's limits version this often before giving up.
+const MAX_REGISTER_TRIES: usize = 5;
 use crate::tables::{BY_CAP, BY_CREATED, BY_STATUS, BY_TTL};
 use crate::{sdk_err, AwsBackend};
 
@@ -284,6 +288,34 @@ impl AwsBackend {
         }
     }
 
+    pub(crate) async fn pool_or_not_found(&self, pool: &PoolId) -> Result<Pool> {
+        self.get_pool(pool).await?.ok_or_else(|| Error::not_found(format!("pool {pool}")))
+    }
+
+    /// A transaction whose cancellation is an answer, not an error: `false`.
+    pub(crate) async fn transact_ok(&self, items: Vec<TransactWriteItem>, context: &str) -> Result<bool> {
+        match self.transact(items, context).await {
+            Ok(()) => Ok(true),
+            Err(TxError::Cancelled(_)) => Ok(false),
+            Err(TxError::Other(e)) => Err(e),
+        }
+    }
+
+    /// `pool_is_active`, and its limits still at `version`.
+    fn pool_is_active_at(&self, pool: &PoolId, version: u64) -> Result<TransactWriteItem> {
+        let check = build(
+            ConditionCheck::builder()
+                .table_name(&self.tables.pools)
+                .set_key(Some(key(pool, None)))
+                .condition_expression(format!("#s = :active AND {}", crate::limits::VERSION_IS))
+                .set_expression_attribute_names(names(&[("#s", "status"), ("#lv", "lv")]))
+                .expression_attribute_values(":active", s("active"))
+                .expression_attribute_values(":lv", n(version))
+                .build(),
+        )?;
+        Ok(TransactWriteItem::builder().condition_check(check).build())
+    }
+
     fn pool_is_active(&self, pool: &PoolId) -> Result<TransactWriteItem> {
         let check = build(
             ConditionCheck::builder()
@@ -375,6 +407,19 @@ impl Store for AwsBackend {
             },
             Err(e) => Err(sdk_err("put pool", e)),
         }
+    }
+
+    async fn set_max_running(&self, pool: &PoolId, max_running: Option<u32>) -> Result<Pool> {
+        self.set_max_running_steps(pool, max_running).await
+    }
+
+    async fn set_health(
+        &self,
+        pool: &PoolId,
+        coefficients: lineup_core::admission::Coefficients,
+        pushed: Option<lineup_core::admission::Pushed>,
+    ) -> Result<Pool> {
+        self.set_health_item(pool, coefficients, pushed).await
     }
 
     async fn get_pool(&self, pool: &PoolId) -> Result<Option<Pool>> {
@@ -474,21 +519,42 @@ impl Store for AwsBackend {
     }
 
     async fn register_worker(&self, w: &Worker) -> Result<()> {
-        let put = build(
-            Put::builder()
-                .table_name(&self.tables.workers)
-                .set_item(Some(to_item(&WorkerItem::from(w))?))
-                .condition_expression("attribute_not_exists(#w)")
-                .expression_attribute_names("#w", "wrk")
-                .build(),
-        )?;
-        let items = vec![self.pool_is_active(&w.pool_id)?, TransactWriteItem::builder().put(put).build()];
-        match self.transact(items, "register worker").await {
-            Ok(()) => Ok(()),
-            Err(TxError::Cancelled(r)) if TxError::failed(&r, 0) => Err(self.pool_not_active(&w.pool_id).await),
-            Err(TxError::Cancelled(_)) => Err(Error::Conflict("worker id exists".into())),
-            Err(TxError::Other(e)) => Err(e),
+        // The worker starts fenced at the pool's current limits version, checked in the
+        // same transaction: a cap set meanwhile makes this try again with the new one.
+        for _ in 0..MAX_REGISTER_TRIES {
+            let Some(pool) = self.get_pool(&w.pool_id).await? else {
+                return Err(Error::not_found(format!("pool {}", w.pool_id)));
+            };
+            let version = pool.limits.version;
+            let mut item = WorkerItem::from(w);
+            item.lv = version;
+            let put = build(
+                Put::builder()
+                    .table_name(&self.tables.workers)
+                    .set_item(Some(to_item(&item)?))
+                    .condition_expression("attribute_not_exists(#w)")
+                    .expression_attribute_names("#w", "wrk")
+                    .build(),
+            )?;
+            let items =
+                vec![self.pool_is_active_at(&w.pool_id, version)?, TransactWriteItem::builder().put(put).build()];
+            match self.transact(items, "register worker").await {
+                Ok(()) => return Ok(()),
+                Err(TxError::Cancelled(r)) if TxError::failed(&r, 0) => match self.pool_not_active(&w.pool_id).await {
+                    Error::Conflict(_) => continue,
+                    e => return Err(e),
+                },
+                Err(TxError::Cancelled(_)) => {
+                    // A retried transaction whose first response was lost: this very worker.
+                    return match self.get_worker(&w.pool_id, &w.worker_id).await? {
+                        Some(got) if got.token_hash == w.token_hash => Ok(()),
+                        _ => Err(Error::Conflict("worker id exists".into())),
+                    };
+                }
+                Err(TxError::Other(e)) => return Err(e),
+            }
         }
+        Err(Error::Conflict("the pool's limits kept changing; try again".into()))
     }
 
     async fn get_worker(&self, pool: &PoolId, worker: &WorkerId) -> Result<Option<Worker>> {
@@ -792,16 +858,19 @@ impl Store for AwsBackend {
         Ok(Self::items::<AllocItem>(items)?.into_iter().map(Alloc::from).collect())
     }
 
-    async fn place(&self, a: &Alloc, e: &Eval, expected: u64, now: Millis) -> Result<()> {
-        let claim = build(
+    async fn place(&self, a: &Alloc, e: &Eval, expected: u64, claim: Claim, now: Millis) -> Result<()> {
+        // The worker's `lv` fence: a claim made against limits older than the worker
+        // has seen loses (see `set_max_running` in limits.rs).
+        let claim_worker = build(
             Update::builder()
                 .table_name(&self.tables.workers)
                 .set_key(Some(key(&a.pool_id, Some(("wrk", a.worker_id.as_str())))))
                 .update_expression("SET #c = #c - :size")
-                .condition_expression("#c >= :size AND #t > :now")
-                .set_expression_attribute_names(names(&[("#c", "cap"), ("#t", "ttl")]))
+                .condition_expression("#c >= :size AND #t > :now AND (attribute_not_exists(#lv) OR #lv <= :lv)")
+                .set_expression_attribute_names(names(&[("#c", "cap"), ("#t", "ttl"), ("#lv", "lv")]))
                 .expression_attribute_values(":size", n(a.size))
                 .expression_attribute_values(":now", n(now))
+                .expression_attribute_values(":lv", n(claim.version))
                 .build(),
         )?;
         let put_alloc = build(
@@ -812,20 +881,27 @@ impl Store for AwsBackend {
                 .expression_attribute_names("#a", "alloc")
                 .build(),
         )?;
-        let items = vec![
-            TransactWriteItem::builder().update(claim).build(),
+        let mut items = vec![
+            TransactWriteItem::builder().update(claim_worker).build(),
             TransactWriteItem::builder().put(put_alloc).build(),
             self.put_eval(e, Some(expected))?,
         ];
+        // Only a capped pool's placements touch the pool item: an uncapped hot pool
+        // does not pay for a counter it does not need.
+        if let Some(limit) = claim.limit {
+            items.push(self.count_in_pool(&a.pool_id, claim.version, limit)?);
+        }
         match self.transact(items, "place").await {
             Ok(()) => Ok(()),
             Err(TxError::Cancelled(r)) => Err(Error::Conflict(
                 if TxError::failed(&r, 0) {
-                    "worker has not enough free capacity or is not live"
+                    "worker has not enough free capacity, is not live, or has seen newer pool limits"
                 } else if TxError::failed(&r, 1) {
                     "alloc id exists"
                 } else if TxError::failed(&r, 2) {
                     "eval changed"
+                } else if TxError::failed(&r, 3) {
+                    "the pool's running limit is reached or its limits changed"
                 } else {
                     "transaction cancelled"
                 }
@@ -840,16 +916,30 @@ impl Store for AwsBackend {
             .table_name(&self.tables.allocs)
             .set_key(Some(key(&a.pool_id, Some(("alloc", a.alloc_id.as_str())))))
             .update_expression("SET #st = :rel, #pa = :pa REMOVE #t")
-            .condition_expression("#st = :live")
-            .set_expression_attribute_names(names(&[("#st", "state"), ("#pa", "purge_at"), ("#t", "ttl")]))
+            .set_expression_attribute_names(names(&[
+                ("#st", "state"),
+                ("#pa", "purge_at"),
+                ("#t", "ttl"),
+                ("#cnt", "counted"),
+            ]))
             .expression_attribute_values(":rel", s("released"))
             .expression_attribute_values(":live", s("live"))
             .expression_attribute_values(":pa", n(purge_at(a.ttl.max(0), DAY)));
-        if let Some(by) = expired_by {
+        // Counted or not as the caller read it: a cap set meanwhile may have counted
+        // it, and then the pool's count must come down with it (a conflict re-reads).
+        let counted = if a.counted {
+            free_alloc = free_alloc.expression_attribute_values(":yes", AttributeValue::Bool(true));
+            "#cnt = :yes"
+        } else {
+            "attribute_not_exists(#cnt)"
+        };
+        free_alloc = match expired_by {
             // The lease must still be expired when this lands (see Store::release).
-            free_alloc =
-                free_alloc.condition_expression("#st = :live AND #t <= :by").expression_attribute_values(":by", n(by));
-        }
+            Some(by) => free_alloc
+                .condition_expression(format!("#st = :live AND {counted} AND #t <= :by"))
+                .expression_attribute_values(":by", n(by)),
+            None => free_alloc.condition_expression(format!("#st = :live AND {counted}")),
+        };
         let free_alloc = build(free_alloc.build())?;
         let give_back = build(
             Update::builder()
@@ -862,6 +952,7 @@ impl Store for AwsBackend {
                 .build(),
         )?;
         let eval_put = eval.map(|(e, v)| self.put_eval(e, Some(v))).transpose()?;
+        let uncount = a.counted.then(|| self.uncount_in_pool(&a.pool_id)).transpose()?;
         // First with the worker; if only the worker is gone, again without it: a removed
         // worker must not make release fail forever.
         for with_worker in [true, false] {
@@ -871,6 +962,9 @@ impl Store for AwsBackend {
             }
             if let Some(p) = &eval_put {
                 items.push(p.clone());
+            }
+            if let Some(u) = &uncount {
+                items.push(u.clone());
             }
             let eval_idx = if with_worker { 2 } else { 1 };
             match self.transact(items, "release").await {

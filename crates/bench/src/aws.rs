@@ -149,7 +149,7 @@ async fn original_step(l: &Lineup, b: &AwsBackend, settings: &Settings, pool: &P
     let idx = placement::best(eval.size, &Default::default(), &cands, pool.strategy, now)
         .map_err(|b| Error::backend("place", b))?;
     let worker = cands[idx].worker_id.clone();
-    let (alloc, next) = l.placement_of(pool, &eval, &worker, now);
+    let (alloc, next) = l.placement_of(pool, &eval, &worker, lineup_core::Claim::default(), now);
     b.place_in_steps(&alloc, &next, eval.version, now).await?;
     let body = lineup_core::service::alloc_message(pool, &eval, &alloc)?;
     l.queues.send(&settings.worker_queue(&pool.pool_id, &worker), &[body]).await?;

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod admission;
 mod aws;
 
 use clap::Parser;
@@ -35,8 +36,8 @@ struct Args {
     /// Queued evals in the backlog scenario (0 skips it).
     #[arg(long, default_value_t = 1_000_000)]
     backlog: usize,
-    /// Run only these scenarios (comma-separated: drain, drain1000, latency, idle,
-    /// backlog, aws); all of them by default.
+    /// Run only these scenarios (comma-separated: drain, drain1000, priorities, capped,
+    /// latency, idle, backlog, aws); all of them by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Extra arguments for `lineup dev` (e.g. `--schedulers=2`).
@@ -113,13 +114,9 @@ impl Drop for Server {
     }
 }
 
-fn report(
-    rows: &mut Vec<(String, f64, &'static str, String)>,
-    name: &str,
-    value: f64,
-    unit: &'static str,
-    target: &str,
-) {
+type Rows = Vec<(String, f64, &'static str, String)>;
+
+fn report(rows: &mut Rows, name: &str, value: f64, unit: &'static str, target: &str) {
     println!("BENCH {name} {value:.2} {unit}");
     rows.push((name.to_owned(), value, unit, target.to_owned()));
 }
@@ -264,6 +261,13 @@ async fn main() {
             "placements/s",
             ">= 20000",
         );
+    }
+    // ---- admission: mixed priorities onto 1,000 workers; a capped pool
+    if args.wants("priorities") {
+        admission::priorities(&args, &mut rows).await;
+    }
+    if args.wants("capped") {
+        admission::capped(&args, &mut rows).await;
     }
     // ---- latency: offered load, 50 workers long-polling and completing
     if args.wants("latency") {

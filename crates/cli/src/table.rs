@@ -25,7 +25,7 @@ fn opt<T: ToString>(v: &Option<T>) -> String {
 
 pub fn pools(ps: &[PoolView]) {
     print_table(
-        &["POOL", "STRATEGY", "STATUS", "WORKERS", "CAPACITY", "FREE", "QUEUED", "ALLOCS"],
+        &["POOL", "STRATEGY", "STATUS", "WORKERS", "CAPACITY", "FREE", "QUEUED", "ALLOCS", "LIMIT", "HEALTH"],
         ps.iter()
             .map(|p| {
                 vec![
@@ -37,6 +37,12 @@ pub fn pools(ps: &[PoolView]) {
                     p.free.to_string(),
                     p.queued.to_string(),
                     p.allocs.to_string(),
+                    match (p.limit, p.max_running) {
+                        (Some(l), Some(m)) => format!("{l}/{m}"),
+                        (Some(l), None) => l.to_string(),
+                        (None, _) => "-".into(),
+                    },
+                    p.health.as_ref().and_then(|h| h.get("level")).map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
                 ]
             })
             .collect(),

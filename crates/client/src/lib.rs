@@ -44,6 +44,15 @@ pub struct PoolView {
     pub free: u64,
     pub queued: u64,
     pub allocs: u64,
+    #[serde(default)]
+    pub max_running: Option<u32>,
+    #[serde(default)]
+    pub running: u64,
+    /// The effective limit (max_running scaled by health); `None`: none.
+    #[serde(default)]
+    pub limit: Option<u32>,
+    #[serde(default)]
+    pub health: Option<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -214,6 +223,22 @@ impl Client {
             None => json!({}),
         };
         self.post("/v1/pools", &body).await
+    }
+
+    /// `POST /v1/pools` with a body of your own (`strategy`, `max_running`, `coefficients`).
+    pub async fn create_pool_with(&self, body: &Value) -> Result<PoolView> {
+        self.post("/v1/pools", body).await
+    }
+
+    /// `PATCH /v1/pools/{pool}`: `{"max_running": n | null, "coefficients": [...]}`.
+    pub async fn change_pool(&self, pool: &str, body: &Value) -> Result<PoolView> {
+        self.call(Method::PATCH, &format!("/v1/pools/{pool}"), Some(body), Duration::ZERO).await
+    }
+
+    /// `PUT /v1/pools/{pool}/health`: `level` (0–4) for `ttl_s` seconds.
+    pub async fn push_health(&self, pool: &str, level: u8, ttl_s: u64) -> Result<PoolView> {
+        let body = json!({ "level": level, "ttl": ttl_s });
+        self.call(Method::PUT, &format!("/v1/pools/{pool}/health"), Some(&body), Duration::ZERO).await
     }
 
     pub async fn pools(&self) -> Result<Vec<PoolView>> {

@@ -7,7 +7,14 @@ use lineup_core::*;
 use crate::{hb, Backend, T0};
 
 pub fn pool_rec(strategy: Strategy) -> Pool {
-    Pool { pool_id: PoolId::generate(), strategy, status: PoolStatus::Active, created_at: T0, disbanded_at: None }
+    Pool {
+        pool_id: PoolId::generate(),
+        strategy,
+        status: PoolStatus::Active,
+        created_at: T0,
+        disbanded_at: None,
+        limits: Default::default(),
+    }
 }
 
 pub fn worker_rec(pool: &PoolId, capacity: u32, ttl: Millis) -> Worker {
@@ -41,6 +48,7 @@ pub fn alloc_for(e: &Eval, w: &Worker, ttl: Millis) -> Alloc {
         state: AllocState::Live,
         stop: false,
         created_at: T0,
+        counted: false,
     }
 }
 
@@ -58,11 +66,11 @@ pub async fn place_new(s: &dyn Store, pool: &PoolId, w: &Worker, size: u32, ttl:
     let e = eval_rec(pool, size);
     s.insert_eval(&e).await.unwrap();
     let a = alloc_for(&e, w, ttl);
-    s.place(&a, &placed(&e, &a), 1, T0).await.unwrap();
+    s.place(&a, &placed(&e, &a), 1, Claim::default(), T0).await.unwrap();
     (e, a)
 }
 
-async fn setup(b: &Backend, capacity: u32) -> (Pool, Worker) {
+pub(crate) async fn setup(b: &Backend, capacity: u32) -> (Pool, Worker) {
     let p = pool_rec(Strategy::Spread);
     b.store.create_pool(&p).await.unwrap();
     let w = worker_rec(&p.pool_id, capacity, T0 + 60_000);
@@ -141,7 +149,7 @@ pub async fn store_heartbeat(b: Backend) {
     let e = eval_rec(&p.pool_id, 3);
     s.insert_eval(&e).await.unwrap();
     let a = alloc_for(&e, &w, T0 + 1_000);
-    s.place(&a, &placed(&e, &a), 1, T0).await.unwrap();
+    s.place(&a, &placed(&e, &a), 1, Claim::default(), T0).await.unwrap();
 
     let unknown = AllocId::generate();
     let stop = s
@@ -200,15 +208,15 @@ pub async fn store_place_is_atomic(b: Backend) {
 
     // Wrong eval version: nothing written, capacity untouched.
     let a = alloc_for(&e, &w, T0 + 30_000);
-    assert!(s.place(&a, &placed(&e, &a), 7, T0).await.unwrap_err().is_conflict());
+    assert!(s.place(&a, &placed(&e, &a), 7, Claim::default(), T0).await.unwrap_err().is_conflict());
     assert_eq!(s.get_worker(&p.pool_id, &w.worker_id).await.unwrap().unwrap().free, 5);
     assert_eq!(s.get_alloc(&p.pool_id, &a.alloc_id).await.unwrap(), None);
 
     // Worker no longer live: conflict.
-    assert!(s.place(&a, &placed(&e, &a), 1, T0 + 60_000).await.unwrap_err().is_conflict());
+    assert!(s.place(&a, &placed(&e, &a), 1, Claim::default(), T0 + 60_000).await.unwrap_err().is_conflict());
     assert_eq!(s.get_alloc(&p.pool_id, &a.alloc_id).await.unwrap(), None);
 
-    s.place(&a, &placed(&e, &a), 1, T0).await.unwrap();
+    s.place(&a, &placed(&e, &a), 1, Claim::default(), T0).await.unwrap();
     assert_eq!(s.get_worker(&p.pool_id, &w.worker_id).await.unwrap().unwrap().free, 2);
     let got = s.get_eval(&p.pool_id, &e.eval_id).await.unwrap().unwrap();
     assert_eq!((got.status, got.version, got.alloc_id.as_ref()), (EvalStatus::Placed, 2, Some(&a.alloc_id)));
@@ -218,13 +226,13 @@ pub async fn store_place_is_atomic(b: Backend) {
     let a2 = alloc_for(&e, &w, T0 + 30_000);
     let mut e2 = e.clone();
     e2.size = 1;
-    assert!(s.place(&a2, &placed(&e2, &a2), 1, T0).await.unwrap_err().is_conflict());
+    assert!(s.place(&a2, &placed(&e2, &a2), 1, Claim::default(), T0).await.unwrap_err().is_conflict());
 
     // Not enough room: conflict, nothing written.
     let big = eval_rec(&p.pool_id, 3);
     s.insert_eval(&big).await.unwrap();
     let a3 = alloc_for(&big, &w, T0 + 30_000);
-    assert!(s.place(&a3, &placed(&big, &a3), 1, T0).await.unwrap_err().is_conflict());
+    assert!(s.place(&a3, &placed(&big, &a3), 1, Claim::default(), T0).await.unwrap_err().is_conflict());
     assert_eq!(s.get_eval(&p.pool_id, &big.eval_id).await.unwrap().unwrap().status, EvalStatus::Queued);
     assert_eq!(s.get_alloc(&p.pool_id, &a3.alloc_id).await.unwrap(), None);
     assert_eq!(s.get_worker(&p.pool_id, &w.worker_id).await.unwrap().unwrap().free, 2);
@@ -254,7 +262,7 @@ pub async fn store_batches_each_item_alone(b: Backend) {
     let a_big = alloc_for(&big, &w, T0 + 30_000);
     // After three size-1 claims, only 1 is left: the size-3 eval must lose.
     items.push((a_big.clone(), placed(&big, &a_big), 1));
-    let res = s.place_many(&items, T0).await.unwrap();
+    let res = s.place_many(&items, Claim::default(), T0).await.unwrap();
     let conflicts: Vec<bool> = res.iter().map(|r| matches!(r, Err(e) if e.is_conflict())).collect();
     assert_eq!(conflicts, vec![false, true, false, false, true], "{res:?}");
     assert_eq!(s.get_worker(&p.pool_id, &w.worker_id).await.unwrap().unwrap().free, 1);
@@ -343,7 +351,7 @@ pub async fn store_place_and_deliver(b: Backend) {
             }
         })
         .collect();
-    let Some(res) = s.place_and_deliver(&pool_q, &items, T0).await else {
+    let Some(res) = s.place_and_deliver(&pool_q, &items, Claim::default(), T0).await else {
         return; // unsupported: the scheduler places, sends, then deletes
     };
     let res = res.unwrap();
@@ -381,7 +389,7 @@ pub async fn store_release_returns_capacity_once(b: Backend) {
     s.insert_eval(&e).await.unwrap();
     let a = alloc_for(&e, &w, T0 + 1_000);
     let pe = placed(&e, &a);
-    s.place(&a, &pe, 1, T0).await.unwrap();
+    s.place(&a, &pe, 1, Claim::default(), T0).await.unwrap();
     assert_eq!(s.live_allocs(&p.pool_id, Some(&w.worker_id)).await.unwrap().len(), 1);
     assert_eq!(s.expired_allocs(&p.pool_id, T0 + 999).await.unwrap().len(), 0);
     assert_eq!(s.expired_allocs(&p.pool_id, T0 + 1_000).await.unwrap().len(), 1);
@@ -489,7 +497,7 @@ pub async fn store_cancel_placed(b: Backend) {
     s.insert_eval(&e).await.unwrap();
     let a = alloc_for(&e, &w, T0 + 30_000);
     let pe = placed(&e, &a);
-    s.place(&a, &pe, 1, T0).await.unwrap();
+    s.place(&a, &pe, 1, Claim::default(), T0).await.unwrap();
     let mut c = pe.clone();
     c.status = EvalStatus::Cancelled;
     c.version += 1;

@@ -45,6 +45,16 @@ pub struct Placement {
     pub receipt: String,
 }
 
+/// The pool side of a placement: the claim holds only if the pool's limits are still
+/// at `version` (no cap set or changed since the scheduler read them), and, with a
+/// `limit`, only while fewer than `limit` allocs are counted in the pool; the alloc is
+/// then counted (`Alloc::counted`), atomically with the capacity claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Claim {
+    pub version: u64,
+    pub limit: Option<u32>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // ---- pools
@@ -57,6 +67,20 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the pool and every record in it.
     async fn purge_pool(&self, pool: &PoolId) -> Result<()>;
     async fn pool_stats(&self, pool: &PoolId, now: Millis) -> Result<PoolStats>;
+    /// Sets or removes the pool's `max_running`, bumping `limits.version` so claims made
+    /// against the old value lose. Setting a cap counts every live alloc not yet
+    /// counted, so the cap holds for the allocs already running too; with claims made
+    /// against the old version fenced out first (a backend that cannot do it in one
+    /// transaction shows `limits.counting` meanwhile). Returns the pool as it is then.
+    async fn set_max_running(&self, pool: &PoolId, max_running: Option<u32>) -> Result<Pool>;
+    /// Writes the pool's health settings (coefficients, pushed level); they change no
+    /// claim condition, so no fence is needed.
+    async fn set_health(
+        &self,
+        pool: &PoolId,
+        coefficients: crate::admission::Coefficients,
+        pushed: Option<crate::admission::Pushed>,
+    ) -> Result<Pool>;
 
     // ---- workers
     /// Inserts a new worker, atomically with the check that its pool is active
@@ -128,18 +152,19 @@ pub trait Store: Send + Sync + 'static {
     async fn expired_allocs(&self, pool: &PoolId, now: Millis) -> Result<Vec<Alloc>>;
 
     /// Atomically: take `alloc.size` from the worker's free capacity (only if it has
-    /// that much and is live at `now`), insert the alloc (its id must be new) and write
-    /// `eval` (stored version must be `expected_version`). `Conflict` otherwise.
-    async fn place(&self, alloc: &Alloc, eval: &Eval, expected_version: u64, now: Millis) -> Result<()>;
+    /// that much and is live at `now`), insert the alloc (its id must be new), write
+    /// `eval` (stored version must be `expected_version`) and meet `claim` (the pool's
+    /// limits; `alloc.counted` must be `claim.limit.is_some()`). `Conflict` otherwise.
+    async fn place(&self, alloc: &Alloc, eval: &Eval, expected_version: u64, claim: Claim, now: Millis) -> Result<()>;
 
     /// Several `place`s, each atomic on its own (one may conflict while the others are
     /// written), in one round trip where the backend can: the embedded store commits a
     /// scheduler's whole batch at once; DynamoDB has no such thing (one transaction
     /// each). One result each, in order; the outer error means none was tried.
-    async fn place_many(&self, items: &[(Alloc, Eval, u64)], now: Millis) -> Result<Vec<Result<()>>> {
+    async fn place_many(&self, items: &[(Alloc, Eval, u64)], claim: Claim, now: Millis) -> Result<Vec<Result<()>>> {
         let mut out = Vec::with_capacity(items.len());
         for (alloc, eval, expected) in items {
-            out.push(self.place(alloc, eval, *expected, now).await);
+            out.push(self.place(alloc, eval, *expected, claim, now).await);
         }
         Ok(out)
     }
@@ -156,13 +181,16 @@ pub trait Store: Send + Sync + 'static {
         &self,
         _pool_queue: &str,
         _items: &[Placement],
+        _claim: Claim,
         _now: Millis,
     ) -> Option<Result<Vec<Result<()>>>> {
         None
     }
 
     /// Atomically: mark the live alloc released, give its size back to its worker (if
-    /// the worker still exists: a removed worker must not block release) and write
+    /// the worker still exists: a removed worker must not block release), take it off
+    /// its pool's running count if it was counted (as stored: `Conflict` if `alloc`
+    /// says otherwise) and write
     /// `eval` if given (stored version must match). `Conflict` if the alloc is no longer
     /// live or the eval changed; then nothing is written, so capacity is returned once.
     ///

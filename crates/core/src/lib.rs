@@ -8,6 +8,7 @@
 //! - `service/`: gateway operations, the scheduler pass, the releaser pass.
 //! - `auth.rs`: admin and worker tokens. `config.rs`: `LINEUP_*` settings. `clock.rs`.
 
+pub mod admission;
 pub mod auth;
 pub mod backend;
 pub mod clock;
@@ -22,7 +23,7 @@ pub mod service;
 pub mod validate;
 
 pub use auth::Principal;
-pub use backend::{Heartbeat, Queues, Received, Store};
+pub use backend::{Claim, Heartbeat, Queues, Received, Store};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Settings;
 pub use error::{Error, Result};

@@ -108,13 +108,16 @@ impl PoolStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pool {
     pub pool_id: PoolId,
     pub strategy: Strategy,
     pub status: PoolStatus,
     pub created_at: Millis,
     pub disbanded_at: Option<Millis>,
+    /// `max_running`, health and what enforcing them needs (`admission.rs`).
+    #[serde(default)]
+    pub limits: crate::admission::PoolLimits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -292,6 +295,10 @@ pub struct Alloc {
     /// and its capacity comes back when the worker reports or the TTL runs out.
     pub stop: bool,
     pub created_at: Millis,
+    /// Counted in its pool's `limits.running` (placed under a cap, or counted when one
+    /// was set): its release takes one off.
+    #[serde(default)]
+    pub counted: bool,
 }
 
 /// The body of a message in a pool's scheduling queue.

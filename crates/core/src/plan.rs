@@ -44,17 +44,29 @@ impl From<placement::Blocked> for Blocked {
 }
 
 /// A pool's admission limit as the snapshot saw it: at most `limit` allocs live at
-/// once, `running` of them live now.
+/// once, `running` of them counted now (`admission::PoolLimits::limit`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limit {
     pub running: u32,
     pub limit: u32,
-    pub max_running: u32,
+    pub max_running: Option<u32>,
+    /// The health level that lowered the limit, and its source, rendered
+    /// ("health 2 (pushed)"); `None` when health does not limit.
+    pub health: Option<String>,
 }
 
 impl fmt::Display for Limit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "capped: {} running of max_running {}", self.running, self.max_running)
+        match (&self.health, self.max_running) {
+            (Some(h), Some(max)) => write!(f, "throttled: {h} → limit {} of max_running {max}", self.limit),
+            (Some(h), None) => write!(f, "throttled: {h} → no new placements"),
+            (None, Some(max)) if self.limit < max => {
+                write!(f, "capped: counting the running allocs for the new max_running {max}")
+            }
+            (None, max) => {
+                write!(f, "capped: {} running of max_running {}", self.running, max.unwrap_or(self.limit))
+            }
+        }
     }
 }
 
@@ -69,6 +81,8 @@ pub struct Snapshot {
     pub holders: HashMap<String, HashSet<WorkerId>>,
     /// The pool's admission limit, if it has one.
     pub limit: Option<Limit>,
+    /// What the store must check of the pool for each placement.
+    pub claim: crate::backend::Claim,
 }
 
 /// One placement: `batch[item]` goes to `candidates[worker]`.

@@ -10,7 +10,13 @@ CREATE TABLE IF NOT EXISTS pools (
     strategy     TEXT NOT NULL,
     status       TEXT NOT NULL,
     created_at   INTEGER NOT NULL,
-    disbanded_at INTEGER
+    disbanded_at INTEGER,
+    max_running    INTEGER,
+    running        INTEGER NOT NULL DEFAULT 0,
+    limits_version INTEGER NOT NULL DEFAULT 0,
+    coefficients   TEXT,
+    pushed_level   INTEGER,
+    pushed_until   INTEGER
 );
 
 CREATE TABLE IF NOT EXISTS workers (
@@ -73,6 +79,7 @@ CREATE TABLE IF NOT EXISTS allocs (
     state      TEXT NOT NULL,
     stop       INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
+    counted    INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (pool_id, alloc_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS allocs_live_ttl ON allocs (pool_id, ttl) WHERE state = 'live';
@@ -98,7 +105,16 @@ CREATE INDEX IF NOT EXISTS messages_parked ON messages (queue) WHERE parked = 1;
 
 /// Columns added after the first release, for data directories made before them:
 /// (table, column, definition).
-const ADDED: &[(&str, &str, &str)] = &[("evals", "priority", "INTEGER NOT NULL DEFAULT 50")];
+const ADDED: &[(&str, &str, &str)] = &[
+    ("evals", "priority", "INTEGER NOT NULL DEFAULT 50"),
+    ("pools", "max_running", "INTEGER"),
+    ("pools", "running", "INTEGER NOT NULL DEFAULT 0"),
+    ("pools", "limits_version", "INTEGER NOT NULL DEFAULT 0"),
+    ("pools", "coefficients", "TEXT"),
+    ("pools", "pushed_level", "INTEGER"),
+    ("pools", "pushed_until", "INTEGER"),
+    ("allocs", "counted", "INTEGER NOT NULL DEFAULT 0"),
+];
 
 pub fn create(conn: &Connection) -> Result<(), Error> {
     conn.execute_batch(SCHEMA).map_err(|e| Error::backend("create schema", e))?;

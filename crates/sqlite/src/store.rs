@@ -3,17 +3,19 @@
 //! DynamoDB condition expressions.
 
 use async_trait::async_trait;
-use lineup_core::backend::{Heartbeat, Placement};
+use lineup_core::admission;
+use lineup_core::backend::{Claim, Heartbeat, Placement};
 use lineup_core::*;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
 use crate::{db, SqliteBackend};
 
-const POOL_COLS: &str = "pool_id, strategy, status, created_at, disbanded_at";
+const POOL_COLS: &str = "pool_id, strategy, status, created_at, disbanded_at, max_running, running, limits_version, \
+                         coefficients, pushed_level, pushed_until";
 const WORKER_COLS: &str = "pool_id, worker_id, capacity, free, ttl, token_hash, queue, created_at";
 const EVAL_COLS: &str = "pool_id, eval_id, size, dataset, payload, status, attempt, version, worker_id, alloc_id, \
                          exit_code, output, reason, idempotency_key, created_at, updated_at, priority";
-const ALLOC_COLS: &str = "pool_id, alloc_id, worker_id, eval_id, size, attempt, ttl, state, stop, created_at";
+const ALLOC_COLS: &str = "pool_id, alloc_id, worker_id, eval_id, size, attempt, ttl, state, stop, created_at, counted";
 
 /// Reads a column that must hold a valid id; a bad one means a corrupt row.
 fn id_col<T: std::str::FromStr>(row: &Row, i: usize) -> rusqlite::Result<T> {
@@ -42,6 +44,27 @@ fn pool_row(row: &Row) -> rusqlite::Result<Pool> {
         status: PoolStatus::parse(&status).map_err(|e| bad(2, e.to_string()))?,
         created_at: row.get(3)?,
         disbanded_at: row.get(4)?,
+        limits: limits_row(row)?,
+    })
+}
+
+/// Columns 5.. of `POOL_COLS`.
+fn limits_row(row: &Row) -> rusqlite::Result<admission::PoolLimits> {
+    let coefficients: Option<String> = row.get(8)?;
+    let pushed = match (row.get::<_, Option<u8>>(9)?, row.get::<_, Option<Millis>>(10)?) {
+        (Some(level), Some(until)) => Some(admission::Pushed { level, until }),
+        _ => None,
+    };
+    Ok(admission::PoolLimits {
+        max_running: row.get(5)?,
+        running: row.get(6)?,
+        version: row.get::<_, i64>(7)? as u64,
+        counting: false,
+        coefficients: coefficients
+            .map(|c| serde_json::from_str(&c).map_err(|e| bad(8, e.to_string())))
+            .transpose()?
+            .unwrap_or_default(),
+        pushed,
     })
 }
 
@@ -99,6 +122,7 @@ fn alloc_row(row: &Row) -> rusqlite::Result<Alloc> {
         },
         stop: row.get(8)?,
         created_at: row.get(9)?,
+        counted: row.get(10)?,
     })
 }
 
@@ -184,8 +208,22 @@ fn update_eval_job(tx: &Connection, e: &Eval, expected: u64) -> Result<()> {
 /// `Conflict` has written nothing (so a batch needs no savepoint per item: a lost
 /// eval condition gives the claim back in the same transaction, which no one else can
 /// see in between); any other error fails the whole job, which its savepoint undoes.
-fn place_job(tx: &Connection, a: &Alloc, e: &Eval, expected: u64, now: Millis) -> Result<()> {
+fn place_job(tx: &Connection, a: &Alloc, e: &Eval, expected: u64, claim: Claim, now: Millis) -> Result<()> {
     let (pool, worker) = (a.pool_id.as_str(), a.worker_id.as_str());
+    // The pool's side first, read only: nothing is written before every check passed
+    // (a conflict does not undo the job's savepoint).
+    let limits: Option<(u64, u32)> = tx
+        .prepare_cached("SELECT limits_version, running FROM pools WHERE pool_id=?1")
+        .and_then(|mut st| st.query_row([pool], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))).optional())
+        .map_err(db("read pool limits"))?;
+    match limits {
+        Some((version, _)) if version != claim.version => return Err(conflict("the pool's limits changed")),
+        Some((_, running)) if claim.limit.is_some_and(|l| running >= l) => {
+            return Err(conflict("the pool's running limit is reached"))
+        }
+        None => return Err(conflict("pool gone")),
+        Some(_) => {}
+    }
     let claimed = tx
         .prepare_cached("UPDATE workers SET free=free-?3 WHERE pool_id=?1 AND worker_id=?2 AND free>=?3 AND ttl>?4")
         .and_then(|mut st| st.execute(params![pool, worker, a.size, now]))
@@ -199,8 +237,13 @@ fn place_job(tx: &Connection, a: &Alloc, e: &Eval, expected: u64, now: Millis) -
             .map_err(db("give back claim"))?;
         return Err(conflict("eval changed"));
     }
+    if claim.limit.is_some() {
+        tx.prepare_cached("UPDATE pools SET running=running+1 WHERE pool_id=?1")
+            .and_then(|mut st| st.execute([pool]))
+            .map_err(db("count alloc"))?;
+    }
     // A duplicate alloc id (80 random bits) fails the insert, and with it the job.
-    tx.prepare_cached(&format!("INSERT INTO allocs ({ALLOC_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"))
+    tx.prepare_cached(&format!("INSERT INTO allocs ({ALLOC_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)"))
         .and_then(|mut st| {
             st.execute(params![
                 pool,
@@ -212,7 +255,8 @@ fn place_job(tx: &Connection, a: &Alloc, e: &Eval, expected: u64, now: Millis) -
                 a.ttl,
                 "live",
                 a.stop,
-                a.created_at
+                a.created_at,
+                claim.limit.is_some()
             ])
         })
         .map_err(db("insert alloc"))?;
@@ -280,14 +324,84 @@ impl Store for SqliteBackend {
         let p = p.clone();
         self.writer
             .write(move |c| {
+                let l = &p.limits;
+                let coefficients =
+                    serde_json::to_string(&l.coefficients).map_err(|e| Error::backend("encode coefficients", e))?;
                 c.execute(
-                    &format!("INSERT INTO pools ({POOL_COLS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
-                    params![p.pool_id.as_str(), p.strategy.as_str(), p.status.as_str(), p.created_at, p.disbanded_at],
+                    &format!("INSERT INTO pools ({POOL_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+                    params![
+                        p.pool_id.as_str(),
+                        p.strategy.as_str(),
+                        p.status.as_str(),
+                        p.created_at,
+                        p.disbanded_at,
+                        l.max_running,
+                        l.running,
+                        l.version as i64,
+                        coefficients,
+                        l.pushed.map(|p| p.level),
+                        l.pushed.map(|p| p.until)
+                    ],
                 )
                 .map_err(db("insert pool"))?;
                 Ok(())
             })
             .await
+    }
+
+    async fn set_max_running(&self, pool: &PoolId, max_running: Option<u32>) -> Result<Pool> {
+        let id = pool.clone();
+        self.writer
+            .write(move |tx| {
+                let p = id.as_str();
+                // One transaction: the live allocs are counted as the cap is set, and no
+                // claim can land in between (the writer is the only one).
+                let counted = match max_running {
+                    Some(_) => tx
+                        .execute("UPDATE allocs SET counted=1 WHERE pool_id=?1 AND state='live' AND counted=0", [p])
+                        .map_err(db("count live allocs"))?,
+                    None => 0,
+                };
+                let n = tx
+                    .execute(
+                        "UPDATE pools SET max_running=?2, running=running+?3, limits_version=limits_version+1
+                         WHERE pool_id=?1",
+                        params![p, max_running, counted as i64],
+                    )
+                    .map_err(db("set max_running"))?;
+                if n == 0 {
+                    return Err(Error::not_found(format!("pool {id}")));
+                }
+                Ok(())
+            })
+            .await?;
+        self.get_pool(pool).await?.ok_or_else(|| Error::not_found(format!("pool {pool}")))
+    }
+
+    async fn set_health(
+        &self,
+        pool: &PoolId,
+        coefficients: admission::Coefficients,
+        pushed: Option<admission::Pushed>,
+    ) -> Result<Pool> {
+        let id = pool.clone();
+        let coefficients =
+            serde_json::to_string(&coefficients).map_err(|e| Error::backend("encode coefficients", e))?;
+        self.writer
+            .write(move |tx| {
+                let n = tx
+                    .execute(
+                        "UPDATE pools SET coefficients=?2, pushed_level=?3, pushed_until=?4 WHERE pool_id=?1",
+                        params![id.as_str(), coefficients, pushed.map(|p| p.level), pushed.map(|p| p.until)],
+                    )
+                    .map_err(db("set health"))?;
+                if n == 0 {
+                    return Err(Error::not_found(format!("pool {id}")));
+                }
+                Ok(())
+            })
+            .await?;
+        self.get_pool(pool).await?.ok_or_else(|| Error::not_found(format!("pool {pool}")))
     }
 
     async fn get_pool(&self, pool: &PoolId) -> Result<Option<Pool>> {
@@ -598,20 +712,23 @@ impl Store for SqliteBackend {
         )
     }
 
-    async fn place(&self, a: &Alloc, e: &Eval, expected: u64, now: Millis) -> Result<()> {
+    async fn place(&self, a: &Alloc, e: &Eval, expected: u64, claim: Claim, now: Millis) -> Result<()> {
         let (a, e) = (a.clone(), e.clone());
-        self.writer.write(move |tx| place_job(tx, &a, &e, expected, now)).await
+        self.writer.write(move |tx| place_job(tx, &a, &e, expected, claim, now)).await
     }
 
-    async fn place_many(&self, items: &[(Alloc, Eval, u64)], now: Millis) -> Result<Vec<Result<()>>> {
+    async fn place_many(&self, items: &[(Alloc, Eval, u64)], claim: Claim, now: Millis) -> Result<Vec<Result<()>>> {
         let items = items.to_vec();
-        self.writer.write(move |tx| each_item(&items, |(a, e, expected)| place_job(tx, a, e, *expected, now))).await
+        self.writer
+            .write(move |tx| each_item(&items, |(a, e, expected)| place_job(tx, a, e, *expected, claim, now)))
+            .await
     }
 
     async fn place_and_deliver(
         &self,
         pool_queue: &str,
         items: &[Placement],
+        claim: Claim,
         now: Millis,
     ) -> Option<Result<Vec<Result<()>>>> {
         let (owned, pool_queue) = (items.to_vec(), pool_queue.to_owned());
@@ -620,7 +737,7 @@ impl Store for SqliteBackend {
             .write(move |tx| {
                 let sent_at = crate::queues::now_ms();
                 each_item(&owned, |p| {
-                    place_job(tx, &p.alloc, &p.eval, p.expected_version, now)?;
+                    place_job(tx, &p.alloc, &p.eval, p.expected_version, claim, now)?;
                     match crate::queues::send_job(tx, &p.deliver_to, std::slice::from_ref(&p.body), sent_at) {
                         // The worker was removed meanwhile: the releaser releases its allocs.
                         Ok(()) | Err(Error::QueueGone(_)) => {}
@@ -665,15 +782,30 @@ impl Store for SqliteBackend {
 
 fn release_job(tx: &Connection, a: &Alloc, eval: Option<&(Eval, u64)>, expired_by: Option<Millis>) -> Result<()> {
     let (p, id) = (a.pool_id.as_str(), a.alloc_id.as_str());
-    let row: Option<(u32, Millis)> = tx
-        .prepare_cached("SELECT size, ttl FROM allocs WHERE pool_id=?1 AND alloc_id=?2 AND state='live'")
-        .and_then(|mut st| st.query_row([p, id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+    let row: Option<(u32, Millis, bool)> = tx
+        .prepare_cached("SELECT size, ttl, counted FROM allocs WHERE pool_id=?1 AND alloc_id=?2 AND state='live'")
+        .and_then(|mut st| st.query_row([p, id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional())
         .map_err(db("read alloc"))?;
-    let size = match row {
+    let (size, counted) = match row {
         None => return Err(conflict("alloc already released")),
-        Some((_, ttl)) if expired_by.is_some_and(|by| ttl > by) => return Err(conflict("alloc renewed")),
-        Some((size, _)) => size,
+        Some((_, ttl, _)) if expired_by.is_some_and(|by| ttl > by) => return Err(conflict("alloc renewed")),
+        Some((size, _, counted)) => (size, counted),
     };
+    if let Some((e, expected)) = eval {
+        // Checked before anything is written (a conflict does not undo the savepoint).
+        let version: Option<i64> = tx
+            .prepare_cached("SELECT version FROM evals WHERE pool_id=?1 AND eval_id=?2")
+            .and_then(|mut st| st.query_row([p, e.eval_id.as_str()], |r| r.get(0)).optional())
+            .map_err(db("read eval"))?;
+        if version != Some(*expected as i64) {
+            return Err(conflict("eval changed"));
+        }
+    }
+    if counted {
+        tx.prepare_cached("UPDATE pools SET running=running-1 WHERE pool_id=?1 AND running>0")
+            .and_then(|mut st| st.execute([p]))
+            .map_err(db("uncount alloc"))?;
+    }
     tx.prepare_cached("UPDATE allocs SET state='released' WHERE pool_id=?1 AND alloc_id=?2")
         .and_then(|mut st| st.execute([p, id]))
         .map_err(db("release alloc"))?;

@@ -80,6 +80,7 @@ impl Lineup {
             status: PoolStatus::Active,
             created_at: self.now(),
             disbanded_at: None,
+            limits: Default::default(),
         };
         // Queue first: an active pool always has its queue.
         self.queues.create_queue(&self.pool_queue(&pool.pool_id)).await?;

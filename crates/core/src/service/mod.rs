@@ -4,7 +4,8 @@
 //! from the store's conditional writes.
 //!
 //! - `gateway.rs`: pools, workers, heartbeats, polls, eval submit/cancel, complete/fail.
-//! - `scheduler.rs`: receive evals from a pool queue, place them, deliver allocs.
+//! - `scheduler/`: receive evals from a pool queue, plan, commit, deliver allocs, hold the blocked.
+//! - `limits.rs`: a pool's `max_running`, health coefficients and pushed health.
 //! - `releaser.rs`: expire allocs, workers and replicas; purge disbanded pools.
 //! - `finish.rs`: the one path by which an alloc gives its capacity back.
 //!
@@ -17,6 +18,7 @@
 mod backoff;
 mod finish;
 mod gateway;
+mod limits;
 mod reconcile;
 mod releaser;
 mod scheduler;
@@ -29,6 +31,7 @@ pub use gateway::{
     CancelOutcome, FinishOutcome, HeartbeatRequest, NewEval, RegisteredWorker, SubmitOutcome, MAX_POLL_BATCH,
     MAX_POLL_WAIT,
 };
+pub use limits::{NewPool, PoolChange, MAX_HEALTH_TTL};
 pub use reconcile::{RECONCILE_EVERY_MS, RESEND_AFTER_MS, RESEND_GRACE_MS};
 pub use releaser::ReleaseSummary;
 pub use scheduler::{alloc_message, PassSummary, PoolScheduler, ScheduleSummary, SchedulerOptions, HOLD};
@@ -58,6 +61,8 @@ pub struct Lineup {
     capacity_notify: Arc<tokio::sync::Notify>,
     /// When each pool was last reconciled by this process (`reconcile.rs`).
     reconciled: Arc<std::sync::Mutex<std::collections::HashMap<PoolId, crate::Millis>>>,
+    /// Pools as the scheduler last read them, and when (`scheduler/mod.rs` `current_pool`).
+    pool_reads: Arc<std::sync::Mutex<std::collections::HashMap<PoolId, (crate::model::Pool, tokio::time::Instant)>>>,
 }
 
 impl Lineup {
@@ -90,6 +95,7 @@ impl Lineup {
             capacity_epoch: Arc::new(AtomicU64::new(0)),
             capacity_notify: Arc::new(tokio::sync::Notify::new()),
             reconciled: Arc::default(),
+            pool_reads: Arc::default(),
         }
     }
 
@@ -124,6 +130,8 @@ impl Lineup {
     /// Capacity appeared: wake blocked messages parked in the pool's queue, and tell
     /// local schedulers holding blocked evals.
     async fn capacity_appeared(&self, pool: &PoolId) -> Result<()> {
+        // A capped pool's running count just went down: plan from a fresh read.
+        self.forget_pool(pool);
         self.capacity_epoch.fetch_add(1, Ordering::AcqRel);
         self.capacity_notify.notify_waiters();
         self.queues.wake(&self.pool_queue(pool)).await

@@ -146,6 +146,11 @@ impl Lineup {
         }
 
         sum.replicas_removed += self.store.delete_expired_replicas(id, now).await?;
+        if pool.status == PoolStatus::Active && pool.limits.counting {
+            // A cap set by a process that died before it had counted the live allocs:
+            // finish it (each step is idempotent), or the pool would place nothing.
+            self.store.set_max_running(id, pool.limits.max_running).await?;
+        }
         if pool.status == PoolStatus::Active && self.reconcile_due(pool, now) {
             sum.messages_resent += self.reconcile_pool(pool, now).await?;
         }

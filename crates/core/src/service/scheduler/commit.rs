@@ -42,7 +42,7 @@ impl Lineup {
         let mut items = Vec::with_capacity(plan.placements.len());
         for pl in &plan.placements {
             let (eval, rcv) = &work[pl.item];
-            let (alloc, next) = self.placement_of(pool, eval, &snap.candidates[pl.worker].worker_id, now);
+            let (alloc, next) = self.placement_of(pool, eval, &snap.candidates[pl.worker].worker_id, snap.claim, now);
             items.push(Placement {
                 deliver_to: self.worker_queue(&pool.pool_id, &alloc.worker_id),
                 body: alloc_message(pool, eval, &alloc)?,
@@ -57,12 +57,12 @@ impl Lineup {
         let (results, delivered) = if items.is_empty() {
             (Vec::new(), false)
         } else {
-            match self.store.place_and_deliver(queue, &items, now).await {
+            match self.store.place_and_deliver(queue, &items, snap.claim, now).await {
                 Some(res) => (res?, true),
                 None => {
                     let claims: Vec<(Alloc, Eval, u64)> =
                         items.iter().map(|p| (p.alloc.clone(), p.eval.clone(), p.expected_version)).collect();
-                    (self.store.place_many(&claims, now).await?, false)
+                    (self.store.place_many(&claims, snap.claim, now).await?, false)
                 }
             }
         };
@@ -164,8 +164,8 @@ impl Lineup {
                 Err(blocked) => return Ok(Placed::Blocked(blocked.into())),
             };
             let worker_id = snap.candidates[idx].worker_id.clone();
-            let (alloc, next) = self.placement_of(pool, eval, &worker_id, now);
-            match self.store.place(&alloc, &next, eval.version, now).await {
+            let (alloc, next) = self.placement_of(pool, eval, &worker_id, snap.claim, now);
+            match self.store.place(&alloc, &next, eval.version, snap.claim, now).await {
                 Ok(()) => {
                     snap.candidates[idx].free -= eval.size;
                     if let Some(l) = snap.limit.as_mut() {
@@ -181,6 +181,10 @@ impl Lineup {
                         Some(e) if e.version == eval.version => {}
                         _ => return Ok(Placed::Stale),
                     }
+                    // ...or the pool's limits did (a new cap, another scheduler's placements
+                    // filling it)...
+                    let p = self.current_pool(pool, true).await?;
+                    (snap.limit, snap.claim) = super::limits_of(&p, now);
                     // ...or the worker did: refresh our view of it and rank again.
                     let c = &mut snap.candidates[idx];
                     match self.store.get_worker(&pool.pool_id, &worker_id).await? {

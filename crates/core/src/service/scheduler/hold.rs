@@ -167,8 +167,10 @@ impl PoolScheduler {
     /// held evals the free capacity could take are tried: when one worker appears among
     /// thousands of blocked evals, the work is the size of the worker, not the backlog.
     async fn recheck(&mut self, sum: &mut PassSummary) -> Result<()> {
+        // With free capacity left, the loop's long poll has been taking new messages in
+        // all along; only a full pool's loop stops receiving, so only then look here.
         let room = self.opts.hold_max.saturating_sub(self.held.len()).min(self.opts.batch);
-        if room > 0 {
+        if room > 0 && self.free_left == 0 {
             let Some(new) = self.receive(room, Duration::ZERO).await? else {
                 sum.pool_gone = true;
                 return Ok(());

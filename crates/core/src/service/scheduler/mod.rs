@@ -34,7 +34,7 @@ pub use driver::ScheduleSummary;
 pub use hold::{PoolScheduler, HOLD};
 
 use super::Lineup;
-use crate::backend::Received;
+use crate::backend::{Claim, Received};
 use crate::error::{Error, Result};
 use crate::id::{AllocId, WorkerId};
 use crate::model::*;
@@ -97,6 +97,8 @@ impl PassSummary {
 
 /// How long a message for an eval that is mid-way through a change stays hidden.
 const DEFER: Duration = Duration::from_secs(1);
+/// How old the scheduler's copy of a pool may be (see `current_pool`).
+const POOL_FRESH: Duration = Duration::from_secs(1);
 /// How stale the counts in a blocked eval's reason may get (see `note_blocked`).
 const REASON_REFRESH_MS: i64 = 10_000;
 
@@ -148,11 +150,39 @@ impl Lineup {
     /// `cands`, when given, is a fresh candidate read to use instead of reading again.
     async fn process(&self, pool: &Pool, msgs: Vec<Received>, cands: Option<Vec<Candidate>>) -> Result<Processed> {
         let queue = self.pool_queue(&pool.pool_id);
+        let pool = &self.current_pool(pool, false).await?;
         let intake = self.intake(&queue, pool, msgs).await?;
         let evals: Vec<&Eval> = intake.work.iter().map(|(e, _)| e).collect();
         let mut snap = self.snapshot(pool, cands, &evals).await?;
         let plan = plan::plan(&evals, &mut snap);
         self.commit(pool, &queue, intake, plan, snap).await
+    }
+
+    /// The pool as of at most `POOL_FRESH` ago, or read now (`reread`). Its limits change
+    /// (a new cap, a health report) and a capped pool's plan starts from its running
+    /// count; a stale copy costs at most lost claims (each claim carries the limits
+    /// version it was planned against, and a lost claim reads the pool again), so one
+    /// read a second per pool will do rather than one per pass.
+    pub(super) async fn current_pool(&self, pool: &Pool, reread: bool) -> Result<Pool> {
+        let now = tokio::time::Instant::now();
+        if !reread {
+            let cached = self.pool_reads.lock().ok().and_then(|m| m.get(&pool.pool_id).cloned());
+            if let Some((p, _)) = cached.filter(|(_, at)| now.duration_since(*at) < POOL_FRESH) {
+                return Ok(p);
+            }
+        }
+        let p = self.store.get_pool(&pool.pool_id).await?.unwrap_or_else(|| pool.clone());
+        if let Ok(mut m) = self.pool_reads.lock() {
+            m.insert(pool.pool_id.clone(), (p.clone(), now));
+        }
+        Ok(p)
+    }
+
+    /// Forgets this process's copy of `pool`: its limits were just changed here.
+    pub(crate) fn forget_pool(&self, pool: &crate::id::PoolId) {
+        if let Ok(mut m) = self.pool_reads.lock() {
+            m.remove(pool);
+        }
     }
 
     /// What the planner needs of the pool, in one candidate read and one replica read
@@ -173,7 +203,8 @@ impl Lineup {
                 holders.entry(r.dataset).or_default().insert(r.worker_id);
             }
         }
-        Ok(Snapshot { strategy: pool.strategy, now, candidates, holders, limit: None })
+        let (limit, claim) = limits_of(pool, now);
+        Ok(Snapshot { strategy: pool.strategy, now, candidates, holders, limit, claim })
     }
 
     /// Every live worker with any room: one read for a whole batch. (Not only those
@@ -189,8 +220,16 @@ impl Lineup {
             .collect())
     }
 
-    /// The alloc placing `eval` on `worker`, and the eval as it will then be.
-    pub fn placement_of(&self, pool: &Pool, eval: &Eval, worker: &WorkerId, now: Millis) -> (Alloc, Eval) {
+    /// The alloc placing `eval` on `worker` (counted against the pool's cap when the
+    /// claim has one), and the eval as it will then be.
+    pub fn placement_of(
+        &self,
+        pool: &Pool,
+        eval: &Eval,
+        worker: &WorkerId,
+        claim: Claim,
+        now: Millis,
+    ) -> (Alloc, Eval) {
         let alloc = Alloc {
             pool_id: pool.pool_id.clone(),
             alloc_id: AllocId::generate(),
@@ -202,6 +241,7 @@ impl Lineup {
             state: AllocState::Live,
             stop: false,
             created_at: now,
+            counted: claim.limit.is_some(),
         };
         let mut next = eval.clone();
         next.status = EvalStatus::Placed;
@@ -253,6 +293,15 @@ impl Lineup {
         let exp = receive_count.saturating_sub(1).min(16);
         Duration::from_secs((1u64 << exp).min(self.settings.blocked_backoff_max))
     }
+}
+
+/// The planner's limit for `pool` at `now`, and the claim the store checks: the limits'
+/// version always, the limit itself only for a pool with a cap (health alone stops a
+/// pool without one in the plan, not in the store: it throttles, it does not count).
+pub(super) fn limits_of(pool: &Pool, now: Millis) -> (Option<plan::Limit>, Claim) {
+    let limit = pool.limits.limit(now);
+    let counted = pool.limits.max_running.and(limit.as_ref().map(|l| l.limit));
+    (limit, Claim { version: pool.limits.version, limit: counted })
 }
 
 /// The message that tells a worker to run `eval` as `alloc`.

@@ -1,0 +1,78 @@
+//! Admission through the real `lineup dev` and its CLI: priorities, `max_running`,
+//! pushed health, and clear 400s for bad values. (The rules themselves, on both
+//! backends and with several schedulers, are in the conformance suite: `admission_*`.)
+
+use std::time::Duration;
+
+use lineup_tests::TestApp;
+use reqwest::Method;
+
+fn stdout(o: &std::process::Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_cap_and_health_through_the_api_and_cli() {
+    let app = TestApp::spawn().await;
+    // The CLI as the README says.
+    let pool = stdout(&app.cli(&["pool", "create", "--max-running", "2"]));
+    let (st, v) = app.raw(Method::GET, &format!("/v1/pools/{pool}"), Some(&app.token), None).await;
+    assert_eq!(st, 200);
+    assert_eq!((v["max_running"].as_u64(), v["limit"].as_u64(), v["running"].as_u64()), (Some(2), Some(2), Some(0)));
+    assert_eq!(v["health"]["level"].as_u64(), Some(4));
+    // A backlog first (no worker yet), the low-priority eval oldest in it.
+    let low = stdout(&app.cli(&["eval", "submit", "--pool", &pool, "--size", "1", "--priority", "5"]));
+    let (_, e) = app.raw(Method::GET, &format!("/v1/pools/{pool}/evals/{low}"), Some(&app.token), None).await;
+    assert_eq!(e["priority"].as_u64(), Some(5));
+    for _ in 0..3 {
+        stdout(&app.cli(&["eval", "submit", "--pool", &pool, "--size", "1"]));
+    }
+    app.admin.register_worker(&pool, 10).await.unwrap();
+    // Capacity for 10, but 2 at most run: poll until 2 are placed and they stay 2.
+    let end = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = app.raw(Method::GET, &format!("/v1/pools/{pool}"), Some(&app.token), None).await;
+        if v["running"].as_u64() == Some(2) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < end, "never 2 running: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, evals) =
+        app.raw(Method::GET, &format!("/v1/pools/{pool}/evals?status=queued"), Some(&app.token), None).await;
+    let queued = evals["evals"].as_array().unwrap();
+    assert_eq!(queued.len(), 2);
+    assert!(queued.iter().any(|e| e["eval_id"].as_str() == Some(&low)), "the low-priority eval waits: {evals}");
+
+    // Health 2 halves the cap; `pool health` and the PUT route are the same thing.
+    let v = stdout(&app.cli(&["--json", "pool", "health", &pool, "--level", "2", "--ttl", "60"]));
+    let v: serde_json::Value = serde_json::from_str(&v).unwrap();
+    assert_eq!((v["limit"].as_u64(), v["health"]["source"].as_str()), (Some(1), Some("pushed")));
+    // The cap raised and removed with PATCH.
+    let body = r#"{"max_running": 8}"#;
+    let (st, v) = app.raw(Method::PATCH, &format!("/v1/pools/{pool}"), Some(&app.token), Some(body)).await;
+    assert_eq!((st, v["limit"].as_u64()), (200, Some(4)));
+    let v = stdout(&app.cli(&["--json", "pool", "update", &pool, "--no-max-running"]));
+    let v: serde_json::Value = serde_json::from_str(&v).unwrap();
+    assert!(v["max_running"].is_null() && v["limit"].is_null(), "{v}");
+
+    // Bad values: a clear 400 each, and nothing changed.
+    for (m, path, body, code) in [
+        (Method::POST, format!("/v1/pools/{pool}/evals"), r#"{"size":1,"priority":101}"#, "invalid_priority"),
+        (Method::POST, "/v1/pools".to_string(), r#"{"max_running":0}"#, "invalid_max_running"),
+        (Method::PATCH, format!("/v1/pools/{pool}"), r#"{"coefficients":[0,1]}"#, "invalid_coefficients"),
+        (Method::PATCH, format!("/v1/pools/{pool}"), r#"{"max_running":-3}"#, "invalid_max_running"),
+        (Method::PUT, format!("/v1/pools/{pool}/health"), r#"{"level":5,"ttl":10}"#, "invalid_level"),
+        (Method::PUT, format!("/v1/pools/{pool}/health"), r#"{"level":1}"#, "missing_field"),
+        (Method::PUT, format!("/v1/pools/{pool}/health"), r#"{"level":1,"ttl":0}"#, "invalid_ttl"),
+    ] {
+        let (st, v) = app.raw(m.clone(), &path, Some(&app.token), Some(body)).await;
+        assert_eq!((st, v["code"].as_str()), (400, Some(code)), "{m} {path} {body}: {v}");
+    }
+    let (_, v) = app.raw(Method::GET, &format!("/v1/pools/{pool}"), Some(&app.token), None).await;
+    assert!(v["max_running"].is_null(), "{v}");
+    assert_eq!(v["health"]["level"].as_u64(), Some(2));
+    let bad = app.cli(&["eval", "submit", "--pool", &pool, "--size", "1", "--priority", "101"]);
+    assert!(!bad.status.success());
+}
