@@ -76,3 +76,64 @@ async fn priority_cap_and_health_through_the_api_and_cli() {
     let bad = app.cli(&["eval", "submit", "--pool", &pool, "--size", "1", "--priority", "101"]);
     assert!(!bad.status.success());
 }
+
+/// A URL health check, read by the real `lineup dev` from a real HTTP server: the pool
+/// shows the reading and throttles by it; a bad check is a 400 that names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_health_check_throttles_the_pool() {
+    let value = std::sync::Arc::new(std::sync::Mutex::new("75".to_string()));
+    let v2 = value.clone();
+    let monitor = axum::Router::new().route(
+        "/load",
+        axum::routing::get(move || {
+            let v = v2.clone();
+            async move { v.lock().unwrap().clone() }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/load", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, monitor).await });
+
+    let app = TestApp::spawn().await;
+    let body = serde_json::json!({
+        "max_running": 4,
+        "health_checks": [{"name": "load", "url": url, "period": 1, "feelings": {"1": 90, "2": 70}, "comparison": ">="}]
+    })
+    .to_string();
+    let (st, v) = app.raw(Method::POST, "/v1/pools", Some(&app.token), Some(&body)).await;
+    assert_eq!(st, 201, "{v}");
+    let pool = v["pool_id"].as_str().unwrap().to_owned();
+    let h = &v["health"];
+    assert_eq!((h["level"].as_u64(), h["source"].as_str()), (Some(2), Some("check")), "{v}");
+    assert_eq!(h["checks"][0]["value"].as_f64(), Some(75.0));
+    assert_eq!(v["limit"].as_u64(), Some(2));
+    assert_eq!(h["why"].as_str(), Some("check load = 75 ≥ 70"));
+
+    // The monitor recovers: within a period or two the pool is healthy again.
+    *value.lock().unwrap() = "12".into();
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) = app.raw(Method::GET, &format!("/v1/pools/{pool}"), Some(&app.token), None).await;
+        if v["health"]["level"].as_u64() == Some(4) {
+            assert_eq!(v["limit"].as_u64(), Some(4));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < end, "still unhealthy: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Unreadable: fails open (on_error 4), and says why.
+    *value.lock().unwrap() = "not a number".into();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, v) = app.raw(Method::GET, &format!("/v1/pools/{pool}"), Some(&app.token), None).await;
+    assert_eq!(v["health"]["level"].as_u64(), Some(4));
+    assert!(v["health"]["checks"][0]["error"].as_str().is_some_and(|e| e.contains("not a number")), "{v}");
+
+    let bad = r#"{"health_checks": [{"name": "x", "url": "ftp://h/x", "feelings": {"1": 1}, "comparison": ">="}]}"#;
+    let (st, v) = app.raw(Method::PATCH, &format!("/v1/pools/{pool}"), Some(&app.token), Some(bad)).await;
+    assert_eq!((st, v["code"].as_str()), (400, Some("invalid_health_check")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("check x"), "{v}");
+    let bad = r#"{"health_checks": [{"name": "x", "url": "http://h/x", "feelings": {"1": 1}, "comparison": "~"}]}"#;
+    let (st, v) = app.raw(Method::PATCH, &format!("/v1/pools/{pool}"), Some(&app.token), Some(bad)).await;
+    assert_eq!((st, v["code"].as_str()), (400, Some("invalid_health_check")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("health_checks[0]"), "{v}");
+}

@@ -8,9 +8,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use lineup_core::admission;
 use lineup_core::service::{CancelOutcome, Finish, FinishOutcome, HeartbeatRequest, NewEval, NewPool, PoolChange};
 use lineup_core::*;
+use lineup_core::{admission, health};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -45,6 +45,28 @@ struct CreatePool {
     strategy: Option<String>,
     max_running: Option<i64>,
     coefficients: Option<Vec<f64>>,
+    health_checks: Option<Vec<serde_json::Value>>,
+}
+
+/// Health checks, each parsed on its own so the error names the check that is wrong.
+fn health_checks(c: Option<Vec<serde_json::Value>>) -> Result<Option<Vec<health::HealthCheck>>> {
+    let Some(c) = c else { return Ok(None) };
+    let checks = c
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            serde_json::from_value(v)
+                .map_err(|e| Error::invalid("invalid_health_check", format!("health_checks[{i}]: {e}")))
+        })
+        .collect::<Result<Vec<health::HealthCheck>>>()?;
+    lineup_core::service::validate_checks(&checks)?;
+    Ok(Some(checks))
+}
+
+/// A pool as the API shows it, with its checks' readings (read now if due).
+async fn pool_view(l: &Lineup, p: &Pool, s: &PoolStats) -> serde_json::Value {
+    let readings = l.pulled_health(p).await;
+    views::pool(p, s, &readings, l.now())
 }
 
 fn coefficients(c: Option<Vec<f64>>) -> Result<Option<admission::Coefficients>> {
@@ -56,9 +78,10 @@ async fn create_pool(State(l): State<Lineup>, Auth(who): Auth, JsonBody(b): Json
         strategy: b.strategy.as_deref().map(Strategy::parse).transpose()?.unwrap_or_default(),
         max_running: b.max_running.map(admission::max_running).transpose()?,
         coefficients: coefficients(b.coefficients)?,
+        health_checks: health_checks(b.health_checks)?,
     };
     let pool = l.create_pool_with(&who, new).await?;
-    ok(StatusCode::CREATED, views::pool(&pool, &PoolStats::default(), l.now()))
+    ok(StatusCode::CREATED, pool_view(&l, &pool, &PoolStats::default()).await)
 }
 
 /// Absent → `None`; `null` → `Some(None)`: "leave it" and "remove it" differ.
@@ -74,6 +97,7 @@ struct ChangePool {
     #[serde(default, deserialize_with = "present")]
     max_running: Option<Option<i64>>,
     coefficients: Option<Vec<f64>>,
+    health_checks: Option<Vec<serde_json::Value>>,
 }
 
 async fn change_pool(
@@ -86,10 +110,11 @@ async fn change_pool(
     let change = PoolChange {
         max_running: b.max_running.map(|m| m.map(admission::max_running).transpose()).transpose()?,
         coefficients: coefficients(b.coefficients)?,
+        health_checks: health_checks(b.health_checks)?,
     };
     l.change_pool(&who, &id, change).await?;
     let (p, s) = l.pool(&who, &id).await?;
-    ok(StatusCode::OK, views::pool(&p, &s, l.now()))
+    ok(StatusCode::OK, pool_view(&l, &p, &s).await)
 }
 
 #[derive(Deserialize)]
@@ -112,25 +137,27 @@ async fn push_health(
         .map_err(|_| Error::invalid("invalid_ttl", format!("ttl must be a positive number of seconds, got {ttl}")))?;
     l.push_health(&who, &id, level, Duration::from_secs(ttl)).await?;
     let (p, s) = l.pool(&who, &id).await?;
-    ok(StatusCode::OK, views::pool(&p, &s, l.now()))
+    ok(StatusCode::OK, pool_view(&l, &p, &s).await)
 }
 
 async fn list_pools(State(l): State<Lineup>, Auth(who): Auth) -> ApiResult {
-    let now = l.now();
-    let pools: Vec<_> = l.pools(&who).await?.iter().map(|(p, s)| views::pool(p, s, now)).collect();
+    let mut pools = Vec::new();
+    for (p, s) in l.pools(&who).await? {
+        pools.push(pool_view(&l, &p, &s).await);
+    }
     ok(StatusCode::OK, json!({ "pools": pools }))
 }
 
 async fn get_pool(State(l): State<Lineup>, Auth(who): Auth, PathParams(pool): PathParams<String>) -> ApiResult {
     let (p, s) = l.pool(&who, &PoolId::parse(&pool)?).await?;
-    ok(StatusCode::OK, views::pool(&p, &s, l.now()))
+    ok(StatusCode::OK, pool_view(&l, &p, &s).await)
 }
 
 async fn disband_pool(State(l): State<Lineup>, Auth(who): Auth, PathParams(pool): PathParams<String>) -> ApiResult {
     let id = PoolId::parse(&pool)?;
     l.disband_pool(&who, &id).await?;
     let (p, s) = l.pool(&who, &id).await?;
-    ok(StatusCode::ACCEPTED, views::pool(&p, &s, l.now()))
+    ok(StatusCode::ACCEPTED, pool_view(&l, &p, &s).await)
 }
 
 #[derive(Deserialize)]

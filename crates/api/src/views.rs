@@ -2,12 +2,14 @@
 //! times are RFC 3339.
 
 use lineup_core::clock::rfc3339;
+use lineup_core::health::Reading;
 use lineup_core::{Eval, Lineup, Pool, PoolStats, Worker};
 use serde_json::{json, Value};
 
-pub fn pool(p: &Pool, s: &PoolStats, now: lineup_core::Millis) -> Value {
+pub fn pool(p: &Pool, s: &PoolStats, readings: &[Reading], now: lineup_core::Millis) -> Value {
     let l = &p.limits;
-    let (level, source) = l.health(now);
+    let pulled = lineup_core::health::worst(readings);
+    let (level, source, why) = l.health(now, pulled.as_ref());
     json!({
         "pool_id": p.pool_id,
         "strategy": p.strategy,
@@ -19,12 +21,23 @@ pub fn pool(p: &Pool, s: &PoolStats, now: lineup_core::Millis) -> Value {
         "allocs": s.allocs,
         "max_running": l.max_running,
         "running": s.allocs,
-        "limit": l.limit(now).map(|x| x.limit),
+        "limit": l.limit(now, pulled.as_ref()).map(|x| x.limit),
         "health": {
             "level": level,
             "source": source,
+            "why": why,
             "pushed": l.pushed.filter(|p| p.until > now).map(|p| json!({"level": p.level, "expires_at": rfc3339(p.until)})),
             "coefficients": l.coefficients,
+            "checks": l.checks.iter().map(|c| {
+                let r = readings.iter().find(|r| r.name == c.name);
+                json!({
+                    "check": c,
+                    "value": r.and_then(|r| r.value),
+                    "error": r.and_then(|r| r.error.clone()),
+                    "level": r.map(|r| r.level),
+                    "read_at": r.map(|r| rfc3339(r.read_at)),
+                })
+            }).collect::<Vec<_>>(),
         },
         "created_at": rfc3339(p.created_at),
         "disbanded_at": p.disbanded_at.map(rfc3339),

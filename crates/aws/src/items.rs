@@ -67,6 +67,9 @@ pub struct PoolItem {
     pub coef: Option<Coefficients>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pushed: Option<Pushed>,
+    /// The health checks as JSON text (their thresholds are a map keyed by level).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks: Option<String>,
 }
 
 impl From<&Pool> for PoolItem {
@@ -84,6 +87,7 @@ impl From<&Pool> for PoolItem {
             counting: l.counting,
             coef: (l.coefficients != Coefficients::default()).then_some(l.coefficients),
             pushed: l.pushed,
+            checks: (!l.checks.is_empty()).then(|| serde_json::to_string(&l.checks).unwrap_or_default()),
         }
     }
 }
@@ -103,6 +107,7 @@ impl From<PoolItem> for Pool {
                 counting: p.counting,
                 coefficients: p.coef.unwrap_or_default(),
                 pushed: p.pushed,
+                checks: p.checks.as_deref().and_then(|c| serde_json::from_str(c).ok()).unwrap_or_default(),
             },
         }
     }

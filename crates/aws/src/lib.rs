@@ -12,11 +12,13 @@
 //! - `queues.rs`: `Queues` over SQS, batched.
 //! - `calls.rs`: an SDK interceptor that counts calls by operation.
 //! - `retry.rs`: backoff for throttling, 5xx and transaction conflicts.
+//! - `probe.rs`: health checks that read a CloudWatch metric.
 
 mod calls;
 mod direct;
 mod items;
 mod limits;
+mod probe;
 mod queues;
 pub mod retry;
 mod store;
@@ -29,6 +31,7 @@ use aws_sdk_dynamodb::config::Credentials;
 
 pub use calls::CallCounter;
 pub use direct::DirectQueue;
+pub use probe::CloudWatchProbe;
 pub use tables::{create_tables, delete_tables, Tables};
 
 /// How to reach AWS (or an emulator).
@@ -49,6 +52,8 @@ pub struct AwsOptions {
 pub struct AwsBackend {
     pub(crate) ddb: aws_sdk_dynamodb::Client,
     pub(crate) sqs: aws_sdk_sqs::Client,
+    /// Reads metrics for health checks (`probe.rs`).
+    cw: aws_sdk_cloudwatch::Client,
     pub(crate) tables: Tables,
     calls: CallCounter,
     /// `https://sqs.REGION.amazonaws.com/ACCOUNT/`: a queue's URL is this plus its name,
@@ -100,9 +105,14 @@ impl AwsBackend {
             .retry_config(retry::config())
             .interceptor(calls.interceptor())
             .build();
+        let cw_conf = aws_sdk_cloudwatch::config::Builder::from(conf)
+            .retry_config(retry::config())
+            .interceptor(calls.interceptor())
+            .build();
         AwsBackend {
             ddb: aws_sdk_dynamodb::Client::from_conf(ddb_conf),
             sqs: aws_sdk_sqs::Client::from_conf(sqs_conf),
+            cw: aws_sdk_cloudwatch::Client::from_conf(cw_conf),
             tables: Tables::new(table_prefix),
             calls,
             queue_prefix: Arc::default(),
@@ -124,6 +134,15 @@ impl AwsBackend {
 
     pub fn sqs(&self) -> &aws_sdk_sqs::Client {
         &self.sqs
+    }
+
+    pub fn cloudwatch(&self) -> &aws_sdk_cloudwatch::Client {
+        &self.cw
+    }
+
+    /// The health-check probe for metric checks, on this backend's credentials.
+    pub fn probe(&self) -> CloudWatchProbe {
+        CloudWatchProbe { cw: self.cw.clone() }
     }
 }
 

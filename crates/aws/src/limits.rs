@@ -215,7 +215,9 @@ impl AwsBackend {
         pool: &PoolId,
         coefficients: Coefficients,
         pushed: Option<Pushed>,
+        checks: &[lineup_core::health::HealthCheck],
     ) -> Result<Pool> {
+        let checks = serde_json::to_string(checks).map_err(|e| Error::backend("encode checks", e))?;
         let mut u = self
             .ddb
             .update_item()
@@ -225,12 +227,14 @@ impl AwsBackend {
             .expression_attribute_names("#p", "pool")
             .expression_attribute_names("#coef", "coef")
             .expression_attribute_names("#pushed", "pushed")
-            .expression_attribute_values(":coef", to_attr(&coefficients)?);
+            .expression_attribute_names("#checks", "checks")
+            .expression_attribute_values(":coef", to_attr(&coefficients)?)
+            .expression_attribute_values(":checks", s(checks));
         u = match pushed {
             Some(p) => u
-                .update_expression("SET #coef = :coef, #pushed = :pushed")
+                .update_expression("SET #coef = :coef, #checks = :checks, #pushed = :pushed")
                 .expression_attribute_values(":pushed", to_attr(&p)?),
-            None => u.update_expression("SET #coef = :coef REMOVE #pushed"),
+            None => u.update_expression("SET #coef = :coef, #checks = :checks REMOVE #pushed"),
         };
         match u.send().await {
             Ok(_) => self.pool_or_not_found(pool).await,

@@ -418,8 +418,9 @@ impl Store for AwsBackend {
         pool: &PoolId,
         coefficients: lineup_core::admission::Coefficients,
         pushed: Option<lineup_core::admission::Pushed>,
+        checks: &[lineup_core::health::HealthCheck],
     ) -> Result<Pool> {
-        self.set_health_item(pool, coefficients, pushed).await
+        self.set_health_item(pool, coefficients, pushed, checks).await
     }
 
     async fn get_pool(&self, pool: &PoolId) -> Result<Option<Pool>> {

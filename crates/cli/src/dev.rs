@@ -33,7 +33,8 @@ pub enum BackendChoice {
     Aws { endpoint: Option<String>, table_prefix: Option<String>, init: bool },
 }
 
-type Backends = (Arc<dyn lineup_core::Store>, Arc<dyn lineup_core::Queues>, String);
+type Backends =
+    (Arc<dyn lineup_core::Store>, Arc<dyn lineup_core::Queues>, String, Option<lineup_aws::CloudWatchProbe>);
 
 async fn open_backend(settings: &Settings, opts: &DevOptions) -> Result<Backends, CliError> {
     match &opts.backend {
@@ -45,7 +46,7 @@ async fn open_backend(settings: &Settings, opts: &DevOptions) -> Result<Backends
                 info!(redelivered, "messages in flight at the last stop are visible again");
             }
             let what = format!("sqlite {}", b.path().display());
-            Ok((b.clone(), b, what))
+            Ok((b.clone(), b, what, None))
         }
         BackendChoice::Aws { endpoint, table_prefix, init } => {
             let prefix = table_prefix.clone().unwrap_or_else(|| settings.deployment.clone());
@@ -54,8 +55,9 @@ async fn open_backend(settings: &Settings, opts: &DevOptions) -> Result<Backends
                 lineup_aws::create_tables(b.dynamodb(), b.tables()).await?;
             }
             let what = format!("aws tables {prefix}-* {}", endpoint.as_deref().unwrap_or(""));
+            let probe = b.probe();
             let b = Arc::new(b);
-            Ok((b.clone(), b, what))
+            Ok((b.clone(), b, what, Some(probe)))
         }
     }
 }
@@ -97,9 +99,10 @@ fn write_private(path: &Path, contents: &str) -> Result<(), CliError> {
 
 pub async fn run(settings: Settings, opts: DevOptions) -> Result<(), CliError> {
     lineup_sqlite::private_dir(&opts.data_dir).map_err(|e| CliError::io(&opts.data_dir, e))?;
-    let (store, queues, what) = open_backend(&settings, &opts).await?;
+    let (store, queues, what, metrics) = open_backend(&settings, &opts).await?;
     let token = admin_token(&settings, &opts.data_dir)?;
-    let lineup = Lineup::new(store, queues, Arc::new(SystemClock), settings, &token);
+    let lineup = Lineup::new(store, queues, Arc::new(SystemClock), settings, &token)
+        .with_probe(Arc::new(crate::probe::Probes { http: crate::probe::HttpProbe::new()?, metrics }));
     lineup.init().await?;
 
     let listener = tokio::net::TcpListener::bind(opts.listen)

@@ -5,6 +5,7 @@
 //! - `dev.rs`: `lineup dev`. `worker.rs`: `lineup worker run`. `table.rs`: output.
 
 mod dev;
+mod probe;
 mod serve;
 mod table;
 mod worker;

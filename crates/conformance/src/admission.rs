@@ -192,7 +192,7 @@ pub async fn admission_health_throttles_and_lapses(b: Backend) {
     assert_eq!(waiting.reason.as_deref(), Some("capped: 4 running of max_running 4"));
     // Health 2 → limit 2: the 4 running keep running.
     let p = l.push_health(&ADMIN, &pool.pool_id, 2, Duration::from_secs(5)).await.unwrap();
-    assert_eq!(p.limits.limit(l.now()).unwrap().limit, 2);
+    assert_eq!(p.limits.limit(l.now(), None).unwrap().limit, 2);
     let running = poll_n(&l, &pool, &w, 4).await;
     for a in &running[..3] {
         l.finish_alloc(&ADMIN, &pool.pool_id, &a.alloc_id, complete(0)).await.unwrap();
@@ -214,4 +214,70 @@ pub async fn admission_health_throttles_and_lapses(b: Backend) {
     // Its message is parked with a backoff in the meantime: allow for it.
     crate::schedule_until(&l, &pool, Duration::from_secs(40), |s| s.placed >= 1).await;
     assert_eq!(l.store.live_allocs(&pool.pool_id, None).await.unwrap().len(), 3);
+}
+
+/// A probe whose values the test sets, by check name.
+#[derive(Default)]
+pub struct FakeProbe {
+    values: std::sync::Mutex<std::collections::HashMap<String, f64>>,
+}
+
+impl FakeProbe {
+    pub fn set(&self, check: &str, v: f64) {
+        self.values.lock().unwrap().insert(check.to_owned(), v);
+    }
+}
+
+#[async_trait::async_trait]
+impl lineup_core::health::Probe for FakeProbe {
+    async fn read(&self, check: &lineup_core::health::HealthCheck) -> Result<f64> {
+        self.values.lock().unwrap().get(&check.name).copied().ok_or_else(|| Error::Backend("no value".into()))
+    }
+}
+
+/// A pulled check throttles like a pushed level, says which check, is read at most once
+/// per period, and lets go when its value does.
+pub async fn admission_pulled_health_throttles(b: Backend) {
+    let (l, clock) = lineup(&b);
+    let probe = std::sync::Arc::new(FakeProbe::default());
+    let l = l.with_probe(probe.clone());
+    probe.set("load", 75.0);
+    let check: lineup_core::health::HealthCheck = serde_json::from_value(serde_json::json!({
+        "name": "load", "url": "http://probe.test/load", "period": 10,
+        "feelings": {"1": 90, "2": 70}, "comparison": ">="
+    }))
+    .unwrap();
+    let pool = l
+        .create_pool_with(
+            &ADMIN,
+            NewPool { max_running: Some(4), health_checks: Some(vec![check]), ..Default::default() },
+        )
+        .await
+        .unwrap();
+    worker(&l, &pool, 10).await;
+    for _ in 0..6 {
+        submit(&l, &pool, 50).await;
+    }
+    crate::schedule_until(&l, &pool, Duration::from_secs(10), |s| s.placed >= 2).await;
+    crate::schedule_until(&l, &pool, Duration::from_secs(10), |s| s.blocked >= 1).await;
+    assert_eq!(l.store.live_allocs(&pool.pool_id, None).await.unwrap().len(), 2, "limit floor(0.5 × 4)");
+    let queued = l.evals(&ADMIN, &pool.pool_id, Some(EvalStatus::Queued), 10).await.unwrap();
+    assert!(
+        queued
+            .iter()
+            .any(|e| e.reason.as_deref()
+                == Some("throttled: health 2 (check load = 75 ≥ 70) → limit 2 of max_running 4")),
+        "{:?}",
+        queued.iter().map(|e| e.reason.clone()).collect::<Vec<_>>()
+    );
+    // Healthy again, but the reading is cached for its period...
+    probe.set("load", 10.0);
+    let readings = l.pulled_health(&l.store.get_pool(&pool.pool_id).await.unwrap().unwrap()).await;
+    assert_eq!((readings[0].value, readings[0].level), (Some(75.0), 2), "read at most once per period");
+    // ...after which the next read lets two more through.
+    clock.advance_secs(11);
+    let readings = l.pulled_health(&l.store.get_pool(&pool.pool_id).await.unwrap().unwrap()).await;
+    assert_eq!((readings[0].value, readings[0].level), (Some(10.0), 4));
+    crate::schedule_until(&l, &pool, Duration::from_secs(40), |s| s.placed >= 2).await;
+    assert_eq!(l.store.live_allocs(&pool.pool_id, None).await.unwrap().len(), 4);
 }

@@ -55,7 +55,8 @@ macro_rules! conformance_tests {
             service_blocked_reason_and_wake, service_complete_twice, service_held_evals_placed_when_capacity_appears,
             service_stranded_evals_get_their_message_back,
             admission_priority_jumps_the_backlog, admission_store_max_running_is_atomic,
-            admission_max_running_never_exceeded, admission_health_throttles_and_lapses
+            admission_max_running_never_exceeded, admission_health_throttles_and_lapses,
+            admission_pulled_health_throttles
         );
     };
     (@each $factory:path; $($name:ident),* $(,)?) => {

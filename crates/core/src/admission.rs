@@ -92,6 +92,9 @@ pub struct PoolLimits {
     pub counting: bool,
     pub coefficients: Coefficients,
     pub pushed: Option<Pushed>,
+    /// Pulled health (`health.rs`).
+    #[serde(default)]
+    pub checks: Vec<crate::health::HealthCheck>,
 }
 
 /// Where a pool's current health level comes from.
@@ -101,27 +104,34 @@ pub enum Source {
     /// Nothing reports a problem.
     Default,
     Pushed,
+    /// One of the pool's `health_checks`.
+    Check,
 }
 
 impl PoolLimits {
-    /// The health level at `now`, and where it comes from.
-    pub fn health(&self, now: Millis) -> (u8, Source) {
-        match self.pushed {
-            Some(p) if p.until > now && p.level < HEALTHY => (p.level, Source::Pushed),
-            _ => (HEALTHY, Source::Default),
+    /// The health level at `now`, where it comes from, and why ("pushed",
+    /// "check rds-cpu = 71 ≥ 70"): the worst of the pushed level (until it lapses) and
+    /// `pulled`, the worst of the checks' readings (`health::worst`).
+    pub fn health(&self, now: Millis, pulled: Option<&(u8, String)>) -> (u8, Source, String) {
+        let pushed = self.pushed.filter(|p| p.until > now && p.level < HEALTHY);
+        match (pushed, pulled) {
+            (Some(p), Some((l, why))) if *l < p.level => (*l, Source::Check, why.clone()),
+            (Some(p), _) => (p.level, Source::Pushed, "pushed".into()),
+            (None, Some((l, why))) if *l < HEALTHY => (*l, Source::Check, why.clone()),
+            _ => (HEALTHY, Source::Default, "default".into()),
         }
     }
 
     /// The effective limit at `now`: `floor(coefficient(level) × max_running)`;
     /// without a cap, a coefficient of 0 stops new placements and any other does not
     /// limit. `None`: no limit.
-    pub fn limit(&self, now: Millis) -> Option<Limit> {
+    pub fn limit(&self, now: Millis, pulled: Option<&(u8, String)>) -> Option<Limit> {
         if self.counting {
             return Some(Limit { running: self.running, limit: 0, max_running: self.max_running, health: None });
         }
-        let (level, source) = self.health(now);
+        let (level, _, why) = self.health(now, pulled);
         let coef = self.coefficients.at(level);
-        let health = (coef < 1.0).then(|| format!("health {level} ({})", source_name(&source)));
+        let health = (coef < 1.0).then(|| format!("health {level} ({why})"));
         match self.max_running {
             Some(max) => {
                 // Floating point: 0.75 × 4 must be 3 exactly, not 2.9999.
@@ -131,13 +141,6 @@ impl PoolLimits {
             None if coef <= 0.0 => Some(Limit { running: self.running, limit: 0, max_running: None, health }),
             None => None,
         }
-    }
-}
-
-fn source_name(s: &Source) -> &'static str {
-    match s {
-        Source::Default => "default",
-        Source::Pushed => "pushed",
     }
 }
 
@@ -151,7 +154,7 @@ mod tests {
 
     #[test]
     fn the_limit_scales_with_health() {
-        let got = |max, lvl: Option<u8>| limits(max, lvl).limit(50).map(|l| l.limit);
+        let got = |max, lvl: Option<u8>| limits(max, lvl).limit(50, None).map(|l| l.limit);
         assert_eq!(got(Some(10), None), Some(10));
         assert_eq!(got(Some(10), Some(3)), Some(7));
         assert_eq!(got(Some(4), Some(3)), Some(3));
@@ -165,19 +168,27 @@ mod tests {
     #[test]
     fn a_pushed_level_lapses() {
         let l = limits(Some(10), Some(2));
-        assert_eq!(l.health(99), (2, Source::Pushed));
-        assert_eq!(l.health(100), (HEALTHY, Source::Default));
-        assert_eq!(l.limit(100).unwrap().limit, 10);
+        assert_eq!(l.health(99, None).0, 2);
+        assert_eq!(l.health(99, None).1, Source::Pushed);
+        assert_eq!(l.health(100, None).1, Source::Default);
+        assert_eq!(l.limit(100, None).unwrap().limit, 10);
+        // A check reading worse than the pushed level wins, and says so.
+        let pulled = (1, "check cpu = 95 ≥ 90".to_string());
+        assert_eq!(l.health(99, Some(&pulled)), (1, Source::Check, pulled.1.clone()));
+        assert_eq!(
+            l.limit(99, Some(&pulled)).unwrap().to_string(),
+            "throttled: health 1 (check cpu = 95 ≥ 90) → limit 0 of max_running 10"
+        );
     }
 
     #[test]
     fn reasons_say_which_limit_holds() {
         let mut l = limits(Some(10), None);
         l.running = 10;
-        assert_eq!(l.limit(0).unwrap().to_string(), "capped: 10 running of max_running 10");
+        assert_eq!(l.limit(0, None).unwrap().to_string(), "capped: 10 running of max_running 10");
         let mut l = limits(Some(10), Some(2));
         l.running = 5;
-        assert_eq!(l.limit(0).unwrap().to_string(), "throttled: health 2 (pushed) → limit 5 of max_running 10");
+        assert_eq!(l.limit(0, None).unwrap().to_string(), "throttled: health 2 (pushed) → limit 5 of max_running 10");
     }
 
     #[test]

@@ -73,13 +73,14 @@ pub trait Store: Send + Sync + 'static {
     /// against the old version fenced out first (a backend that cannot do it in one
     /// transaction shows `limits.counting` meanwhile). Returns the pool as it is then.
     async fn set_max_running(&self, pool: &PoolId, max_running: Option<u32>) -> Result<Pool>;
-    /// Writes the pool's health settings (coefficients, pushed level); they change no
-    /// claim condition, so no fence is needed.
+    /// Writes the pool's health settings (coefficients, pushed level, checks); they
+    /// change no claim condition, so no fence is needed.
     async fn set_health(
         &self,
         pool: &PoolId,
         coefficients: crate::admission::Coefficients,
         pushed: Option<crate::admission::Pushed>,
+        checks: &[crate::health::HealthCheck],
     ) -> Result<Pool>;
 
     // ---- workers

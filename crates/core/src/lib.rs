@@ -3,7 +3,9 @@
 //!
 //! # Layout
 //! - `model.rs`, `id.rs`, `validate.rs`: records, identifiers, input checks.
-//! - `placement.rs`: the pure ranking of workers for an eval.
+//! - `placement.rs`: the pure ranking of workers for an eval; `plan.rs`: the pure
+//!   planner (a batch and a pool snapshot in, placements and typed reasons out).
+//! - `admission.rs`, `health.rs`: `max_running`, health levels, coefficients, checks.
 //! - `backend.rs`: the `Store` and `Queues` traits.
 //! - `service/`: gateway operations, the scheduler pass, the releaser pass.
 //! - `auth.rs`: admin and worker tokens. `config.rs`: `LINEUP_*` settings. `clock.rs`.
@@ -15,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod faults;
+pub mod health;
 pub mod id;
 pub mod model;
 pub mod placement;

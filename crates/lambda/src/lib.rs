@@ -206,7 +206,10 @@ impl Deps {
         admin_hash: &str,
     ) -> Deps {
         let b = std::sync::Arc::new(backend.clone());
-        let lineup = Lineup::with_admin_hash(b.clone(), b, std::sync::Arc::new(SystemClock), settings, admin_hash);
+        // Metric health checks read from CloudWatch; URL checks are not read from a
+        // Lambda (it would reach into the operator's network): their `on_error` level.
+        let lineup = Lineup::with_admin_hash(b.clone(), b, std::sync::Arc::new(SystemClock), settings, admin_hash)
+            .with_probe(std::sync::Arc::new(backend.probe()));
         Deps { lineup, backend, functions, release_cursor: Default::default() }
     }
 }

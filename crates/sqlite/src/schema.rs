@@ -16,7 +16,8 @@ CREATE TABLE IF NOT EXISTS pools (
     limits_version INTEGER NOT NULL DEFAULT 0,
     coefficients   TEXT,
     pushed_level   INTEGER,
-    pushed_until   INTEGER
+    pushed_until   INTEGER,
+    checks         TEXT
 );
 
 CREATE TABLE IF NOT EXISTS workers (
@@ -113,6 +114,7 @@ const ADDED: &[(&str, &str, &str)] = &[
     ("pools", "coefficients", "TEXT"),
     ("pools", "pushed_level", "INTEGER"),
     ("pools", "pushed_until", "INTEGER"),
+    ("pools", "checks", "TEXT"),
     ("allocs", "counted", "INTEGER NOT NULL DEFAULT 0"),
 ];
 

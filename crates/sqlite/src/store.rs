@@ -11,7 +11,7 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use crate::{db, SqliteBackend};
 
 const POOL_COLS: &str = "pool_id, strategy, status, created_at, disbanded_at, max_running, running, limits_version, \
-                         coefficients, pushed_level, pushed_until";
+                         coefficients, pushed_level, pushed_until, checks";
 const WORKER_COLS: &str = "pool_id, worker_id, capacity, free, ttl, token_hash, queue, created_at";
 const EVAL_COLS: &str = "pool_id, eval_id, size, dataset, payload, status, attempt, version, worker_id, alloc_id, \
                          exit_code, output, reason, idempotency_key, created_at, updated_at, priority";
@@ -65,6 +65,11 @@ fn limits_row(row: &Row) -> rusqlite::Result<admission::PoolLimits> {
             .transpose()?
             .unwrap_or_default(),
         pushed,
+        checks: row
+            .get::<_, Option<String>>(11)?
+            .map(|c| serde_json::from_str(&c).map_err(|e| bad(11, e.to_string())))
+            .transpose()?
+            .unwrap_or_default(),
     })
 }
 
@@ -327,8 +332,11 @@ impl Store for SqliteBackend {
                 let l = &p.limits;
                 let coefficients =
                     serde_json::to_string(&l.coefficients).map_err(|e| Error::backend("encode coefficients", e))?;
+                let checks = serde_json::to_string(&l.checks).map_err(|e| Error::backend("encode checks", e))?;
                 c.execute(
-                    &format!("INSERT INTO pools ({POOL_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+                    &format!(
+                        "INSERT INTO pools ({POOL_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                    ),
                     params![
                         p.pool_id.as_str(),
                         p.strategy.as_str(),
@@ -340,7 +348,8 @@ impl Store for SqliteBackend {
                         l.version as i64,
                         coefficients,
                         l.pushed.map(|p| p.level),
-                        l.pushed.map(|p| p.until)
+                        l.pushed.map(|p| p.until),
+                        checks
                     ],
                 )
                 .map_err(db("insert pool"))?;
@@ -383,16 +392,18 @@ impl Store for SqliteBackend {
         pool: &PoolId,
         coefficients: admission::Coefficients,
         pushed: Option<admission::Pushed>,
+        checks: &[lineup_core::health::HealthCheck],
     ) -> Result<Pool> {
         let id = pool.clone();
         let coefficients =
             serde_json::to_string(&coefficients).map_err(|e| Error::backend("encode coefficients", e))?;
+        let checks = serde_json::to_string(checks).map_err(|e| Error::backend("encode checks", e))?;
         self.writer
             .write(move |tx| {
                 let n = tx
                     .execute(
-                        "UPDATE pools SET coefficients=?2, pushed_level=?3, pushed_until=?4 WHERE pool_id=?1",
-                        params![id.as_str(), coefficients, pushed.map(|p| p.level), pushed.map(|p| p.until)],
+                        "UPDATE pools SET coefficients=?2, pushed_level=?3, pushed_until=?4, checks=?5 WHERE pool_id=?1",
+                        params![id.as_str(), coefficients, pushed.map(|p| p.level), pushed.map(|p| p.until), checks],
                     )
                     .map_err(db("set health"))?;
                 if n == 0 {

@@ -9,6 +9,7 @@ use super::{require_admin, Lineup};
 use crate::admission::{Coefficients, Pushed};
 use crate::auth::Principal;
 use crate::error::{Error, Result};
+use crate::health::{HealthCheck, MAX_CHECKS};
 use crate::id::PoolId;
 use crate::model::{Pool, PoolStatus, Strategy};
 
@@ -21,6 +22,7 @@ pub struct NewPool {
     pub strategy: Strategy,
     pub max_running: Option<u32>,
     pub coefficients: Option<Coefficients>,
+    pub health_checks: Option<Vec<HealthCheck>>,
 }
 
 /// A change to a pool's admission settings; `None` leaves a setting as it is.
@@ -29,13 +31,37 @@ pub struct PoolChange {
     /// `Some(None)` removes the cap.
     pub max_running: Option<Option<u32>>,
     pub coefficients: Option<Coefficients>,
+    /// Replaces the pool's checks (an empty list removes them).
+    pub health_checks: Option<Vec<HealthCheck>>,
+}
+
+/// Checks every check, and that names are unique and few enough.
+pub fn validate_checks(checks: &[HealthCheck]) -> Result<()> {
+    if checks.len() > MAX_CHECKS {
+        return Err(Error::invalid("invalid_health_check", format!("at most {MAX_CHECKS} health checks per pool")));
+    }
+    let mut names = std::collections::HashSet::new();
+    for c in checks {
+        c.validate()?;
+        if !names.insert(c.name.as_str()) {
+            return Err(Error::invalid("invalid_health_check", format!("two checks are named {:?}", c.name)));
+        }
+    }
+    Ok(())
 }
 
 impl Lineup {
     pub async fn create_pool_with(&self, who: &Principal, new: NewPool) -> Result<Pool> {
+        if let Some(c) = &new.health_checks {
+            validate_checks(c)?;
+        }
         let pool = self.create_pool(who, new.strategy).await?;
-        let change = PoolChange { max_running: new.max_running.map(Some), coefficients: new.coefficients };
-        if change.max_running.is_none() && change.coefficients.is_none() {
+        let change = PoolChange {
+            max_running: new.max_running.map(Some),
+            coefficients: new.coefficients,
+            health_checks: new.health_checks,
+        };
+        if change.max_running.is_none() && change.coefficients.is_none() && change.health_checks.is_none() {
             return Ok(pool);
         }
         self.change_pool(who, &pool.pool_id, change).await
@@ -44,9 +70,17 @@ impl Lineup {
     /// `PATCH /v1/pools/{pool}`.
     pub async fn change_pool(&self, who: &Principal, pool: &PoolId, change: PoolChange) -> Result<Pool> {
         require_admin(who)?;
+        if let Some(c) = &change.health_checks {
+            validate_checks(c)?;
+        }
         let mut p = self.active_pool_record(pool).await?;
-        if let Some(coefficients) = change.coefficients {
-            p = self.store.set_health(pool, coefficients, p.limits.pushed).await?;
+        if change.coefficients.is_some() || change.health_checks.is_some() {
+            let coefficients = change.coefficients.unwrap_or(p.limits.coefficients);
+            let checks = change.health_checks.unwrap_or_else(|| p.limits.checks.clone());
+            p = self.store.set_health(pool, coefficients, p.limits.pushed, &checks).await?;
+            if let Ok(mut m) = self.readings.lock() {
+                m.retain(|(id, _), _| id != pool);
+            }
         }
         if let Some(max) = change.max_running {
             p = self.store.set_max_running(pool, max).await?;
@@ -70,7 +104,8 @@ impl Lineup {
         }
         let p = self.active_pool_record(pool).await?;
         let until = self.now() + ttl.as_millis() as i64;
-        let p = self.store.set_health(pool, p.limits.coefficients, Some(Pushed { level, until })).await?;
+        let pushed = Some(Pushed { level, until });
+        let p = self.store.set_health(pool, p.limits.coefficients, pushed, &p.limits.checks).await?;
         info!(pool = %pool, level, ttl_s = ttl.as_secs(), "health pushed");
         self.forget_pool(pool);
         let _ = self.capacity_appeared(pool).await;

@@ -18,6 +18,7 @@
 mod backoff;
 mod finish;
 mod gateway;
+mod health;
 mod limits;
 mod reconcile;
 mod releaser;
@@ -31,7 +32,7 @@ pub use gateway::{
     CancelOutcome, FinishOutcome, HeartbeatRequest, NewEval, RegisteredWorker, SubmitOutcome, MAX_POLL_BATCH,
     MAX_POLL_WAIT,
 };
-pub use limits::{NewPool, PoolChange, MAX_HEALTH_TTL};
+pub use limits::{validate_checks, NewPool, PoolChange, MAX_HEALTH_TTL};
 pub use reconcile::{RECONCILE_EVERY_MS, RESEND_AFTER_MS, RESEND_GRACE_MS};
 pub use releaser::ReleaseSummary;
 pub use scheduler::{alloc_message, PassSummary, PoolScheduler, ScheduleSummary, SchedulerOptions, HOLD};
@@ -63,6 +64,10 @@ pub struct Lineup {
     reconciled: Arc<std::sync::Mutex<std::collections::HashMap<PoolId, crate::Millis>>>,
     /// Pools as the scheduler last read them, and when (`scheduler/mod.rs` `current_pool`).
     pool_reads: Arc<std::sync::Mutex<std::collections::HashMap<PoolId, (crate::model::Pool, tokio::time::Instant)>>>,
+    /// Reads health checks (`service/health.rs`); `None`: every check is unreadable.
+    probe: Option<Arc<dyn crate::health::Probe>>,
+    /// Each check's last reading, by pool and check name.
+    readings: Arc<std::sync::Mutex<std::collections::HashMap<(PoolId, String), crate::health::Reading>>>,
 }
 
 impl Lineup {
@@ -96,6 +101,8 @@ impl Lineup {
             capacity_notify: Arc::new(tokio::sync::Notify::new()),
             reconciled: Arc::default(),
             pool_reads: Arc::default(),
+            probe: None,
+            readings: Arc::default(),
         }
     }
 

@@ -184,7 +184,8 @@ impl Lineup {
                     // ...or the pool's limits did (a new cap, another scheduler's placements
                     // filling it)...
                     let p = self.current_pool(pool, true).await?;
-                    (snap.limit, snap.claim) = super::limits_of(&p, now);
+                    let pulled = crate::health::worst(&self.pulled_health(&p).await);
+                    (snap.limit, snap.claim) = super::limits_of(&p, now, pulled.as_ref());
                     // ...or the worker did: refresh our view of it and rank again.
                     let c = &mut snap.candidates[idx];
                     match self.store.get_worker(&pool.pool_id, &worker_id).await? {

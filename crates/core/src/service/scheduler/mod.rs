@@ -203,7 +203,8 @@ impl Lineup {
                 holders.entry(r.dataset).or_default().insert(r.worker_id);
             }
         }
-        let (limit, claim) = limits_of(pool, now);
+        let pulled = crate::health::worst(&self.pulled_health(pool).await);
+        let (limit, claim) = limits_of(pool, now, pulled.as_ref());
         Ok(Snapshot { strategy: pool.strategy, now, candidates, holders, limit, claim })
     }
 
@@ -298,8 +299,8 @@ impl Lineup {
 /// The planner's limit for `pool` at `now`, and the claim the store checks: the limits'
 /// version always, the limit itself only for a pool with a cap (health alone stops a
 /// pool without one in the plan, not in the store: it throttles, it does not count).
-pub(super) fn limits_of(pool: &Pool, now: Millis) -> (Option<plan::Limit>, Claim) {
-    let limit = pool.limits.limit(now);
+pub(super) fn limits_of(pool: &Pool, now: Millis, pulled: Option<&(u8, String)>) -> (Option<plan::Limit>, Claim) {
+    let limit = pool.limits.limit(now, pulled);
     let counted = pool.limits.max_running.and(limit.as_ref().map(|l| l.limit));
     (limit, Claim { version: pool.limits.version, limit: counted })
 }
