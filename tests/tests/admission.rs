@@ -15,6 +15,59 @@ fn stdout(o: &std::process::Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn priority_cap_and_health_through_the_api_and_cli() {
     let app = TestApp::spawn().await;
+    admission_story(&app).await;
+}
+
+/// The same on `lineup dev --backend aws` (DynamoDB + SQS on moto), and a health check
+/// reading a CloudWatch metric from moto's CloudWatch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_cap_and_health_on_dynamodb_sqs_and_cloudwatch() {
+    use lineup_conformance::moto::{sdk_env, Moto};
+    let moto = Moto::shared();
+    let deployment = format!("ad{}", &lineup_core::PoolId::generate().as_str()[..8]);
+    let mut env: Vec<(String, String)> = sdk_env(moto).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    env.push(("LINEUP_DEPLOYMENT".into(), deployment));
+    let out = std::process::Command::new(lineup_tests::lineup_bin())
+        .args(["aws", "init", "--aws-endpoint", &moto.endpoint])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let app = TestApp::spawn_with(&env_refs, &["--backend", "aws", "--aws-endpoint", &moto.endpoint]).await;
+    let pool = admission_story(&app).await;
+
+    // A monitor publishes a metric; the pool's check reads it through CloudWatch.
+    let namespace = format!("Lineup/Test{}", lineup_core::PoolId::generate());
+    let cw = lineup_aws::AwsBackend::for_emulator(&moto.endpoint, "unused").await;
+    cw.cloudwatch()
+        .put_metric_data()
+        .namespace(&namespace)
+        .metric_data(
+            aws_sdk_cloudwatch::types::MetricDatum::builder()
+                .metric_name("CPUUtilization")
+                .value(95.0)
+                .timestamp(aws_sdk_cloudwatch::primitives::DateTime::from(std::time::SystemTime::now()))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let body = serde_json::json!({"max_running": 10, "health_checks": [{
+        "name": "db-cpu", "metric": {"namespace": namespace, "name": "CPUUtilization"},
+        "feelings": {"1": 90, "2": 70}, "comparison": ">="
+    }]})
+    .to_string();
+    let (st, v) = app.raw(Method::PATCH, &format!("/v1/pools/{pool}"), Some(&app.token), Some(&body)).await;
+    assert_eq!(st, 200, "{v}");
+    let h = &v["health"];
+    assert_eq!((h["level"].as_u64(), h["source"].as_str()), (Some(1), Some("check")), "{v}");
+    assert_eq!(h["checks"][0]["value"].as_f64(), Some(95.0));
+    assert_eq!(v["limit"].as_u64(), Some(0), "level 1: no new placements");
+}
+
+/// Priority, cap and pushed health through the CLI and the API; returns the pool.
+async fn admission_story(app: &TestApp) -> String {
     // The CLI as the README says.
     let pool = stdout(&app.cli(&["pool", "create", "--max-running", "2"]));
     let (st, v) = app.raw(Method::GET, &format!("/v1/pools/{pool}"), Some(&app.token), None).await;
@@ -75,6 +128,7 @@ async fn priority_cap_and_health_through_the_api_and_cli() {
     assert_eq!(v["health"]["level"].as_u64(), Some(2));
     let bad = app.cli(&["eval", "submit", "--pool", &pool, "--size", "1", "--priority", "101"]);
     assert!(!bad.status.success());
+    pool
 }
 
 /// A URL health check, read by the real `lineup dev` from a real HTTP server: the pool

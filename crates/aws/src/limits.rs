@@ -69,12 +69,23 @@ impl AwsBackend {
 
     /// A counted alloc's release: one fewer counted.
     pub(crate) fn uncount_in_pool(&self, pool: &PoolId) -> Result<TransactWriteItem> {
+        self.move_run(pool, false)
+    }
+
+    /// `run` one up (counting an alloc already live) or one down (releasing a counted
+    /// one), on a pool that exists.
+    fn move_run(&self, pool: &PoolId, up: bool) -> Result<TransactWriteItem> {
+        let (update, condition) = if up {
+            ("SET #run = if_not_exists(#run, :zero) + :one", "attribute_exists(#p)")
+        } else {
+            ("SET #run = #run - :one", "attribute_exists(#p) AND #run > :zero")
+        };
         let u = build(
             Update::builder()
                 .table_name(&self.tables.pools)
                 .set_key(Some(key(pool, None)))
-                .update_expression("SET #run = #run - :one")
-                .condition_expression("attribute_exists(#p) AND #run > :zero")
+                .update_expression(update)
+                .condition_expression(condition)
                 .set_expression_attribute_names(names(&[("#p", "pool"), ("#run", "run")]))
                 .expression_attribute_values(":zero", n(0))
                 .expression_attribute_values(":one", n(1))
@@ -186,21 +197,7 @@ impl AwsBackend {
                     .expression_attribute_values(":live", s("live"))
                     .build(),
             )?;
-            let add = build(
-                Update::builder()
-                    .table_name(&self.tables.pools)
-                    .set_key(Some(key(pool, None)))
-                    .update_expression("SET #run = if_not_exists(#run, :zero) + :one")
-                    .condition_expression("attribute_exists(#p)")
-                    .set_expression_attribute_names(names(&[("#p", "pool"), ("#run", "run")]))
-                    .expression_attribute_values(":zero", n(0))
-                    .expression_attribute_values(":one", n(1))
-                    .build(),
-            )?;
-            let items = vec![
-                TransactWriteItem::builder().update(mark).build(),
-                TransactWriteItem::builder().update(add).build(),
-            ];
+            let items = vec![TransactWriteItem::builder().update(mark).build(), self.move_run(pool, true)?];
             // A cancellation means it was released or counted meanwhile: either way done.
             // (ClientRequestToken makes a retried transaction count once.)
             if self.transact_ok(items, "count alloc").await? {

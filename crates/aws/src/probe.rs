@@ -36,9 +36,12 @@ impl Probe for CloudWatchProbe {
         };
         // Standard-resolution metrics have datapoints per minute at best.
         let period = check.period.max(60);
-        let end = SystemTime::now();
-        // Three periods back: the latest one may not be published yet.
-        let start = end - Duration::from_secs(period * 3);
+        let now = SystemTime::now();
+        // Three periods back: the latest one may not be published yet. The end a minute
+        // ahead: times go over the wire in whole seconds, and a datapoint from this very
+        // second must not fall after a truncated `now`.
+        let start = now - Duration::from_secs(period * 3);
+        let end = now + Duration::from_secs(60);
         let stat = Statistic::from(m.statistic.as_str());
         let dims: Vec<Dimension> =
             m.dimensions.iter().map(|(k, v)| Dimension::builder().name(k).value(v).build()).collect();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use lineup_client::SubmitEval;
 use serde_json::json;
 
-use crate::{report, wait_queued_zero, Args, Rows, SameToken, Server};
+use crate::{register_1000, report, wait_queued_zero, Args, Rows, SameToken, Server};
 
 /// `n` size-1 evals with priorities spread over 0–100, over `conns` connections.
 async fn submit_mixed(s: &Server, pool: &str, n: usize, conns: usize) {
@@ -32,21 +32,8 @@ pub async fn priorities(args: &Args, rows: &mut Rows) {
     let s = Server::start(args, &[]);
     let pool = s.admin.create_pool(None).await.expect("pool").pool_id;
     submit_mixed(&s, &pool, args.evals, args.connections).await;
-    let per = (args.evals / 1000 + 1) as u32;
     let start = Instant::now();
-    let mut tasks = Vec::new();
-    let conns = args.register_connections.max(1);
-    for c in 0..conns {
-        let (admin, pool) = (s.admin.with_token_same(), pool.clone());
-        tasks.push(tokio::spawn(async move {
-            for _ in (c..1000).step_by(conns) {
-                admin.register_worker(&pool, per).await.expect("worker");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("registering");
-    }
+    register_1000(args, &s, &pool).await;
     let took = wait_queued_zero(&s.admin, &pool, Duration::from_secs(600)).await + start.elapsed();
     report(
         rows,

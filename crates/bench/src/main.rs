@@ -140,6 +140,25 @@ async fn submit(admin: &Client, pool: &str, n: usize, conns: usize) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// 1,000 workers with room for `args.evals` between them, come up together: each
+/// registers on its own, so many at once (`--register-connections` of them).
+async fn register_1000(args: &Args, s: &Server, pool: &str) {
+    let per = (args.evals / 1000 + 1) as u32;
+    let mut tasks = Vec::new();
+    let conns = args.register_connections.max(1);
+    for c in 0..conns {
+        let (admin, pool) = (s.admin.with_token_same(), pool.to_owned());
+        tasks.push(tokio::spawn(async move {
+            for _ in (c..1000).step_by(conns) {
+                admin.register_worker(&pool, per).await.expect("worker");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("registering");
+    }
+}
+
 trait SameToken {
     fn with_token_same(&self) -> Client;
 }
@@ -233,24 +252,8 @@ async fn main() {
         let s = Server::start(&args, &[]);
         let pool = s.admin.create_pool(None).await.expect("pool").pool_id;
         submit(&s.admin, &pool, args.evals, args.connections).await;
-        let per = (args.evals / 1000 + 1) as u32;
-        // The workers come up together: each registers on its own, so many at once
-        // (`--register-connections` of them).
         let start = Instant::now();
-        let mut tasks = Vec::new();
-        let conns = args.register_connections.max(1);
-        for c in 0..conns {
-            let (admin, pool) = (s.admin.with_token_same(), pool.clone());
-            let share = 1000 / conns + usize::from(c < 1000 % conns);
-            tasks.push(tokio::spawn(async move {
-                for _ in 0..share {
-                    admin.register_worker(&pool, per).await.expect("worker");
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.expect("registering");
-        }
+        register_1000(&args, &s, &pool).await;
         let registering = start.elapsed();
         report(&mut rows, "drain_1000_workers_registering_s", registering.as_secs_f64(), "s", "");
         let took = wait_queued_zero(&s.admin, &pool, Duration::from_secs(600)).await + registering;

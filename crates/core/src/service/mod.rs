@@ -66,6 +66,8 @@ pub struct Lineup {
     pool_reads: Arc<std::sync::Mutex<std::collections::HashMap<PoolId, (crate::model::Pool, tokio::time::Instant)>>>,
     /// Reads health checks (`service/health.rs`); `None`: every check is unreadable.
     probe: Option<Arc<dyn crate::health::Probe>>,
+    /// Each pool's held (blocked) messages in this process (`scheduler/hold.rs`).
+    held_sets: Arc<std::sync::Mutex<std::collections::HashMap<PoolId, scheduler::HeldSet>>>,
     /// Each check's last reading, by pool and check name.
     readings: Arc<std::sync::Mutex<std::collections::HashMap<(PoolId, String), crate::health::Reading>>>,
 }
@@ -102,6 +104,7 @@ impl Lineup {
             reconciled: Arc::default(),
             pool_reads: Arc::default(),
             probe: None,
+            held_sets: Arc::default(),
             readings: Arc::default(),
         }
     }

@@ -2,7 +2,7 @@
 //! through the queue, ordered by priority, and looked at again when capacity may have
 //! appeared.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tracing::debug;
@@ -23,8 +23,14 @@ const RECHECK_MIN: Duration = Duration::from_millis(20);
 /// is one visibility change per 10 held messages every `HOLD / 2`.
 pub const HOLD: Duration = Duration::from_secs(30);
 
+/// A pool's held messages in this process, shared by every `PoolScheduler` of the
+/// pool here (`lineup dev` runs two loops per pool): so each of them weighs all the
+/// held evals by priority, not only the ones it happened to receive. Locked only
+/// between awaits.
+pub(crate) type HeldSet = std::sync::Arc<std::sync::Mutex<Vec<Held>>>;
+
 /// A blocked eval's message, held (hidden) by a `PoolScheduler`.
-struct Held {
+pub(crate) struct Held {
     rcv: Received,
     size: u32,
     priority: Priority,
@@ -54,7 +60,7 @@ pub struct PoolScheduler {
     pub(super) pool: Pool,
     opts: SchedulerOptions,
     /// Highest priority first; equal priorities in order of submission.
-    held: Vec<Held>,
+    held: HeldSet,
     /// Free capacity left after the last pass (while evals are held): no more messages
     /// are taken from the queue than could possibly be placed, so that a scarce pool
     /// does not cycle thousands of blocked messages per worker that appears.
@@ -70,11 +76,12 @@ pub struct PoolScheduler {
 impl PoolScheduler {
     pub fn new(lineup: Lineup, pool: Pool, opts: SchedulerOptions) -> Self {
         let seen_epoch = lineup.capacity_epoch();
+        let held = lineup.held_set(&pool.pool_id);
         PoolScheduler {
             lineup,
             pool,
             opts,
-            held: Vec::new(),
+            held,
             free_left: 0,
             next_check: tokio::time::Instant::now(),
             last_check: tokio::time::Instant::now(),
@@ -83,8 +90,14 @@ impl PoolScheduler {
         }
     }
 
+    /// Held evals of the pool in this process (shared with its other schedulers).
     pub fn held(&self) -> usize {
-        self.held.len()
+        self.set().len()
+    }
+
+    fn set(&self) -> std::sync::MutexGuard<'_, Vec<Held>> {
+        // A panic elsewhere while holding the lock leaves a consistent Vec: go on with it.
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn queue(&self) -> String {
@@ -100,7 +113,7 @@ impl PoolScheduler {
         // New capacity brings the next look forward, but not closer than `RECHECK_MIN`
         // to the last one: a thousand workers registering is a few looks, not a thousand.
         let nudged = epoch != self.seen_epoch && now >= self.last_check + RECHECK_MIN;
-        if !self.held.is_empty() && (now >= self.next_check || nudged) {
+        if self.held() > 0 && (now >= self.next_check || nudged) {
             self.last_check = now;
             self.next_check = now + self.opts.recheck;
             self.seen_epoch = epoch;
@@ -112,7 +125,7 @@ impl PoolScheduler {
         // While evals are blocked, take no more from the queue than the free capacity
         // could place (every eval needs at least 1); with none, wait for capacity.
         let mut batch = self.opts.batch;
-        if !self.held.is_empty() {
+        if self.held() > 0 {
             if self.free_left == 0 {
                 let notified = self.lineup.capacity_notify.notified();
                 let cap = tokio::time::Instant::now() + wait_cap;
@@ -130,7 +143,7 @@ impl PoolScheduler {
             batch = batch.min(usize::try_from(self.free_left).unwrap_or(usize::MAX));
         }
         let mut wait = self.opts.wait.min(wait_cap);
-        if !self.held.is_empty() {
+        if self.held() > 0 {
             wait = wait.min(self.next_check.saturating_duration_since(tokio::time::Instant::now()));
         }
         let Some(msgs) = self.receive(batch, wait).await? else {
@@ -154,7 +167,7 @@ impl PoolScheduler {
             Ok(m) => Ok(Some(m)),
             Err(Error::QueueGone(_)) => {
                 self.gone = true;
-                self.held.clear();
+                self.set().clear();
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -169,7 +182,7 @@ impl PoolScheduler {
     async fn recheck(&mut self, sum: &mut PassSummary) -> Result<()> {
         // With free capacity left, the loop's long poll has been taking new messages in
         // all along; only a full pool's loop stops receiving, so only then look here.
-        let room = self.opts.hold_max.saturating_sub(self.held.len()).min(self.opts.batch);
+        let room = self.opts.hold_max.saturating_sub(self.held()).min(self.opts.batch);
         if room > 0 && self.free_left == 0 {
             let Some(new) = self.receive(room, Duration::ZERO).await? else {
                 sum.pool_gone = true;
@@ -193,14 +206,18 @@ impl PoolScheduler {
         let max_free = live.clone().map(|c| c.free).max().unwrap_or(0);
         self.free_left = live.map(|c| u64::from(c.free)).sum();
         let mut budget = self.free_left;
-        let (try_now, keep): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held).into_iter().partition(|h| {
-            let fits = h.size <= max_free && u64::from(h.size) <= budget;
-            if fits {
-                budget -= u64::from(h.size);
-            }
-            fits
-        });
-        self.held = keep;
+        let try_now: Vec<Held> = {
+            let mut set = self.set();
+            let (try_now, keep): (Vec<Held>, Vec<Held>) = std::mem::take(&mut *set).into_iter().partition(|h| {
+                let fits = h.size <= max_free && u64::from(h.size) <= budget;
+                if fits {
+                    budget -= u64::from(h.size);
+                }
+                fits
+            });
+            *set = keep;
+            try_now
+        };
         if !try_now.is_empty() {
             let until: HashMap<String, tokio::time::Instant> =
                 try_now.iter().map(|h| (h.rcv.receipt.clone(), h.hidden_until)).collect();
@@ -219,24 +236,32 @@ impl PoolScheduler {
 
     /// Adds `h` in order: by priority, then submission.
     fn insert(&mut self, h: Held) {
-        let at =
-            self.held.partition_point(|x| x.priority > h.priority || (x.priority == h.priority && x.eval <= h.eval));
-        self.held.insert(at, h);
+        insert(&mut self.set(), h);
     }
 
     /// Takes newly received messages into the held set, each hidden until `until`;
-    /// a second message for an eval already held is deleted.
+    /// a second message for an eval already held (and still hidden) is deleted. A held
+    /// entry whose hiding has lapsed is dead (its holder stopped extending it): the new
+    /// message replaces it.
     async fn admit(&mut self, new: Vec<Waiting>, until: tokio::time::Instant) -> Result<()> {
-        let mut held_evals: HashSet<String> = self.held.iter().map(|h| h.eval.clone()).collect();
-        let mut duplicates = Vec::new();
-        for w in new {
-            let h = Held::new(w, until);
-            if !h.eval.is_empty() && !held_evals.insert(h.eval.clone()) {
-                duplicates.push(h.rcv.receipt);
-            } else {
-                self.insert(h);
+        let now = tokio::time::Instant::now();
+        let duplicates: Vec<String> = {
+            let mut set = self.set();
+            let mut duplicates = Vec::new();
+            for w in new {
+                let h = Held::new(w, until);
+                let existing = (!h.eval.is_empty()).then(|| set.iter().position(|x| x.eval == h.eval)).flatten();
+                match existing {
+                    Some(i) if set[i].hidden_until > now => duplicates.push(h.rcv.receipt),
+                    Some(i) => {
+                        set.remove(i);
+                        insert(&mut set, h);
+                    }
+                    None => insert(&mut set, h),
+                }
             }
-        }
+            duplicates
+        };
         if !duplicates.is_empty() {
             debug!(pool = %self.pool.pool_id, n = duplicates.len(), "duplicate messages of held evals deleted");
             self.lineup.queues.delete(&self.queue(), &duplicates).await?;
@@ -250,7 +275,7 @@ impl PoolScheduler {
         if blocked.is_empty() {
             return Ok(());
         }
-        let room_left = self.opts.hold_max.saturating_sub(self.held.len());
+        let room_left = self.opts.hold_max.saturating_sub(self.held());
         let mut take = blocked;
         let park = take.split_off(room_left.min(take.len()));
         let hide: Vec<(String, Duration)> = take.iter().map(|w| (w.rcv.receipt.clone(), HOLD)).collect();
@@ -270,7 +295,7 @@ impl PoolScheduler {
     async fn extend_held(&mut self) -> Result<()> {
         let now = tokio::time::Instant::now();
         let mut changes = Vec::new();
-        for h in self.held.iter_mut().filter(|h| h.hidden_until < now + HOLD / 2) {
+        for h in self.set().iter_mut().filter(|h| h.hidden_until < now + HOLD / 2) {
             changes.push((h.rcv.receipt.clone(), HOLD));
             h.hidden_until = now + HOLD;
         }
@@ -283,10 +308,16 @@ impl PoolScheduler {
     /// Hands the held messages back to the queue (visible now), for whoever runs next.
     pub async fn release_held(&mut self) -> Result<()> {
         let changes: Vec<(String, Duration)> =
-            std::mem::take(&mut self.held).into_iter().map(|h| (h.rcv.receipt, Duration::ZERO)).collect();
+            std::mem::take(&mut *self.set()).into_iter().map(|h| (h.rcv.receipt, Duration::ZERO)).collect();
         match self.lineup.queues.change_visibility(&self.queue(), &changes, false).await {
             Ok(()) | Err(Error::QueueGone(_)) => Ok(()),
             Err(e) => Err(e),
         }
     }
+}
+
+/// Inserts `h` in order: by priority, then submission.
+fn insert(set: &mut Vec<Held>, h: Held) {
+    let at = set.partition_point(|x| x.priority > h.priority || (x.priority == h.priority && x.eval <= h.eval));
+    set.insert(at, h);
 }

@@ -31,6 +31,7 @@ use std::time::Duration;
 use tracing::debug;
 
 pub use driver::ScheduleSummary;
+pub(crate) use hold::HeldSet;
 pub use hold::{PoolScheduler, HOLD};
 
 use super::Lineup;
@@ -176,6 +177,12 @@ impl Lineup {
             m.insert(pool.pool_id.clone(), (p.clone(), now));
         }
         Ok(p)
+    }
+
+    /// The pool's held set in this process, shared by its schedulers (`hold.rs`).
+    pub(super) fn held_set(&self, pool: &crate::id::PoolId) -> HeldSet {
+        let mut m = self.held_sets.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(pool.clone()).or_default().clone()
     }
 
     /// Forgets this process's copy of `pool`: its limits were just changed here.
