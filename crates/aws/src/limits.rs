@@ -26,18 +26,11 @@ use lineup_core::*;
 use tracing::info;
 
 use crate::items::*;
+use crate::store::{build, ccf, names};
 use crate::AwsBackend;
 
 /// The pool item's limits version is `:lv` (pools written before versions had none: 0).
 pub const VERSION_IS: &str = "(#lv = :lv OR attribute_not_exists(#lv))";
-
-fn names(pairs: &[(&str, &str)]) -> Option<std::collections::HashMap<String, String>> {
-    Some(pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect())
-}
-
-fn build<T, E: std::error::Error>(r: std::result::Result<T, E>) -> Result<T> {
-    r.map_err(|e| crate::sdk_err("build request", e))
-}
 
 impl AwsBackend {
     /// The pool side of a capped claim: fewer than `limit` counted, limits at `version`,
@@ -122,7 +115,7 @@ impl AwsBackend {
         };
         match u.send().await {
             Ok(_) => {}
-            Err(e) if is_ccf(&e) => {
+            Err(e) if ccf(&e) => {
                 // Applied, with the response lost and the SDK's retry finding it so?
                 let now = self.pool_or_not_found(pool).await?;
                 if !(now.limits.version == version && now.limits.max_running == max_running) {
@@ -149,7 +142,7 @@ impl AwsBackend {
                 .await;
             match r {
                 Ok(_) => {}
-                Err(e) if is_ccf(&e) => {}
+                Err(e) if ccf(&e) => {}
                 Err(e) => return Err(crate::sdk_err("finish counting", e)),
             }
             info!(pool = %pool, counted, "live allocs counted for the new max_running");
@@ -175,7 +168,7 @@ impl AwsBackend {
             match r {
                 // Gone, or fenced already (by a newer change, or a retry of this one).
                 Ok(_) => {}
-                Err(e) if is_ccf(&e) => {}
+                Err(e) if ccf(&e) => {}
                 Err(e) => return Err(crate::sdk_err("fence worker", e)),
             }
         }
@@ -235,7 +228,7 @@ impl AwsBackend {
         };
         match u.send().await {
             Ok(_) => self.pool_or_not_found(pool).await,
-            Err(e) if is_ccf(&e) => Err(Error::not_found(format!("pool {pool}"))),
+            Err(e) if ccf(&e) => Err(Error::not_found(format!("pool {pool}"))),
             Err(e) => Err(crate::sdk_err("set health", e)),
         }
     }
@@ -243,11 +236,4 @@ impl AwsBackend {
 
 fn to_attr<T: serde::Serialize>(v: &T) -> Result<AttributeValue> {
     serde_dynamo::to_attribute_value(v).map_err(|e| Error::backend("encode attribute", e))
-}
-
-fn is_ccf<E, R: std::fmt::Debug>(e: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool
-where
-    E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + 'static,
-{
-    e.as_service_error().and_then(|s| s.code()) == Some("ConditionalCheckFailedException")
 }

@@ -36,15 +36,15 @@ impl TxError {
     }
 }
 
-fn names(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+pub(crate) fn names(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
     Some(pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect())
 }
 
-fn build<T, E: std::error::Error>(r: std::result::Result<T, E>) -> Result<T> {
+pub(crate) fn build<T, E: std::error::Error>(r: std::result::Result<T, E>) -> Result<T> {
     r.map_err(|e| sdk_err("build request", e))
 }
 
-fn ccf<E, R: std::fmt::Debug>(e: &SdkError<E, R>) -> bool
+pub(crate) fn ccf<E, R: std::fmt::Debug>(e: &SdkError<E, R>) -> bool
 where
     E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + 'static,
 {

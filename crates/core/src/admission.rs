@@ -127,7 +127,13 @@ impl PoolLimits {
     /// limit. `None`: no limit.
     pub fn limit(&self, now: Millis, pulled: Option<&(u8, String)>) -> Option<Limit> {
         if self.counting {
-            return Some(Limit { running: self.running, limit: 0, max_running: self.max_running, health: None });
+            return Some(Limit {
+                running: self.running,
+                limit: 0,
+                max_running: self.max_running,
+                health: None,
+                counting: true,
+            });
         }
         let (level, _, why) = self.health(now, pulled);
         let coef = self.coefficients.at(level);
@@ -136,9 +142,17 @@ impl PoolLimits {
             Some(max) => {
                 // Floating point: 0.75 × 4 must be 3 exactly, not 2.9999.
                 let limit = ((coef * f64::from(max)) + 1e-9).floor() as u32;
-                Some(Limit { running: self.running, limit: limit.min(max), max_running: Some(max), health })
+                Some(Limit {
+                    running: self.running,
+                    limit: limit.min(max),
+                    max_running: Some(max),
+                    health,
+                    counting: false,
+                })
             }
-            None if coef <= 0.0 => Some(Limit { running: self.running, limit: 0, max_running: None, health }),
+            None if coef <= 0.0 => {
+                Some(Limit { running: self.running, limit: 0, max_running: None, health, counting: false })
+            }
             None => None,
         }
     }

@@ -53,16 +53,20 @@ pub struct Limit {
     /// The health level that lowered the limit, and its source, rendered
     /// ("health 2 (pushed)"); `None` when health does not limit.
     pub health: Option<String>,
+    /// A new cap's running allocs are being counted: nothing is placed meanwhile.
+    pub counting: bool,
 }
 
 impl fmt::Display for Limit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.health, self.max_running) {
+            _ if self.counting => write!(
+                f,
+                "capped: counting the running allocs for the new max_running {}",
+                self.max_running.unwrap_or(self.limit)
+            ),
             (Some(h), Some(max)) => write!(f, "throttled: {h} → limit {} of max_running {max}", self.limit),
             (Some(h), None) => write!(f, "throttled: {h} → no new placements"),
-            (None, Some(max)) if self.limit < max => {
-                write!(f, "capped: counting the running allocs for the new max_running {max}")
-            }
             (None, max) => {
                 write!(f, "capped: {} running of max_running {}", self.running, max.unwrap_or(self.limit))
             }

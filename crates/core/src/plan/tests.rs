@@ -21,7 +21,13 @@ fn snap(cands: Vec<Candidate>, limit: Option<(u32, u32)>) -> Snapshot {
         now: 0,
         candidates: cands,
         holders: HashMap::new(),
-        limit: limit.map(|(running, limit)| Limit { running, limit, max_running: Some(limit), health: None }),
+        limit: limit.map(|(running, limit)| Limit {
+            running,
+            limit,
+            max_running: Some(limit),
+            health: None,
+            counting: false,
+        }),
         claim: Default::default(),
     }
 }
