@@ -9,9 +9,11 @@
 //!   the SDK fills in and reuses on its retries: a transaction whose response was lost
 //!   after it was applied is answered with success, not applied twice.
 //! - A transaction cancelled for `TransactionConflict` (another request held one of its
-//!   items) wrote nothing and is not retried by the SDK: `transact` retries it after the
-//!   same kind of backoff, up to `CONFLICT_TRIES` times, then reports a conflict, which
-//!   the services treat as a lost race (re-read, decide again).
+//!   items) or for throttling (`ThrottlingError`, `ProvisionedThroughputExceeded`: a hot
+//!   partition; DynamoDB reports it per item, inside the cancellation) wrote nothing and
+//!   is not retried by the SDK: `transact` retries it after the same kind of backoff, up
+//!   to `CONFLICT_TRIES` times, then reports it cancelled, which the services treat as a
+//!   lost race (re-read, decide again).
 
 use std::time::Duration;
 
@@ -20,13 +22,20 @@ use aws_config::retry::RetryConfig;
 pub const MAX_ATTEMPTS: u32 = 8;
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(25);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
-pub const CONFLICT_TRIES: u32 = 6;
+/// As many as the SDK's attempts: throttling on a hot partition lasts about as long
+/// for a transaction as for a single write (~4 s of backoff in all, on average).
+pub const CONFLICT_TRIES: u32 = MAX_ATTEMPTS;
 
 pub fn config() -> RetryConfig {
     RetryConfig::standard()
         .with_max_attempts(MAX_ATTEMPTS)
         .with_initial_backoff(INITIAL_BACKOFF)
         .with_max_backoff(MAX_BACKOFF)
+}
+
+/// Whether a transaction's cancellation reason is worth a retry as it stands.
+pub fn transient_reason(code: &str) -> bool {
+    matches!(code, "TransactionConflict" | "ThrottlingError" | "ProvisionedThroughputExceeded")
 }
 
 /// Full jitter: a uniform wait in [0, min(MAX_BACKOFF, INITIAL_BACKOFF × 2^attempt)).

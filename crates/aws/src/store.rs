@@ -34,6 +34,12 @@ impl TxError {
     fn failed(reasons: &[Option<String>], i: usize) -> bool {
         reasons.get(i).and_then(|r| r.as_deref()) == Some("ConditionalCheckFailed")
     }
+
+    /// Cancelled for conflicts or throttling only: nothing was wrong with the request.
+    fn transient(reasons: &[Option<String>]) -> bool {
+        reasons.iter().any(|r| r.as_deref().is_some_and(crate::retry::transient_reason))
+            && reasons.iter().all(|r| r.as_deref().is_none_or(|r| r == "None" || crate::retry::transient_reason(r)))
+    }
 }
 
 pub(crate) fn names(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
@@ -181,7 +187,7 @@ impl AwsBackend {
     }
 
     /// One `TransactWriteItems`, retried after a backoff while DynamoDB cancels it for
-    /// `TransactionConflict` alone (see `retry.rs`).
+    /// transient reasons alone: a conflict or throttling (see `retry.rs`).
     async fn transact(&self, items: Vec<TransactWriteItem>, context: &str) -> std::result::Result<(), TxError> {
         let mut attempt = 0;
         loop {
@@ -195,9 +201,7 @@ impl AwsBackend {
                     _ => return Err(TxError::Other(sdk_err(context, e))),
                 },
             };
-            let conflict_only = reasons.iter().any(|r| r.as_deref() == Some("TransactionConflict"))
-                && reasons.iter().all(|r| matches!(r.as_deref(), None | Some("None") | Some("TransactionConflict")));
-            if !conflict_only || attempt + 1 >= crate::retry::CONFLICT_TRIES {
+            if !TxError::transient(&reasons) || attempt + 1 >= crate::retry::CONFLICT_TRIES {
                 return Err(TxError::Cancelled(reasons));
             }
             tokio::time::sleep(crate::retry::backoff(attempt)).await;
@@ -716,6 +720,10 @@ impl Store for AwsBackend {
                     Some(existing) => Ok(Some(existing)),
                     None => Err(Error::Conflict("idempotency key being claimed; try again".into())),
                 }
+            }
+            // Throttled (a hot pool) or contended past every retry: the caller may try again.
+            Err(TxError::Cancelled(r)) if TxError::transient(&r) => {
+                Err(Error::backend("insert eval", format!("throttled or contended, try again: {r:?}")))
             }
             Err(TxError::Cancelled(r)) => Err(Error::Conflict(format!("insert eval cancelled: {r:?}"))),
             Err(TxError::Other(e)) => Err(e),

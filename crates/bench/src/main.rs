@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 mod admission;
 mod aws;
+mod partitions;
 
 use clap::Parser;
 use lineup_client::{Client, SubmitEval};
@@ -37,7 +38,7 @@ struct Args {
     #[arg(long, default_value_t = 1_000_000)]
     backlog: usize,
     /// Run only these scenarios (comma-separated: drain, drain1000, priorities, capped,
-    /// latency, idle, backlog, aws); all of them by default.
+    /// latency, idle, backlog, aws, partitions); all of them by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Extra arguments for `lineup dev` (e.g. `--schedulers=2`).
@@ -387,6 +388,13 @@ async fn main() {
             aws_scenario(&mut rows).await;
         } else {
             println!("aws: skipped (no moto: `make venv` installs it into .venv)");
+        }
+    }
+    if args.wants("partitions") {
+        if aws::moto_available() {
+            partitions::scenario(&mut rows).await;
+        } else {
+            println!("partitions: skipped (no moto: `make venv` installs it into .venv)");
         }
     }
 

@@ -20,14 +20,18 @@ Lineup's invariants rest on DynamoDB transactions being serializable, so:
 Fault mode (LINEUP_MOTO_FAULTS="seed=7,rate=0.02"; off when unset): each DynamoDB
 request, and each SQS send or delete, fails with probability `rate` (a seeded random
 stream, so a run can be repeated), as real services do under load:
-- TransactWriteItems: TransactionCanceledException with a TransactionConflict reason
-  (nothing written);
+- TransactWriteItems: TransactionCanceledException with a TransactionConflict or a
+  ThrottlingError reason (nothing written);
 - any DynamoDB operation: ProvisionedThroughputExceededException or ThrottlingException
   (400, nothing written), or an InternalServerError (500, nothing written);
 - any of them: the request is applied, then its response is lost (500): the client
   cannot tell it from the previous case, and must retry safely;
 - SQS SendMessage(Batch)/DeleteMessage(Batch): a 500, before or after applying.
 Counts of what was injected are served at GET /lineup-faults (JSON).
+
+Partition mode (LINEUP_MOTO_PARTITIONS="wcu=50,rcu=150", or "meter" to count without
+limits): DynamoDB's per-partition-key throughput limits, scaled down, enforced as
+DynamoDB enforces them; units consumed per key at GET /lineup-units (see partitions.py).
 
 Usage: python moto_serialized.py -H 127.0.0.1 -p PORT   (moto_server's flags)
 """
@@ -41,6 +45,7 @@ import threading
 import time
 
 import moto.dynamodb.models as ddb_models
+import partitions
 from moto.dynamodb.comparisons import get_filter_expression
 from moto.dynamodb.exceptions import TransactionCanceledException
 from moto.dynamodb.models.table import Table
@@ -141,16 +146,17 @@ def _serialized_call(self):
                 return replay
         kinds = ["throttle", "throughput", "500", "lost"]
         if action == "TransactWriteItems":
-            kinds.append("conflict")
+            kinds += ["conflict", "tx-throttle"]
         fault = _draw(kinds)
-        if fault == "conflict":
+        if fault in ("conflict", "tx-throttle"):
+            code = "TransactionConflict" if fault == "conflict" else "ThrottlingError"
             n = len(json.loads(self.body).get("TransactItems", []))
             reasons = [{"Code": "None"} for _ in range(n)]
-            reasons[0] = {"Code": "TransactionConflict", "Message": "injected: transaction conflict"}
+            reasons[-1] = {"Code": code, "Message": f"injected: {code}"}
             return _ddb_error(
                 400,
                 "TransactionCanceledException",
-                "Transaction cancelled, please refer cancellation reasons for specific reasons [TransactionConflict]",
+                f"Transaction cancelled, please refer cancellation reasons for specific reasons [{code}]",
                 {"CancellationReasons": reasons},
             )
         if fault == "throttle":
@@ -159,12 +165,63 @@ def _serialized_call(self):
             return _ddb_error(400, "ProvisionedThroughputExceededException", "injected: throughput exceeded")
         if fault == "500":
             return _ddb_error(500, "InternalServerError", "injected: internal server error")
+        throttled = _partition_admit(self, action, raw)
+        if throttled is not None:
+            return throttled
         out = _call_action(self)
+        if out[0] == 200:
+            _partition_charge(self, action, raw, out)
         if token is not None and out[0] == 200:
             _tokens[token] = (time.time(), raw)
         if fault == "lost":
             return _lost(out)
         return out
+
+
+# ---- partition budgets (see partitions.py): metered always, enforced when set
+
+_WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
+_READS = {"GetItem", "Query", "Scan", "BatchGetItem", "TransactGetItems"}
+
+
+def _partition_admit(self, action, raw):
+    if partitions.budgets is None or (action not in _WRITES and action not in _READS):
+        return None
+    try:
+        body = json.loads(raw)
+        backend = self.dynamodb_backend
+        writes = partitions.writes_of(backend, action, body) if action in _WRITES else []
+        reads = partitions.read_keys_of(backend, action, body) if action in _READS else []
+    except Exception:
+        return None
+    hot = partitions.admit(action, writes, reads)
+    if hot is None:
+        return None
+    message = f"Throughput exceeds the current capacity of your table or index (partition {hot})"
+    if action == "TransactWriteItems":
+        reasons = [{"Code": "ThrottlingError", "Message": message} if k == hot else {"Code": "None"} for k, _ in writes]
+        return _ddb_error(
+            400,
+            "TransactionCanceledException",
+            "Transaction cancelled, please refer cancellation reasons for specific reasons [ThrottlingError]",
+            {"CancellationReasons": reasons},
+        )
+    return _ddb_error(400, "ProvisionedThroughputExceededException", message)
+
+
+def _partition_charge(self, action, raw, out):
+    if partitions.budgets is None:
+        return
+    try:
+        body = json.loads(raw)
+        backend = self.dynamodb_backend
+        if action in _WRITES:
+            # Sizes after the write: an update that grew the item costs its new size.
+            partitions.charge("wcu", partitions.writes_of(backend, action, body))
+        elif action in _READS:
+            partitions.charge("rcu", partitions.reads_of(backend, action, body, out[2]))
+    except Exception:
+        pass
 
 
 DynamoHandler.call_action = _serialized_call
@@ -247,6 +304,15 @@ _get_application = DomainDispatcherApplication.get_application
 
 
 def _with_faults_route(self, environ):
+    if environ.get("PATH_INFO") == "/lineup-units":
+        reset = "reset" in environ.get("QUERY_STRING", "")
+
+        def units(env, start_response):
+            body = partitions.report(reset).encode()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+
+        return units
     if environ.get("PATH_INFO") == "/lineup-faults":
 
         def app(env, start_response):

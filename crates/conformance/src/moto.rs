@@ -53,7 +53,7 @@ impl Moto {
     /// The shared server of this test process.
     pub fn shared() -> &'static Moto {
         static MOTO: OnceLock<Moto> = OnceLock::new();
-        MOTO.get_or_init(|| Moto::start(None))
+        MOTO.get_or_init(|| Moto::start(""))
     }
 
     /// A second server of this test process, in fault mode: a seeded `FAULT_RATE` of
@@ -64,21 +64,40 @@ impl Moto {
         static MOTO: OnceLock<Moto> = OnceLock::new();
         MOTO.get_or_init(|| {
             let seed = std::env::var("LINEUP_FAULT_SEED").unwrap_or_else(|_| "7".into());
-            Moto::start(Some(&format!("seed={seed},rate={FAULT_RATE}")))
+            Moto::start(&format!("LINEUP_MOTO_FAULTS='seed={seed},rate={FAULT_RATE}' "))
         })
+    }
+
+    /// A server of its own in partition mode: DynamoDB's per-partition-key throughput
+    /// limits, scaled down (`budgets` as `"wcu=50,rcu=150"`, or `"meter"` to count
+    /// without limits; see `python/partitions.py`). Stopped when the process ends.
+    pub fn partitioned(budgets: &str) -> Moto {
+        assert!(budgets.chars().all(|c| c.is_ascii_alphanumeric() || "=,.".contains(c)), "budgets: {budgets}");
+        Moto::start(&format!("LINEUP_MOTO_PARTITIONS='{budgets}' "))
     }
 
     /// What the fault mode injected so far, by kind.
     pub fn injected(&self) -> std::collections::BTreeMap<String, u64> {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return Default::default() };
-        let _ = s.write_all(b"GET /lineup-faults HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-        let mut text = String::new();
-        let _ = s.read_to_string(&mut text);
-        let body = text.split("\r\n\r\n").nth(1).unwrap_or("{}");
-        serde_json::from_str(body).unwrap_or_default()
+        serde_json::from_str(&self.get("/lineup-faults")).unwrap_or_default()
     }
 
-    fn start(faults: Option<&str>) -> Moto {
+    /// The partition mode's meter since the last reset (`reset` starts a new count):
+    /// `{"budgets": …, "partitions": {"table:key": {"wcu", "rcu", "throttled", "requests"}}}`.
+    pub fn units(&self, reset: bool) -> serde_json::Value {
+        let path = if reset { "/lineup-units?reset=1" } else { "/lineup-units" };
+        serde_json::from_str(&self.get(path)).unwrap_or_default()
+    }
+
+    fn get(&self, path: &str) -> String {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return "{}".into() };
+        let _ = s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes());
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text.split("\r\n\r\n").nth(1).unwrap_or("{}").to_owned()
+    }
+
+    /// `env`: assignments for the server's shell command line, each ending in a space.
+    fn start(env: &str) -> Moto {
         let python = python();
         assert!(python.exists(), "{} not found: run `make test` (it installs moto into .venv)", python.display());
         let port = free_port();
@@ -91,7 +110,6 @@ impl Moto {
             launcher = launcher().display(),
             log = log.display(),
             pid = std::process::id(),
-            env = faults.map(|f| format!("LINEUP_MOTO_FAULTS='{f}' ")).unwrap_or_default()
         );
         // Not waited for: the watchdog outlives us by design and ends on its own.
         #[allow(clippy::zombie_processes)]

@@ -57,6 +57,17 @@ pub struct Limit {
     pub counting: bool,
 }
 
+impl Limit {
+    /// How many more allocs the limit lets start.
+    pub fn slots(&self) -> u32 {
+        if self.counting {
+            0
+        } else {
+            self.limit.saturating_sub(self.running)
+        }
+    }
+}
+
 impl fmt::Display for Limit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.health, self.max_running) {
@@ -122,7 +133,7 @@ pub fn plan(batch: &[&Eval], snap: &mut Snapshot) -> Plan {
     let none = HashSet::new();
     for i in order(batch) {
         let eval = batch[i];
-        if let Some(l) = snap.limit.as_ref().filter(|l| l.running >= l.limit) {
+        if let Some(l) = snap.limit.as_ref().filter(|l| l.slots() == 0) {
             out.blocked.push((i, Blocked::Limit(l.clone())));
             continue;
         }
@@ -139,6 +150,17 @@ pub fn plan(batch: &[&Eval], snap: &mut Snapshot) -> Plan {
         }
     }
     out
+}
+
+/// How many more size units `snap` could take: the free capacity of its live workers,
+/// but no more than the number of allocs the limit still lets start (every eval takes
+/// at least one unit). What a scheduler loop with held evals may take from its queue.
+pub fn room(snap: &Snapshot) -> u64 {
+    let free: u64 = snap.candidates.iter().filter(|c| c.ttl > snap.now).map(|c| u64::from(c.free)).sum();
+    match &snap.limit {
+        Some(l) => free.min(u64::from(l.slots())),
+        None => free,
+    }
 }
 
 #[cfg(test)]

@@ -129,3 +129,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn room_is_the_free_capacity_bounded_by_the_limit_slots() {
+    let mut expired = worker(50);
+    expired.ttl = 0;
+    assert_eq!(room(&snap(vec![worker(3), worker(4), expired.clone()], None)), 7, "expired workers have no room");
+    assert_eq!(room(&snap(vec![worker(30), worker(40)], Some((8, 10)))), 2, "a capped pool: its free slots");
+    assert_eq!(room(&snap(vec![worker(1)], Some((0, 10)))), 1, "capacity, when it binds first");
+    assert_eq!(room(&snap(vec![worker(30)], Some((10, 10)))), 0);
+    let mut counting = snap(vec![worker(30)], Some((0, 10)));
+    if let Some(l) = counting.limit.as_mut() {
+        l.counting = true;
+    }
+    assert_eq!(room(&counting), 0, "nothing is placed while a new cap's allocs are counted");
+}

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::id::WorkerId;
 use crate::model::*;
 use crate::placement;
-use crate::plan::{Blocked, Plan, Snapshot};
+use crate::plan::{self, Blocked, Plan, Snapshot};
 use crate::service::Lineup;
 
 /// Claims tried per eval before it counts as blocked for this pass.
@@ -138,8 +138,7 @@ impl Lineup {
         if sum.placed > 0 {
             info!(pool = %pool.pool_id, placed = sum.placed, blocked = sum.blocked, dropped = sum.dropped, "schedule pass");
         }
-        let now = self.now();
-        let free_left = snap.candidates.iter().filter(|c| c.ttl > now).map(|c| u64::from(c.free)).sum();
+        let free_left = plan::room(&snap);
         let mut work: Vec<Option<(Eval, Received)>> = work.into_iter().map(Some).collect();
         let blocked = blocked
             .into_iter()

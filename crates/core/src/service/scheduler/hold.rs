@@ -11,6 +11,7 @@ use super::{PassSummary, SchedulerOptions, Waiting};
 use crate::backend::Received;
 use crate::error::{Error, Result};
 use crate::model::{EvalMessage, Pool, Priority};
+use crate::plan;
 use crate::service::Lineup;
 
 /// The shortest time between two looks at the held evals prompted by new capacity.
@@ -25,9 +26,19 @@ pub const HOLD: Duration = Duration::from_secs(30);
 
 /// A pool's held messages in this process, shared by every `PoolScheduler` of the
 /// pool here (`lineup dev` runs two loops per pool): so each of them weighs all the
-/// held evals by priority, not only the ones it happened to receive. Locked only
-/// between awaits.
-pub(crate) type HeldSet = std::sync::Arc<std::sync::Mutex<Vec<Held>>>;
+/// held evals by priority, not only the ones it happened to receive.
+pub(crate) type HeldSet = std::sync::Arc<Shared>;
+
+#[derive(Default)]
+pub(crate) struct Shared {
+    /// Highest priority first; equal priorities in order of submission. Locked only
+    /// between awaits.
+    set: std::sync::Mutex<Vec<Held>>,
+    /// One recheck at a time: a second loop's recheck, while the first one's claims are
+    /// in flight, would see their slots still free and take the next evals in line,
+    /// whose claims could then win a capped pool's last slots from higher ones.
+    recheck: tokio::sync::Mutex<()>,
+}
 
 /// A blocked eval's message, held (hidden) by a `PoolScheduler`.
 pub(crate) struct Held {
@@ -59,7 +70,6 @@ pub struct PoolScheduler {
     lineup: Lineup,
     pub(super) pool: Pool,
     opts: SchedulerOptions,
-    /// Highest priority first; equal priorities in order of submission.
     held: HeldSet,
     /// Free capacity left after the last pass (while evals are held): no more messages
     /// are taken from the queue than could possibly be placed, so that a scarce pool
@@ -97,7 +107,7 @@ impl PoolScheduler {
 
     fn set(&self) -> std::sync::MutexGuard<'_, Vec<Held>> {
         // A panic elsewhere while holding the lock leaves a consistent Vec: go on with it.
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
+        self.held.set.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn queue(&self) -> String {
@@ -180,6 +190,9 @@ impl PoolScheduler {
     /// held evals the free capacity could take are tried: when one worker appears among
     /// thousands of blocked evals, the work is the size of the worker, not the backlog.
     async fn recheck(&mut self, sum: &mut PassSummary) -> Result<()> {
+        let shared = self.held.clone();
+        // Another loop of the pool is looking at the same set just now: leave it to it.
+        let Ok(_turn) = shared.recheck.try_lock() else { return Ok(()) };
         // With free capacity left, the loop's long poll has been taking new messages in
         // all along; only a full pool's loop stops receiving, so only then look here.
         let room = self.opts.hold_max.saturating_sub(self.held()).min(self.opts.batch);
@@ -200,18 +213,30 @@ impl PoolScheduler {
                 .collect();
             self.admit(waiting, until).await?;
         }
-        let cands = self.lineup.candidate_view(&self.pool).await?;
+        let mut cands = self.lineup.candidate_view(&self.pool).await?;
         let t = self.lineup.now();
         let live = cands.iter().filter(|c| c.ttl > t);
         let max_free = live.clone().map(|c| c.free).max().unwrap_or(0);
         self.free_left = live.map(|c| u64::from(c.free)).sum();
+        // A capped pool takes no more evals than it has slots, however much is free. Its
+        // limit is read only when something could fit: an idle pool's look stays one
+        // candidate read.
+        let mut slots = u64::MAX;
+        if self.set().iter().any(|h| h.size <= max_free) {
+            let pool = self.lineup.current_pool(&self.pool, false).await?;
+            let snap = self.lineup.snapshot(&pool, Some(cands), &[]).await?;
+            self.free_left = plan::room(&snap);
+            slots = snap.limit.as_ref().map_or(u64::MAX, |l| u64::from(l.slots()));
+            cands = snap.candidates;
+        }
         let mut budget = self.free_left;
         let try_now: Vec<Held> = {
             let mut set = self.set();
             let (try_now, keep): (Vec<Held>, Vec<Held>) = std::mem::take(&mut *set).into_iter().partition(|h| {
-                let fits = h.size <= max_free && u64::from(h.size) <= budget;
+                let fits = slots > 0 && h.size <= max_free && u64::from(h.size) <= budget;
                 if fits {
                     budget -= u64::from(h.size);
+                    slots -= 1;
                 }
                 fits
             });

@@ -1,0 +1,172 @@
+//! The partition scenario: DynamoDB's per-partition-key limits, scaled down, enforced
+//! by moto's wrapper (`crates/conformance/python/partitions.py`), with the whole
+//! lifecycle running against them: submit, schedule, poll, complete. For a pool without
+//! a cap and one with `max_running` (high enough never to bind, so only its counting
+//! costs), it prints the units each placement consumed on each partition key, the
+//! ceiling those units predict for the budgets, and the rate measured under them.
+//!
+//! The budgets are DynamoDB's per-partition limits (1,000 write and 3,000 read units a
+//! second) divided by `SCALE`, so that moto's own speed is not what binds: without
+//! budgets this lifecycle runs at ~11 placements/s on moto (a transaction takes it
+//! ~0.1 s), and `SCALE` 100 puts the predicted ceilings at a quarter of that. Multiply
+//! a figure by `SCALE` for DynamoDB's.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lineup_aws::{create_tables, AwsBackend};
+use lineup_conformance::moto::Moto;
+use lineup_conformance::{complete, new_eval, ADMIN};
+use lineup_core::service::{NewPool, PoolScheduler, SchedulerOptions};
+use lineup_core::*;
+
+use crate::{report, Rows};
+
+pub const SCALE: f64 = 100.0;
+const WCU: f64 = 1_000.0 / SCALE;
+const RCU: f64 = 3_000.0 / SCALE;
+const EVALS: usize = 60;
+const WORKERS: usize = 10;
+
+/// One pool's run: placements per second measured, and units per placement by
+/// partition (`table: key`).
+struct Run {
+    rate: f64,
+    units: BTreeMap<String, (f64, f64)>,
+    throttled: u64,
+}
+
+impl Run {
+    /// The rate the busiest partition allows: its budget over its units per placement.
+    fn ceiling(&self) -> (f64, String) {
+        self.units
+            .iter()
+            .map(|(k, (w, r))| {
+                let by_w = if *w > 0.0 { WCU / w } else { f64::INFINITY };
+                let by_r = if *r > 0.0 { RCU / r } else { f64::INFINITY };
+                (by_w.min(by_r), k.clone())
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .unwrap_or((f64::INFINITY, String::new()))
+    }
+}
+
+pub async fn scenario(rows: &mut Rows) {
+    let moto = Moto::partitioned(&format!("wcu={WCU},rcu={RCU}"));
+    println!();
+    println!("DynamoDB partition limits scaled 1/{SCALE} ({WCU} write, {RCU} read units/s per key), moto");
+    for (name, cap) in [("uncapped", None), ("capped", Some(100_000))] {
+        let run = match one_pool(&moto, cap).await {
+            Ok(r) => r,
+            Err(e) => return println!("partitions ({name}): failed: {e}"),
+        };
+        let (ceiling, hot) = run.ceiling();
+        println!("{name} pool: units per placement over the lifecycle (write, read), by partition:");
+        for (k, (w, r)) in &run.units {
+            println!("  {k:<44} {w:>6.2} {r:>6.2}");
+        }
+        println!(
+            "{name} pool: predicted ceiling {ceiling:.1}/s (hottest: {hot}), measured {:.1}/s, {} requests throttled; \
+             at DynamoDB's limits ×{SCALE}: {:.0}/s predicted",
+            run.rate,
+            run.throttled,
+            ceiling * SCALE
+        );
+        report(rows, &format!("partitions_{name}_placements_per_s"), run.rate, "placements/s", "printed");
+        report(rows, &format!("partitions_{name}_predicted_per_s"), ceiling, "placements/s", "measured ≈ predicted");
+    }
+}
+
+/// Submits `EVALS`, then runs a scheduler and `WORKERS` polling workers until all are
+/// complete, metering the partitions from the first placement to the last completion.
+async fn one_pool(moto: &Moto, cap: Option<u32>) -> Result<Run, String> {
+    let prefix = format!("p{}", PoolId::generate());
+    let backend = Arc::new(AwsBackend::for_emulator(&moto.endpoint, &prefix).await);
+    create_tables(backend.dynamodb(), backend.tables()).await.map_err(|e| e.to_string())?;
+    let settings = Settings { deployment: prefix.clone(), ..Settings::default() };
+    let l = Lineup::new(backend.clone(), backend.clone(), Arc::new(SystemClock), settings, "bench");
+    let err = |e: Error| e.to_string();
+    l.init().await.map_err(err)?;
+    let new = NewPool { strategy: Strategy::Spread, max_running: cap, ..Default::default() };
+    let pool = l.create_pool_with(&ADMIN, new).await.map_err(err)?;
+    let mut workers = Vec::new();
+    for _ in 0..WORKERS {
+        workers.push(l.register_worker(&ADMIN, &pool.pool_id, 100).await.map_err(err)?.worker.worker_id);
+    }
+    let mut submitted = 0;
+    let mut refused = 0;
+    while submitted < EVALS {
+        // A client's retry of a 5xx (throttled past the backend's retries).
+        match l.submit_eval(&ADMIN, &pool.pool_id, new_eval(1, None)).await {
+            Ok(_) => submitted += 1,
+            Err(Error::Backend(_)) if refused < 100 => refused += 1,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    moto.units(true);
+    let start = Instant::now();
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in workers {
+        let (l, pool, done, stop) = (l.clone(), pool.pool_id.clone(), done.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(allocs) = l.poll(&ADMIN, &pool, &w, Duration::from_secs(1), 10).await else { continue };
+                for a in allocs {
+                    // Throttled past the SDK's retries: try again (the alloc is ours till its TTL).
+                    for _ in 0..20 {
+                        if l.finish_alloc(&ADMIN, &pool, &a.alloc_id, complete(0)).await.is_ok() {
+                            done.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let opts = SchedulerOptions { wait: Duration::from_secs(1), ..Default::default() };
+    let mut ps = PoolScheduler::new(l.clone(), pool.clone(), opts);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while done.load(Ordering::Relaxed) < EVALS {
+        if Instant::now() > deadline {
+            stop.store(true, Ordering::Relaxed);
+            return Err(format!("only {} of {EVALS} complete", done.load(Ordering::Relaxed)));
+        }
+        // A pass throttled past the SDK's retries leaves its messages to come back.
+        let _ = ps.step(Duration::from_millis(200)).await;
+    }
+    let rate = EVALS as f64 / start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let meter = moto.units(false);
+    let mut units: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let mut throttled = 0;
+    if let Some(parts) = meter["partitions"].as_object() {
+        for (key, v) in parts {
+            throttled += v["throttled"].as_u64().unwrap_or(0);
+            let (w, r) = (v["wcu"].as_f64().unwrap_or(0.0), v["rcu"].as_f64().unwrap_or(0.0));
+            if w + r > 0.0 {
+                // Keys of one kind (one item each) share a label: the hottest stands for them.
+                let e = units.entry(label(key, &prefix, &pool)).or_insert((0.0, 0.0));
+                *e = (e.0.max(w / EVALS as f64), e.1.max(r / EVALS as f64));
+            }
+        }
+    }
+    let _ = lineup_aws::delete_tables(backend.dynamodb(), backend.tables()).await;
+    Ok(Run { rate, units, throttled })
+}
+
+/// `lineup-p…-evals:{"S": "<pool id>"}` → `evals: pool`; any other key → `…: hottest
+/// other key`.
+fn label(key: &str, prefix: &str, pool: &Pool) -> String {
+    let (table, value) = key.split_once(':').unwrap_or((key, ""));
+    let table = table.rsplit_once(prefix).map(|(_, t)| t.trim_start_matches('-')).unwrap_or(table);
+    let value =
+        if value.contains(pool.pool_id.as_str()) { "pool".to_string() } else { "hottest other key".to_string() };
+    format!("{table}: {value}")
+}

@@ -1,0 +1,259 @@
+"""DynamoDB's per-partition throughput, metered and (optionally) enforced for moto.
+
+Real DynamoDB serves at most 1,000 write units and 3,000 read units per second to one
+partition, and a partition key value never spans partitions for writes when the table
+has a local secondary index, so a hot key is a hard ceiling that moto never shows. This
+module meters every DynamoDB request by the partition key value it touches, with
+DynamoDB's rules (documented under "Read/write capacity units"):
+
+- a write is 1 unit per started KB of the larger of the item before and after; in a
+  TransactWriteItems every item (ConditionCheck included) costs twice that;
+- a strongly consistent read is 1 unit per started 4 KB, an eventually consistent one
+  half of that; a Query sums the sizes of the items it returns before rounding up; in a
+  TransactGetItems each item costs twice;
+- a global secondary index has partitions of its own (a Query on it is metered on the
+  index's key); a local one shares the table's. What is not modelled, so that a
+  measured ceiling errs high, never low: the extra writes to secondary indexes, Scan
+  (metered on the table as a whole), and DynamoDB's burst and adaptive capacity.
+
+With LINEUP_MOTO_PARTITIONS="wcu=50,rcu=150" each partition key value gets a token
+bucket per kind, filled at that rate with one second's worth at most (the scaled-down
+DynamoDB limits: 1,000 → 10 is 1/100). A request that needs more than a bucket holds is
+refused as DynamoDB refuses it: ProvisionedThroughputExceededException (400, nothing
+written; the SDK retries), or for a transaction TransactionCanceledException with a
+ThrottlingError reason on the hot item. With LINEUP_MOTO_PARTITIONS="meter", requests
+are metered but never refused. In both, GET /lineup-units answers the units consumed
+and the requests throttled per key since the last GET /lineup-units?reset=1. Unset,
+nothing is metered (it costs moto time).
+"""
+
+import json
+import math
+import os
+import re
+import threading
+import time
+
+from moto.dynamodb.models.dynamo_type import DynamoType
+from moto.dynamodb.models.utilities import bytesize
+
+_lock = threading.Lock()
+# partition -> {"wcu": float, "rcu": float, "throttled": int, "requests": int}
+totals = {}
+# (kind, key) -> [tokens, last refill time]
+_buckets = {}
+
+
+def _parse(spec):
+    # "meter": no limits.
+    conf = dict(kv.split("=", 1) for kv in spec.split(",") if "=" in kv)
+    return {"wcu": float(conf.get("wcu", "inf")), "rcu": float(conf.get("rcu", "inf"))}
+
+
+budgets = _parse(os.environ["LINEUP_MOTO_PARTITIONS"]) if os.environ.get("LINEUP_MOTO_PARTITIONS") else None
+
+
+def item_size(attrs):
+    """An item's size as DynamoDB counts it: attribute names plus values."""
+    if not attrs:
+        return 0
+    return sum(bytesize(k) + DynamoType(v).size() for k, v in attrs.items())
+
+
+def _stored_size(backend, table, key):
+    try:
+        item = backend.get_item(table, key)
+    except Exception:
+        return 0
+    return item.size() if item is not None else 0
+
+
+def _write_units(size, transactional):
+    units = max(1, math.ceil(size / 1024))
+    return 2 * units if transactional else units
+
+
+def _read_units(size, consistent, transactional=False):
+    units = max(1, math.ceil(size / 4096))
+    if transactional:
+        return 2.0 * units
+    return float(units) if consistent else units / 2.0
+
+
+def _pk(backend, table_name, key_or_item, index=None):
+    """The partition a key or an item lives in: `table:value` (`table/index:value`)."""
+    try:
+        table = backend.get_table(table_name)
+        attr = table.hash_key_attr
+        where = table_name
+        if index is not None:
+            gsi = next((i for i in table.global_indexes if i.name == index), None)
+            if gsi is not None:
+                attr = next(k["AttributeName"] for k in gsi.schema if k["KeyType"] == "HASH")
+                where = f"{table_name}/{index}"
+        value = key_or_item.get(attr)
+        return f"{where}:{json.dumps(value, sort_keys=True)}"
+    except Exception:
+        return f"{table_name}:?"
+
+
+def _query_pk(backend, body):
+    """The partition key value a Query's key condition names."""
+    names = body.get("ExpressionAttributeNames") or {}
+    values = body.get("ExpressionAttributeValues") or {}
+    table_name, index = body.get("TableName"), body.get("IndexName")
+    try:
+        table = backend.get_table(table_name)
+        attr = table.hash_key_attr
+        gsi = next((i for i in table.global_indexes if i.name == index), None) if index else None
+        if gsi is not None:
+            attr = next(k["AttributeName"] for k in gsi.schema if k["KeyType"] == "HASH")
+    except Exception:
+        return f"{table_name}:?"
+    for name, val in re.findall(r"(#?[A-Za-z0-9_]+)\s*=\s*(:[A-Za-z0-9_]+)", body.get("KeyConditionExpression", "")):
+        if names.get(name, name) == attr:
+            return _pk(backend, table_name, {attr: values.get(val)}, index)
+    return f"{table_name}:?"
+
+
+def writes_of(backend, action, body):
+    """[(partition, write units)] a write request will consume, before it runs."""
+    out = []
+    if action == "PutItem":
+        size = max(item_size(body.get("Item")), _stored_size(backend, body["TableName"], _key(backend, body)))
+        out.append((_pk(backend, body["TableName"], body["Item"]), _write_units(size, False)))
+    elif action in ("UpdateItem", "DeleteItem"):
+        size = _stored_size(backend, body["TableName"], body["Key"])
+        # An update may grow the item: count at least what it holds now, and 1 unit.
+        out.append((_pk(backend, body["TableName"], body["Key"]), _write_units(size, False)))
+    elif action == "BatchWriteItem":
+        for table, reqs in (body.get("RequestItems") or {}).items():
+            for r in reqs:
+                if "PutRequest" in r:
+                    item = r["PutRequest"]["Item"]
+                    out.append((_pk(backend, table, item), _write_units(item_size(item), False)))
+                elif "DeleteRequest" in r:
+                    key = r["DeleteRequest"]["Key"]
+                    out.append((_pk(backend, table, key), _write_units(_stored_size(backend, table, key), False)))
+    elif action == "TransactWriteItems":
+        for t in body.get("TransactItems") or []:
+            op_type, op = next(iter(t.items()))
+            if op_type == "Put":
+                item = op["Item"]
+                size = max(item_size(item), _stored_size(backend, op["TableName"], _key(backend, op)))
+                out.append((_pk(backend, op["TableName"], item), _write_units(size, True)))
+            else:
+                size = _stored_size(backend, op["TableName"], op["Key"])
+                out.append((_pk(backend, op["TableName"], op["Key"]), _write_units(size, True)))
+    return out
+
+
+def _key(backend, op):
+    """The key attributes of a Put's item."""
+    try:
+        table = backend.get_table(op["TableName"])
+        item = op["Item"]
+        key = {table.hash_key_attr: item[table.hash_key_attr]}
+        if table.range_key_attr is not None:
+            key[table.range_key_attr] = item[table.range_key_attr]
+        return key
+    except Exception:
+        return {}
+
+
+def reads_of(backend, action, body, response_text):
+    """[(partition, read units)] a read request consumed, from its response."""
+    out = []
+    try:
+        resp = json.loads(response_text) if response_text else {}
+    except Exception:
+        resp = {}
+    consistent = bool(body.get("ConsistentRead"))
+    if action == "GetItem":
+        size = item_size(resp.get("Item"))
+        out.append((_pk(backend, body["TableName"], body["Key"]), _read_units(size, consistent)))
+    elif action == "Query":
+        size = sum(item_size(i) for i in resp.get("Items") or [])
+        out.append((_query_pk(backend, body), _read_units(size, consistent)))
+    elif action == "Scan":
+        size = sum(item_size(i) for i in resp.get("Items") or [])
+        out.append((f"{body.get('TableName')}:*", _read_units(size, consistent)))
+    elif action == "BatchGetItem":
+        for table, got in (resp.get("Responses") or {}).items():
+            wanted = (body.get("RequestItems") or {}).get(table, {})
+            for item in got:
+                out.append((_pk(backend, table, item), _read_units(item_size(item), wanted.get("ConsistentRead", False))))
+    elif action == "TransactGetItems":
+        for t, r in zip(body.get("TransactItems") or [], resp.get("Responses") or []):
+            op = t.get("Get", {})
+            out.append((_pk(backend, op.get("TableName"), op.get("Key", {})), _read_units(item_size(r.get("Item")), True, True)))
+    return out
+
+
+def _refill(kind, key, now):
+    rate = budgets[kind]
+    b = _buckets.setdefault((kind, key), [rate, now])
+    b[0] = min(rate, b[0] + (now - b[1]) * rate)
+    b[1] = now
+    return b
+
+
+def admit(action, writes, read_keys):
+    """The first partition that cannot take this request now, or None. Writes need
+    their units in the bucket; reads need the bucket not to be in debt (their size is
+    known only afterwards, and is charged then)."""
+    if budgets is None:
+        return None
+    now = time.monotonic()
+    with _lock:
+        for key, units in writes:
+            if _refill("wcu", key, now)[0] < min(units, budgets["wcu"]):
+                _throttled(key)
+                return key
+        for key in read_keys:
+            if _refill("rcu", key, now)[0] <= 0:
+                _throttled(key)
+                return key
+    return None
+
+
+def _entry(key):
+    return totals.setdefault(key, {"wcu": 0.0, "rcu": 0.0, "throttled": 0, "requests": 0})
+
+
+def _throttled(key):
+    _entry(key)["throttled"] += 1
+
+
+def charge(kind, consumed):
+    """Records what a request that ran consumed, and takes it from the buckets."""
+    now = time.monotonic()
+    with _lock:
+        for key, units in consumed:
+            e = _entry(key)
+            e[kind] += units
+            e["requests"] += 1
+            if budgets is not None:
+                _refill(kind, key, now)[0] -= units
+
+
+def read_keys_of(backend, action, body):
+    """The partitions a read request will touch, known before it runs."""
+    if action == "GetItem":
+        return [_pk(backend, body["TableName"], body["Key"])]
+    if action == "Query":
+        return [_query_pk(backend, body)]
+    if action == "TransactGetItems":
+        return [_pk(backend, t["Get"]["TableName"], t["Get"]["Key"]) for t in body.get("TransactItems") or [] if "Get" in t]
+    if action == "BatchGetItem":
+        return [_pk(backend, table, k) for table, r in (body.get("RequestItems") or {}).items() for k in r.get("Keys", [])]
+    return []
+
+
+def report(reset):
+    with _lock:
+        shown = {k: (v if math.isfinite(v) else None) for k, v in (budgets or {}).items()}
+        body = json.dumps({"budgets": shown, "partitions": totals})
+        if reset:
+            totals.clear()
+    return body
