@@ -272,6 +272,9 @@ pub struct EvalItem {
     pub updated: Millis,
     /// `{pool}#{status}`: the `by_status` index's partition.
     pub pst: String,
+    /// The pipeline step, as JSON text (its inputs are any JSON, kept exact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
 }
 
 pub fn pst(pool: &PoolId, status: EvalStatus) -> String {
@@ -299,6 +302,7 @@ impl From<&Eval> for EvalItem {
             created: e.created_at,
             updated: e.updated_at,
             pst: pst(&e.pool_id, e.status),
+            step: e.step.as_ref().and_then(|st| serde_json::to_string(st).ok()),
         }
     }
 }
@@ -311,7 +315,10 @@ impl TryFrom<EvalItem> for Eval {
             .map(|p| serde_json::from_str(&p))
             .transpose()
             .map_err(|err| Error::backend("decode payload", err))?;
+        let step =
+            e.step.map(|st| serde_json::from_str(&st)).transpose().map_err(|err| Error::backend("decode step", err))?;
         Ok(Eval {
+            step,
             pool_id: e.pool,
             eval_id: e.eval,
             size: e.size,

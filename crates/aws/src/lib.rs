@@ -18,6 +18,7 @@ mod calls;
 mod direct;
 mod items;
 mod limits;
+mod pipelines;
 mod probe;
 mod queues;
 pub mod retry;

@@ -15,6 +15,7 @@ use aws_sdk_dynamodb::types::{
     ConditionCheck, DeleteRequest, KeysAndAttributes, Put, PutRequest, Select, TransactWriteItem, Update, WriteRequest,
 };
 use lineup_core::backend::{Claim, Heartbeat};
+use lineup_core::pipeline::{Pipeline, PipelineStatus};
 use lineup_core::*;
 
 use crate::items::*;
@@ -25,18 +26,18 @@ use crate::tables::{BY_CAP, BY_CREATED, BY_STATUS, BY_TTL};
 use crate::{sdk_err, AwsBackend};
 
 /// What a cancelled transaction says, item by item: `Some("ConditionalCheckFailed")`, …
-enum TxError {
+pub(crate) enum TxError {
     Cancelled(Vec<Option<String>>),
     Other(Error),
 }
 
 impl TxError {
-    fn failed(reasons: &[Option<String>], i: usize) -> bool {
+    pub(crate) fn failed(reasons: &[Option<String>], i: usize) -> bool {
         reasons.get(i).and_then(|r| r.as_deref()) == Some("ConditionalCheckFailed")
     }
 
     /// Cancelled for conflicts or throttling only: nothing was wrong with the request.
-    fn transient(reasons: &[Option<String>]) -> bool {
+    pub(crate) fn transient(reasons: &[Option<String>]) -> bool {
         reasons.iter().any(|r| r.as_deref().is_some_and(crate::retry::transient_reason))
             && reasons.iter().all(|r| r.as_deref().is_none_or(|r| r == "None" || crate::retry::transient_reason(r)))
     }
@@ -58,7 +59,7 @@ where
 }
 
 impl AwsBackend {
-    async fn get(&self, table: &str, key: Item) -> Result<Option<Item>> {
+    pub(crate) async fn get(&self, table: &str, key: Item) -> Result<Option<Item>> {
         let r = self
             .ddb
             .get_item()
@@ -86,7 +87,7 @@ impl AwsBackend {
     }
 
     /// Pages until `limit` items.
-    async fn query_limit(&self, q: QueryFluentBuilder, limit: usize, context: &str) -> Result<Vec<Item>> {
+    pub(crate) async fn query_limit(&self, q: QueryFluentBuilder, limit: usize, context: &str) -> Result<Vec<Item>> {
         let mut out = Vec::new();
         let mut start = None;
         loop {
@@ -133,7 +134,7 @@ impl AwsBackend {
             .consistent_read(true)
     }
 
-    fn by_pool(&self, table: &str, pool: &PoolId) -> QueryFluentBuilder {
+    pub(crate) fn by_pool(&self, table: &str, pool: &PoolId) -> QueryFluentBuilder {
         self.ddb
             .query()
             .table_name(table)
@@ -188,7 +189,11 @@ impl AwsBackend {
 
     /// One `TransactWriteItems`, retried after a backoff while DynamoDB cancels it for
     /// transient reasons alone: a conflict or throttling (see `retry.rs`).
-    async fn transact(&self, items: Vec<TransactWriteItem>, context: &str) -> std::result::Result<(), TxError> {
+    pub(crate) async fn transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+        context: &str,
+    ) -> std::result::Result<(), TxError> {
         let mut attempt = 0;
         loop {
             let r = self.ddb.transact_write_items().set_transact_items(Some(items.clone())).send().await;
@@ -283,7 +288,7 @@ impl AwsBackend {
     }
 
     /// `NotFound` or `Disbanded`, after a check that the pool is active failed.
-    async fn pool_not_active(&self, pool: &PoolId) -> Error {
+    pub(crate) async fn pool_not_active(&self, pool: &PoolId) -> Error {
         match self.get_pool(pool).await {
             Ok(None) => Error::not_found(format!("pool {pool}")),
             Ok(Some(p)) if p.status == PoolStatus::Active => Error::Conflict("pool changed; try again".into()),
@@ -320,7 +325,7 @@ impl AwsBackend {
         Ok(TransactWriteItem::builder().condition_check(check).build())
     }
 
-    fn pool_is_active(&self, pool: &PoolId) -> Result<TransactWriteItem> {
+    pub(crate) fn pool_is_active(&self, pool: &PoolId) -> Result<TransactWriteItem> {
         let check = build(
             ConditionCheck::builder()
                 .table_name(&self.tables.pools)
@@ -483,7 +488,14 @@ impl Store for AwsBackend {
 
     async fn purge_pool(&self, pool: &PoolId) -> Result<()> {
         let t = &self.tables;
-        for (table, range) in [(&t.allocs, "alloc"), (&t.evals, "eval"), (&t.replicas, "rpl"), (&t.workers, "wrk")] {
+        let tables = [
+            (&t.allocs, "alloc"),
+            (&t.evals, "eval"),
+            (&t.pipelines, "pipeline"),
+            (&t.replicas, "rpl"),
+            (&t.workers, "wrk"),
+        ];
+        for (table, range) in tables {
             let q = self.by_pool(table, pool).projection_expression("#p, #r").expression_attribute_names("#r", range);
             let keys = self.query_all(q, "purge query").await?;
             self.batch_delete(table, keys).await?;
@@ -714,6 +726,13 @@ impl Store for AwsBackend {
         match self.transact(items, "insert eval").await {
             Ok(()) => Ok(None),
             Err(TxError::Cancelled(r)) if TxError::failed(&r, 0) => Err(self.pool_not_active(&e.pool_id).await),
+            // The id exists: a pipeline step's eval (ids fixed in advance) started twice.
+            Err(TxError::Cancelled(r)) if TxError::failed(&r, 1) && e.step.is_some() => {
+                match self.get_eval(&e.pool_id, &e.eval_id).await? {
+                    Some(existing) => Ok(Some(existing)),
+                    None => Err(Error::Conflict("eval id taken; try again".into())),
+                }
+            }
             Err(TxError::Cancelled(r)) if TxError::failed(&r, 2) => {
                 let key = e.idempotency_key.as_deref().unwrap_or_default();
                 match self.find_eval_by_key(&e.pool_id, key).await? {
@@ -728,6 +747,27 @@ impl Store for AwsBackend {
             Err(TxError::Cancelled(r)) => Err(Error::Conflict(format!("insert eval cancelled: {r:?}"))),
             Err(TxError::Other(e)) => Err(e),
         }
+    }
+
+    async fn insert_pipeline(&self, p: &Pipeline) -> Result<Option<Pipeline>> {
+        self.insert_pipeline_item(p).await
+    }
+
+    async fn get_pipeline(&self, pool: &PoolId, id: &PipelineId) -> Result<Option<Pipeline>> {
+        self.get_pipeline_item(pool, id).await
+    }
+
+    async fn list_pipelines(
+        &self,
+        pool: &PoolId,
+        status: Option<PipelineStatus>,
+        limit: usize,
+    ) -> Result<Vec<Pipeline>> {
+        self.list_pipeline_items(pool, status, limit).await
+    }
+
+    async fn update_pipeline(&self, p: &Pipeline, expected: u64) -> Result<()> {
+        self.update_pipeline_item(p, expected).await
     }
 
     async fn get_eval(&self, pool: &PoolId, eval: &EvalId) -> Result<Option<Eval>> {

@@ -8,9 +8,11 @@
 //! | replicas | `pool` + `rpl` (`{dataset}:{worker}`) | LSI `by_ttl` |
 //! | allocs | `pool` + `alloc` | LSI `by_ttl`, sparse: only live allocs carry `ttl` |
 //! | evals | `pool` + `eval` | GSI `by_status` (`pst` = `{pool}#{status}`, `created`); LSI `by_created` (`pool`, `created`) |
+//! | pipelines | `pool` + `pipeline` | none (no LSI: the collection may grow past 10 GB; listing queries the pool's partition newest first and filters) |
 //!
 //! Idempotency keys live in the evals table as items `eval = "k#{key}"` pointing at
-//! their eval, so claiming a key and writing the eval are one transaction. The TTL
+//! their eval, so claiming a key and writing the eval are one transaction; a pipeline's
+//! idempotency key, likewise, is an item `pipeline = "k#{key}"` in the pipelines table. The TTL
 //! attribute (`purge_at`, epoch seconds) only cleans up finished records; nothing
 //! relies on DynamoDB deleting anything on time.
 
@@ -34,6 +36,7 @@ pub struct Tables {
     pub replicas: String,
     pub allocs: String,
     pub evals: String,
+    pub pipelines: String,
 }
 
 impl Tables {
@@ -44,11 +47,12 @@ impl Tables {
             replicas: format!("{prefix}-replicas"),
             allocs: format!("{prefix}-allocs"),
             evals: format!("{prefix}-evals"),
+            pipelines: format!("{prefix}-pipelines"),
         }
     }
 
-    pub fn all(&self) -> [&str; 5] {
-        [&self.pools, &self.workers, &self.replicas, &self.allocs, &self.evals]
+    pub fn all(&self) -> [&str; 6] {
+        [&self.pools, &self.workers, &self.replicas, &self.allocs, &self.evals, &self.pipelines]
     }
 }
 
@@ -117,6 +121,7 @@ pub async fn create_tables(ddb: &aws_sdk_dynamodb::Client, t: &Tables) -> Result
             vec![gsi(BY_STATUS, "pst", "created")?],
             vec![lsi(BY_CREATED, "created")?],
         ),
+        (t.pipelines.clone(), vec![attr("pool", S)?, attr("pipeline", S)?], Some("pipeline"), vec![], vec![]),
     ];
     for (name, attrs, range, gsis, lsis) in specs {
         let mut req = ddb

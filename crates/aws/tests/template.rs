@@ -74,7 +74,7 @@ fn iam_policies_name_only_the_deployments_resources() {
     let tables = of_type("AWS::DynamoDB::Table");
     let queues = of_type("AWS::SQS::Queue");
     let log_groups = of_type("AWS::Logs::LogGroup");
-    assert_eq!(tables.len(), 5);
+    assert_eq!(tables.len(), 6);
     let sqs_prefix =
         serde_json::json!({"Fn::Sub": "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:${Deployment}_*"});
     let get_att = |r: &serde_json::Value, among: &[String]| {

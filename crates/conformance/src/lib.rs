@@ -21,12 +21,14 @@ mod admission;
 mod crash;
 pub mod deployment;
 pub mod moto;
+mod pipelines;
 mod queues;
 mod service;
 mod store;
 
 pub use admission::*;
 pub use crash::*;
+pub use pipelines::*;
 pub use queues::*;
 pub use service::*;
 pub use store::*;
@@ -56,7 +58,8 @@ macro_rules! conformance_tests {
             service_stranded_evals_get_their_message_back,
             admission_priority_jumps_the_backlog, admission_store_max_running_is_atomic,
             admission_max_running_never_exceeded, admission_health_throttles_and_lapses,
-            admission_pulled_health_throttles
+            admission_pulled_health_throttles,
+            store_pipelines, store_step_evals_created_once
         );
     };
     (@each $factory:path; $($name:ident),* $(,)?) => {

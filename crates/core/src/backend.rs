@@ -11,8 +11,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::error::Result;
-use crate::id::{AllocId, EvalId, PoolId, WorkerId};
+use crate::id::{AllocId, EvalId, PipelineId, PoolId, WorkerId};
 use crate::model::{Alloc, Eval, EvalStatus, Millis, Pool, PoolStats, Replica, Worker};
+use crate::pipeline::{Pipeline, PipelineStatus};
 
 /// What a worker's heartbeat asks the store to do, all times already absolute.
 #[derive(Debug, Clone)]
@@ -111,8 +112,9 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- evals
     /// Inserts a new eval, atomically with the check that its pool is active. If the
-    /// eval has an idempotency key already used in this pool, nothing is written and
-    /// the existing eval is returned.
+    /// eval has an idempotency key already used in this pool, or its id exists already
+    /// (a pipeline step's evals have ids fixed in advance, so starting a step twice
+    /// creates each once), nothing is written and the existing eval is returned.
     async fn insert_eval(&self, eval: &Eval) -> Result<Option<Eval>>;
     /// `insert_eval` and the eval's first message on `queue`, in one transaction, for a
     /// store that holds the queues too (the embedded one): the message and the record
@@ -144,6 +146,23 @@ pub trait Store: Send + Sync + 'static {
         }
         Ok(out)
     }
+
+    // ---- pipelines
+    /// Writes a new pipeline, atomically with the check that its pool is active. With an
+    /// idempotency key already used by a pipeline of this pool, nothing is written and
+    /// that pipeline is returned.
+    async fn insert_pipeline(&self, p: &Pipeline) -> Result<Option<Pipeline>>;
+    async fn get_pipeline(&self, pool: &PoolId, id: &PipelineId) -> Result<Option<Pipeline>>;
+    /// Pipelines of the pool, newest first, optionally of one status, at most `limit`.
+    async fn list_pipelines(
+        &self,
+        pool: &PoolId,
+        status: Option<PipelineStatus>,
+        limit: usize,
+    ) -> Result<Vec<Pipeline>>;
+    /// Writes `p` if the stored version is `expected_version`; `Conflict` otherwise.
+    /// The caller sets `p.version = expected_version + 1`.
+    async fn update_pipeline(&self, p: &Pipeline, expected_version: u64) -> Result<()>;
 
     // ---- allocs
     async fn get_alloc(&self, pool: &PoolId, alloc: &AllocId) -> Result<Option<Alloc>>;

@@ -28,12 +28,18 @@ pub fn is_valid_id(s: &str) -> bool {
 const ID_EPOCH_MS: u64 = 1_704_067_200_000;
 
 fn random_id() -> String {
+    block_id(1)
+}
+
+/// The first of `n` ids that follow one another (`EvalId::nth`): the counter moves on
+/// by `n` at once, so no id this process makes later repeats one of them.
+fn block_id(n: u32) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::OnceLock;
     static PROCESS: OnceLock<[u8; 2]> = OnceLock::new();
     static COUNTER: OnceLock<AtomicU32> = OnceLock::new();
     let process = PROCESS.get_or_init(rand::random);
-    let count = COUNTER.get_or_init(|| AtomicU32::new(rand::random())).fetch_add(1, Ordering::Relaxed);
+    let count = COUNTER.get_or_init(|| AtomicU32::new(rand::random())).fetch_add(n.max(1), Ordering::Relaxed);
     // A clock before 2024 (or before 1970) still gives valid, if unordered, ids.
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -110,6 +116,25 @@ id_type!(PoolId, "pool");
 id_type!(WorkerId, "worker");
 id_type!(EvalId, "eval");
 id_type!(AllocId, "alloc");
+id_type!(PipelineId, "pipeline");
+
+impl EvalId {
+    /// The first id of a block of `n` (at most 2^24) reserved at once: a pipeline's
+    /// evals, known before they are created, so creating one twice is a no-op.
+    pub fn block(n: u32) -> EvalId {
+        EvalId(block_id(n))
+    }
+
+    /// The `k`-th id of the block this one starts: the low five bytes (process and
+    /// counter) plus `k`, the time bytes kept.
+    pub fn nth(&self, k: u32) -> EvalId {
+        let bytes = hex::decode(&self.0).unwrap_or_default();
+        let mut low = [0u8; 8];
+        low[3..].copy_from_slice(bytes.get(5..10).unwrap_or(&[0; 5]));
+        let low = (u64::from_be_bytes(low) + u64::from(k)) & 0xff_ffff_ffff;
+        EvalId(format!("{}{}", &self.0[..10], &hex::encode(low.to_be_bytes())[6..]))
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -135,6 +160,21 @@ mod tests {
         let late = EvalId::generate();
         assert!(early < late, "{early:?} should sort before {late:?}");
         assert_eq!(early.as_str()[10..14], late.as_str()[10..14], "same process bytes");
+    }
+
+    #[test]
+    fn a_block_of_ids_is_reserved_and_derived() {
+        let base = EvalId::block(1_000);
+        let ids: std::collections::HashSet<EvalId> = (0..1_000).map(|k| base.nth(k)).collect();
+        assert_eq!(ids.len(), 1_000);
+        assert_eq!(base.nth(0), base);
+        assert!(ids.iter().all(|id| EvalId::parse(id.as_str()).is_ok() && id.as_str()[..10] == base.as_str()[..10]));
+        // Nothing generated afterwards falls inside the block.
+        let after: Vec<EvalId> = (0..10_000).map(|_| EvalId::generate()).collect();
+        assert!(after.iter().all(|id| !ids.contains(id)));
+        // The counter's carry goes into the process bytes, never the time.
+        let edge = EvalId::parse("0000000001aaaaffffff").unwrap();
+        assert_eq!(edge.nth(1).as_str(), "0000000001aaab000000");
     }
 
     #[test]

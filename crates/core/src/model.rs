@@ -236,6 +236,21 @@ pub struct Eval {
     pub idempotency_key: Option<String>,
     pub created_at: Millis,
     pub updated_at: Millis,
+    /// The pipeline step this eval runs, if it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<StepRef>,
+}
+
+/// An eval's place in a pipeline, and what its job gets from the steps before it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRef {
+    pub pipeline_id: crate::id::PipelineId,
+    pub step: String,
+    /// 0..count: the job's `LINEUP_INDEX`.
+    pub index: u32,
+    /// The job's `LINEUP_INPUTS` (`pipeline::inputs`), fixed when the step started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<serde_json::Value>,
 }
 
 impl Eval {
@@ -267,6 +282,7 @@ impl Eval {
             idempotency_key,
             created_at: now,
             updated_at: now,
+            step: None,
         }
     }
 }

@@ -16,6 +16,7 @@
 //! runtime thread). A write is answered only after its commit, so a read that follows
 //! it sees it.
 
+mod pipelines;
 mod queues;
 mod schema;
 mod store;

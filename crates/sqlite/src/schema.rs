@@ -63,11 +63,28 @@ CREATE TABLE IF NOT EXISTS evals (
     created_at      INTEGER NOT NULL,
     updated_at      INTEGER NOT NULL,
     priority        INTEGER NOT NULL DEFAULT 50,
+    step            TEXT,
     PRIMARY KEY (pool_id, eval_id)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS evals_key ON evals (pool_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS evals_status ON evals (pool_id, status, created_at);
 CREATE INDEX IF NOT EXISTS evals_created ON evals (pool_id, created_at);
+
+CREATE TABLE IF NOT EXISTS pipelines (
+    pool_id         TEXT NOT NULL,
+    pipeline_id     TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    version         INTEGER NOT NULL,
+    idempotency_key TEXT,
+    created_at      INTEGER NOT NULL,
+    -- The whole record as JSON (steps, their states, the eval block): read and written
+    -- whole, under the version condition.
+    body            TEXT NOT NULL,
+    PRIMARY KEY (pool_id, pipeline_id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS pipelines_key ON pipelines (pool_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS pipelines_status ON pipelines (pool_id, status, created_at);
 
 CREATE TABLE IF NOT EXISTS allocs (
     pool_id    TEXT NOT NULL,
@@ -116,6 +133,7 @@ const ADDED: &[(&str, &str, &str)] = &[
     ("pools", "pushed_until", "INTEGER"),
     ("pools", "checks", "TEXT"),
     ("allocs", "counted", "INTEGER NOT NULL DEFAULT 0"),
+    ("evals", "step", "TEXT"),
 ];
 
 pub fn create(conn: &Connection) -> Result<(), Error> {

@@ -8,13 +8,15 @@ use lineup_core::backend::{Claim, Heartbeat, Placement};
 use lineup_core::*;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
+use crate::pipelines::pipeline_row;
 use crate::{db, SqliteBackend};
+use lineup_core::pipeline::{Pipeline, PipelineStatus};
 
 const POOL_COLS: &str = "pool_id, strategy, status, created_at, disbanded_at, max_running, running, limits_version, \
                          coefficients, pushed_level, pushed_until, checks";
 const WORKER_COLS: &str = "pool_id, worker_id, capacity, free, ttl, token_hash, queue, created_at";
 const EVAL_COLS: &str = "pool_id, eval_id, size, dataset, payload, status, attempt, version, worker_id, alloc_id, \
-                         exit_code, output, reason, idempotency_key, created_at, updated_at, priority";
+                         exit_code, output, reason, idempotency_key, created_at, updated_at, priority, step";
 const ALLOC_COLS: &str = "pool_id, alloc_id, worker_id, eval_id, size, attempt, ttl, state, stop, created_at, counted";
 
 /// Reads a column that must hold a valid id; a bad one means a corrupt row.
@@ -107,6 +109,10 @@ fn eval_row(row: &Row) -> rusqlite::Result<Eval> {
         created_at: row.get(14)?,
         updated_at: row.get(15)?,
         priority: Priority::new(row.get(16)?).map_err(|e| bad(16, e.to_string()))?,
+        step: row
+            .get::<_, Option<String>>(17)?
+            .map(|s| serde_json::from_str(&s).map_err(|e| bad(17, e.to_string())))
+            .transpose()?,
     })
 }
 
@@ -135,7 +141,7 @@ fn payload_text(e: &Eval) -> Option<String> {
     e.payload.as_ref().map(|p| p.to_string())
 }
 
-/// An eval's values in `EVAL_COLS` order, for `?1`..`?17`.
+/// An eval's values in `EVAL_COLS` order, for `?1`..`?18`.
 fn eval_values(e: &Eval) -> Vec<rusqlite::types::Value> {
     use rusqlite::types::Value;
     let opt = |v: Option<String>| v.map(Value::Text).unwrap_or(Value::Null);
@@ -157,12 +163,13 @@ fn eval_values(e: &Eval) -> Vec<rusqlite::types::Value> {
         Value::Integer(e.created_at),
         Value::Integer(e.updated_at),
         Value::Integer(e.priority.get().into()),
+        opt(e.step.as_ref().map(|st| serde_json::to_string(st).unwrap_or_default())),
     ]
 }
 
-/// Writes every field of `e` if its stored version is `expected` (`?18`); false if not.
-/// Idempotency key, creation time and priority (`?14`, `?15`, `?17`) never change and
-/// go unused.
+/// Writes every field of `e` if its stored version is `expected` (`?19`); false if not.
+/// Idempotency key, creation time, priority and step (`?14`, `?15`, `?17`, `?18`) never
+/// change and go unused.
 fn update_eval_tx(tx: &Connection, e: &Eval, expected: u64) -> rusqlite::Result<bool> {
     let mut values = eval_values(e);
     values.push(rusqlite::types::Value::Integer(expected as i64));
@@ -170,7 +177,7 @@ fn update_eval_tx(tx: &Connection, e: &Eval, expected: u64) -> rusqlite::Result<
         .prepare_cached(
             "UPDATE evals SET size=?3, dataset=?4, payload=?5, status=?6, attempt=?7, version=?8, worker_id=?9,
                 alloc_id=?10, exit_code=?11, output=?12, reason=?13, updated_at=?16
-         WHERE pool_id=?1 AND eval_id=?2 AND version=?18",
+         WHERE pool_id=?1 AND eval_id=?2 AND version=?19",
         )?
         .execute(params_from_iter(values))?;
     Ok(n == 1)
@@ -183,6 +190,16 @@ fn conflict(what: &str) -> Error {
 /// `Store::insert_eval` inside a write job.
 fn insert_eval_job(tx: &Connection, e: &Eval) -> Result<Option<Eval>> {
     SqliteBackend::check_active(tx, &e.pool_id)?;
+    if e.step.is_some() {
+        // A pipeline step's eval, its id fixed in advance: it may exist already.
+        let existing = tx
+            .prepare_cached(&format!("SELECT {EVAL_COLS} FROM evals WHERE pool_id=?1 AND eval_id=?2"))
+            .and_then(|mut st| st.query_row([e.pool_id.as_str(), e.eval_id.as_str()], eval_row).optional())
+            .map_err(db("read eval"))?;
+        if existing.is_some() {
+            return Ok(existing);
+        }
+    }
     if let Some(key) = &e.idempotency_key {
         let existing = tx
             .prepare_cached(&format!("SELECT {EVAL_COLS} FROM evals WHERE pool_id=?1 AND idempotency_key=?2"))
@@ -193,7 +210,7 @@ fn insert_eval_job(tx: &Connection, e: &Eval) -> Result<Option<Eval>> {
         }
     }
     tx.prepare_cached(&format!(
-        "INSERT INTO evals ({EVAL_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)"
+        "INSERT INTO evals ({EVAL_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18)"
     ))
     .and_then(|mut st| st.execute(params_from_iter(eval_values(e))))
     .map_err(db("insert eval"))?;
@@ -310,7 +327,7 @@ impl SqliteBackend {
     }
 
     /// Fails with `NotFound`/`Disbanded` unless the pool is active; inside a write job.
-    fn check_active(tx: &Connection, pool: &PoolId) -> Result<()> {
+    pub(crate) fn check_active(tx: &Connection, pool: &PoolId) -> Result<()> {
         let status: Option<String> = tx
             .prepare_cached("SELECT status FROM pools WHERE pool_id=?1")
             .and_then(|mut st| st.query_row([pool.as_str()], |r| r.get(0)).optional())
@@ -451,7 +468,7 @@ impl Store for SqliteBackend {
         let pool = pool.clone();
         self.writer
             .write(move |tx| {
-                for table in ["allocs", "evals", "replicas", "workers", "pools"] {
+                for table in ["allocs", "evals", "pipelines", "replicas", "workers", "pools"] {
                     tx.execute(&format!("DELETE FROM {table} WHERE pool_id=?1"), [pool.as_str()])
                         .map_err(db("purge pool"))?;
                 }
@@ -619,6 +636,35 @@ impl Store for SqliteBackend {
             self.signal(queue).notify.notify_waiters();
         }
         Some(res)
+    }
+
+    async fn insert_pipeline(&self, p: &Pipeline) -> Result<Option<Pipeline>> {
+        let p = p.clone();
+        self.writer.write(move |tx| crate::pipelines::insert_job(tx, &p)).await
+    }
+
+    async fn get_pipeline(&self, pool: &PoolId, id: &PipelineId) -> Result<Option<Pipeline>> {
+        self.query_opt(&crate::pipelines::get_sql(), [pool.as_str(), id.as_str()], pipeline_row, "get pipeline")
+    }
+
+    async fn list_pipelines(
+        &self,
+        pool: &PoolId,
+        status: Option<PipelineStatus>,
+        limit: usize,
+    ) -> Result<Vec<Pipeline>> {
+        let sql = crate::pipelines::list_sql(status);
+        match status {
+            Some(s) => {
+                self.query_vec(&sql, params![pool.as_str(), s.as_str(), limit as i64], pipeline_row, "list pipelines")
+            }
+            None => self.query_vec(&sql, params![pool.as_str(), limit as i64], pipeline_row, "list pipelines"),
+        }
+    }
+
+    async fn update_pipeline(&self, p: &Pipeline, expected: u64) -> Result<()> {
+        let p = p.clone();
+        self.writer.write(move |tx| crate::pipelines::update_job(tx, &p, expected)).await
     }
 
     async fn get_eval(&self, pool: &PoolId, eval: &EvalId) -> Result<Option<Eval>> {

@@ -1,0 +1,169 @@
+//! Pipelines in DynamoDB: one item each in the pipelines table (`pool` + `pipeline`),
+//! the record as JSON text in `body` beside the attributes a listing filters on; an
+//! idempotency key is an item `pipeline = "k#{key}"` naming its pipeline, claimed in
+//! the same transaction as the pipeline is written. Writes are conditioned on `version`.
+
+use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
+use lineup_core::pipeline::{Pipeline, PipelineStatus};
+use lineup_core::*;
+use serde::{Deserialize, Serialize};
+
+use crate::items::*;
+use crate::store::{build, names, TxError};
+use crate::{sdk_err, AwsBackend};
+
+#[derive(Serialize, Deserialize)]
+struct PipelineItem {
+    pool: PoolId,
+    pipeline: PipelineId,
+    status: PipelineStatus,
+    version: u64,
+    created: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ikey: Option<String>,
+    body: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PipelineKeyItem {
+    pool: PoolId,
+    /// `k#{key}`: never a valid pipeline id.
+    pipeline: String,
+    target: PipelineId,
+}
+
+fn item_of(p: &Pipeline) -> Result<Item> {
+    let body = serde_json::to_string(p).map_err(|e| Error::backend("encode pipeline", e))?;
+    to_item(&PipelineItem {
+        pool: p.pool_id.clone(),
+        pipeline: p.pipeline_id.clone(),
+        status: p.status,
+        version: p.version,
+        created: p.created_at,
+        ikey: p.idempotency_key.clone(),
+        body,
+    })
+}
+
+fn pipeline_of(i: Item) -> Result<Pipeline> {
+    let item: PipelineItem = from_item(i)?;
+    serde_json::from_str(&item.body).map_err(|e| Error::backend("decode pipeline", e))
+}
+
+impl AwsBackend {
+    pub(crate) async fn insert_pipeline_item(&self, p: &Pipeline) -> Result<Option<Pipeline>> {
+        let t = &self.tables.pipelines;
+        let put = build(
+            Put::builder()
+                .table_name(t)
+                .set_item(Some(item_of(p)?))
+                .condition_expression("attribute_not_exists(#k)")
+                .set_expression_attribute_names(names(&[("#k", "pipeline")]))
+                .build(),
+        )?;
+        let mut items = vec![self.pool_is_active(&p.pool_id)?, TransactWriteItem::builder().put(put).build()];
+        if let Some(k) = &p.idempotency_key {
+            let claim =
+                PipelineKeyItem { pool: p.pool_id.clone(), pipeline: format!("k#{k}"), target: p.pipeline_id.clone() };
+            let put = build(
+                Put::builder()
+                    .table_name(t)
+                    .set_item(Some(to_item(&claim)?))
+                    .condition_expression("attribute_not_exists(#k)")
+                    .set_expression_attribute_names(names(&[("#k", "pipeline")]))
+                    .build(),
+            )?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        match self.transact(items, "insert pipeline").await {
+            Ok(()) => Ok(None),
+            Err(TxError::Cancelled(r)) if TxError::failed(&r, 0) => Err(self.pool_not_active(&p.pool_id).await),
+            // Written before, its response lost (the SDK's retry carries the same token,
+            // so this is a second client's insert of the same id: not ours to make).
+            Err(TxError::Cancelled(r)) if TxError::failed(&r, 1) => {
+                match self.get_pipeline_item(&p.pool_id, &p.pipeline_id).await? {
+                    Some(existing) => Ok(Some(existing)),
+                    None => Err(Error::Conflict("pipeline id taken; try again".into())),
+                }
+            }
+            Err(TxError::Cancelled(r)) if TxError::failed(&r, 2) => {
+                let key = p.idempotency_key.as_deref().unwrap_or_default();
+                match self.pipeline_by_key(&p.pool_id, key).await? {
+                    Some(existing) => Ok(Some(existing)),
+                    None => Err(Error::Conflict("idempotency key being claimed; try again".into())),
+                }
+            }
+            Err(TxError::Cancelled(r)) if TxError::transient(&r) => {
+                Err(Error::backend("insert pipeline", format!("throttled or contended, try again: {r:?}")))
+            }
+            Err(TxError::Cancelled(r)) => Err(Error::Conflict(format!("insert pipeline cancelled: {r:?}"))),
+            Err(TxError::Other(e)) => Err(e),
+        }
+    }
+
+    async fn pipeline_by_key(&self, pool: &PoolId, k: &str) -> Result<Option<Pipeline>> {
+        let sk = format!("k#{k}");
+        let Some(i) = self.get(&self.tables.pipelines, key(pool, Some(("pipeline", &sk)))).await? else {
+            return Ok(None);
+        };
+        let claim: PipelineKeyItem = from_item(i)?;
+        self.get_pipeline_item(pool, &claim.target).await
+    }
+
+    pub(crate) async fn get_pipeline_item(&self, pool: &PoolId, id: &PipelineId) -> Result<Option<Pipeline>> {
+        match self.get(&self.tables.pipelines, key(pool, Some(("pipeline", id.as_str())))).await? {
+            Some(i) => Ok(Some(pipeline_of(i)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Newest first: pipeline ids start with their creation time. Key claims (`k#…`)
+    /// have no `body` and are filtered out.
+    pub(crate) async fn list_pipeline_items(
+        &self,
+        pool: &PoolId,
+        status: Option<PipelineStatus>,
+        limit: usize,
+    ) -> Result<Vec<Pipeline>> {
+        let mut q = self
+            .by_pool(&self.tables.pipelines, pool)
+            .scan_index_forward(false)
+            .expression_attribute_names("#b", "body");
+        q = match status {
+            Some(st) => q
+                .filter_expression("attribute_exists(#b) AND #s = :s")
+                .expression_attribute_names("#s", "status")
+                .expression_attribute_values(":s", to_attr(&st)?),
+            None => q.filter_expression("attribute_exists(#b)"),
+        };
+        self.query_limit(q, limit, "list pipelines").await?.into_iter().map(pipeline_of).collect()
+    }
+
+    pub(crate) async fn update_pipeline_item(&self, p: &Pipeline, expected: u64) -> Result<()> {
+        let r = self
+            .ddb
+            .put_item()
+            .table_name(&self.tables.pipelines)
+            .set_item(Some(item_of(p)?))
+            .condition_expression("#v = :v")
+            .set_expression_attribute_names(names(&[("#v", "version")]))
+            .expression_attribute_values(":v", n(expected))
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if crate::store::ccf(&e) => {
+                // A retried put whose first response was lost finds its own write.
+                match self.get_pipeline_item(&p.pool_id, &p.pipeline_id).await? {
+                    Some(now) if now == *p => Ok(()),
+                    _ => Err(Error::Conflict("pipeline changed".into())),
+                }
+            }
+            Err(e) => Err(sdk_err("update pipeline", e)),
+        }
+    }
+}
+
+fn to_attr<T: Serialize>(v: &T) -> Result<aws_sdk_dynamodb::types::AttributeValue> {
+    serde_dynamo::to_attribute_value(v).map_err(|e| Error::backend("encode attribute", e))
+}
