@@ -26,3 +26,8 @@ async fn crash_at_every_step() {
 async fn crash_at_every_step_under_faults() {
     lineup_conformance::service_crash_at_every_step(backend(Moto::faulty()).await).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_crash_before_record() {
+    lineup_conformance::service_pipeline_crash_before_record(backend(Moto::shared()).await).await;
+}

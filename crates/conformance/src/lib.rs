@@ -59,7 +59,8 @@ macro_rules! conformance_tests {
             admission_priority_jumps_the_backlog, admission_store_max_running_is_atomic,
             admission_max_running_never_exceeded, admission_health_throttles_and_lapses,
             admission_pulled_health_throttles,
-            store_pipelines, store_step_evals_created_once
+            store_pipelines, store_step_evals_created_once,
+            service_pipeline_runs_steps_in_order, service_pipeline_failure_and_cancel
         );
     };
     (@each $factory:path; $($name:ident),* $(,)?) => {

@@ -353,6 +353,9 @@ pub struct AllocMessage {
     pub dataset: Option<String>,
     pub payload: Option<serde_json::Value>,
     pub attempt: u32,
+    /// For a pipeline step's eval: the pipeline, step, index and inputs of the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<StepRef>,
 }
 
 /// Counts shown with a pool.

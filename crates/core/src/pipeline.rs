@@ -260,6 +260,9 @@ pub struct Pipeline {
     /// The first of the block of eval ids the steps' evals take, in step order.
     pub first_eval: EvalId,
     pub idempotency_key: Option<String>,
+    /// Why it failed, when no step says so (a step's inputs too large to hand over).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Bumped on every write; writes are conditioned on the version they read.
     pub version: u64,
     pub created_at: Millis,
@@ -279,6 +282,7 @@ impl Pipeline {
             steps: spec.steps,
             first_eval: EvalId::block(total),
             idempotency_key,
+            reason: None,
             version: 1,
             created_at: now,
             updated_at: now,

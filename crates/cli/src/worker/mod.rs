@@ -96,6 +96,20 @@ impl WorkerOptions {
             env.retain(|(name, _)| name != k);
             env.push((k.into(), v));
         }
+        // A pipeline step's job: which of the step's evals it is, and what the steps
+        // it waited for produced (docs: README, "Pipelines").
+        if let Some(st) = &a.step {
+            let inputs = st.inputs.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "{}".into());
+            for (k, v) in [
+                ("LINEUP_PIPELINE_ID", st.pipeline_id.to_string()),
+                ("LINEUP_STEP", st.step.clone()),
+                ("LINEUP_INDEX", st.index.to_string()),
+                ("LINEUP_INPUTS", inputs),
+            ] {
+                env.retain(|(name, _)| name != k);
+                env.push((k.into(), v));
+            }
+        }
         env
     }
 }

@@ -93,6 +93,9 @@ impl Lineup {
                     if let Some(e) = new_eval.as_ref().filter(|e| e.status == EvalStatus::Dead) {
                         self.announce_dead(e).await;
                     }
+                    if let Some(e) = new_eval.as_ref().filter(|e| e.status.is_terminal()) {
+                        self.step_eval_finished(e).await;
+                    }
                     return Ok((Finished::Released(status), new_eval.or(eval)));
                 }
                 Err(Error::Conflict(why)) => {

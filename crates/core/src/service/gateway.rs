@@ -289,29 +289,7 @@ impl Lineup {
         let now = self.now();
         let eval =
             Eval::queued(pool.clone(), new.size, new.dataset, new.payload, new.priority, new.idempotency_key, now);
-        // Message first (see service/mod.rs): if the insert never happens, the
-        // scheduler drops the orphan message; the caller was never told "accepted".
-        let msg = EvalMessage::of(&eval);
-        let body = serde_json::to_string(&msg).map_err(|e| Error::backend("encode eval message", e))?;
-        // No pool read first: the queue and the insert's own check say if it is gone.
-        let inserted = match self.store.insert_eval_with_message(&eval, &self.pool_queue(pool), &body).await {
-            Some(done) => done,
-            None => match self.queues.send(&self.pool_queue(pool), &[body]).await {
-                Ok(()) => {
-                    crate::fault!("submit.after_send");
-                    self.store.insert_eval(&eval).await
-                }
-                Err(e) => Err(e),
-            },
-        };
-        let inserted = match inserted {
-            Err(Error::QueueGone(_)) => {
-                self.active_pool(pool).await?;
-                return Err(Error::Disbanded(pool.to_string()));
-            }
-            other => other?,
-        };
-        match inserted {
+        match self.enqueue(&eval).await? {
             None => {
                 debug!(pool = %pool, eval = %eval.eval_id, size = eval.size, "eval queued");
                 Ok(SubmitOutcome { eval, created: true })
@@ -320,6 +298,34 @@ impl Lineup {
                 Some(asked) => same_submission(existing, asked),
                 None => Ok(SubmitOutcome { eval: existing, created: false }),
             },
+        }
+    }
+
+    /// Writes a new eval with its first message in its pool's queue; the existing eval
+    /// instead if its idempotency key or (a pipeline step's) id is taken. Message first
+    /// (see service/mod.rs): if the insert never happens, the scheduler drops the
+    /// orphan message, and the caller was never told "accepted".
+    pub(crate) async fn enqueue(&self, eval: &Eval) -> Result<Option<Eval>> {
+        let pool = &eval.pool_id;
+        let msg = EvalMessage::of(eval);
+        let body = serde_json::to_string(&msg).map_err(|e| Error::backend("encode eval message", e))?;
+        // No pool read first: the queue and the insert's own check say if it is gone.
+        let inserted = match self.store.insert_eval_with_message(eval, &self.pool_queue(pool), &body).await {
+            Some(done) => done,
+            None => match self.queues.send(&self.pool_queue(pool), &[body]).await {
+                Ok(()) => {
+                    crate::fault!("submit.after_send");
+                    self.store.insert_eval(eval).await
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match inserted {
+            Err(Error::QueueGone(_)) => {
+                self.active_pool(pool).await?;
+                Err(Error::Disbanded(pool.to_string()))
+            }
+            other => other,
         }
     }
 
@@ -346,7 +352,11 @@ impl Lineup {
     pub async fn cancel_eval(&self, who: &Principal, pool: &PoolId, eval: &EvalId) -> Result<CancelOutcome> {
         require_admin(who)?;
         let e = self.store.get_eval(pool, eval).await?.ok_or_else(|| Error::not_found(format!("eval {eval}")))?;
-        self.cancel_loop(e, "cancelled by request").await
+        let out = self.cancel_loop(e, "cancelled by request").await?;
+        if let CancelOutcome::Cancelled(e) = &out {
+            self.step_eval_finished(e).await;
+        }
+        Ok(out)
     }
 
     /// Cancels an eval of a disbanded pool (for the releaser's sweep).
@@ -354,7 +364,7 @@ impl Lineup {
         self.cancel_loop(e, "pool disbanded").await.map(|_| ())
     }
 
-    async fn cancel_loop(&self, mut e: Eval, reason: &str) -> Result<CancelOutcome> {
+    pub(super) async fn cancel_loop(&self, mut e: Eval, reason: &str) -> Result<CancelOutcome> {
         for attempt in 0..16 {
             if e.status.is_terminal() {
                 return Ok(CancelOutcome::AlreadyFinished(e));

@@ -8,6 +8,7 @@
 //! - `limits.rs`: a pool's `max_running`, health coefficients and pushed health.
 //! - `releaser.rs`: expire allocs, workers and replicas; purge disbanded pools.
 //! - `finish.rs`: the one path by which an alloc gives its capacity back.
+//! - `pipelines.rs`: accept, advance (as steps' evals finish), cancel and show pipelines.
 //!
 //! The ordering rule that keeps evals from being lost: a message that *re-queues* an
 //! eval is sent before the write that makes the eval waiting, and a pool-queue message
@@ -20,6 +21,7 @@ mod finish;
 mod gateway;
 mod health;
 mod limits;
+mod pipelines;
 mod reconcile;
 mod releaser;
 mod scheduler;
@@ -33,6 +35,7 @@ pub use gateway::{
     MAX_POLL_WAIT,
 };
 pub use limits::{validate_checks, NewPool, PoolChange, MAX_HEALTH_TTL};
+pub use pipelines::{PipelineView, StepView, MAX_PIPELINE_BYTES};
 pub use reconcile::{RECONCILE_EVERY_MS, RESEND_AFTER_MS, RESEND_GRACE_MS};
 pub use releaser::ReleaseSummary;
 pub use scheduler::{alloc_message, PassSummary, PoolScheduler, ScheduleSummary, SchedulerOptions, HOLD};
@@ -62,6 +65,8 @@ pub struct Lineup {
     capacity_notify: Arc<tokio::sync::Notify>,
     /// When each pool was last reconciled by this process (`reconcile.rs`).
     reconciled: Arc<std::sync::Mutex<std::collections::HashMap<PoolId, crate::Millis>>>,
+    /// When each pool's running pipelines were last swept by this process (`pipelines.rs`).
+    pipelines_swept: Arc<std::sync::Mutex<std::collections::HashMap<PoolId, crate::Millis>>>,
     /// Pools as the scheduler last read them, and when (`scheduler/mod.rs` `current_pool`).
     pool_reads: Arc<std::sync::Mutex<std::collections::HashMap<PoolId, (crate::model::Pool, tokio::time::Instant)>>>,
     /// Reads health checks (`service/health.rs`); `None`: every check is unreadable.
@@ -102,6 +107,7 @@ impl Lineup {
             capacity_epoch: Arc::new(AtomicU64::new(0)),
             capacity_notify: Arc::new(tokio::sync::Notify::new()),
             reconciled: Arc::default(),
+            pipelines_swept: Arc::default(),
             pool_reads: Arc::default(),
             probe: None,
             held_sets: Arc::default(),

@@ -20,6 +20,8 @@ pub struct ReleaseSummary {
     pub pools_purged: usize,
     /// Messages of waiting evals re-sent by the reconciler (`reconcile.rs`).
     pub messages_resent: usize,
+    /// Running pipelines advanced by the sweep (`pipelines.rs`).
+    pub pipelines_swept: usize,
     /// Pools whose release failed part-way (counted in `errors` too).
     pub pools_failed: usize,
     pub errors: usize,
@@ -34,6 +36,7 @@ impl ReleaseSummary {
         self.replicas_removed += o.replicas_removed;
         self.pools_purged += o.pools_purged;
         self.messages_resent += o.messages_resent;
+        self.pipelines_swept += o.pipelines_swept;
         self.pools_failed += o.pools_failed;
         self.errors += o.errors;
     }
@@ -153,6 +156,9 @@ impl Lineup {
         }
         if pool.status == PoolStatus::Active && self.reconcile_due(pool, now) {
             sum.messages_resent += self.reconcile_pool(pool, now).await?;
+        }
+        if pool.status == PoolStatus::Active {
+            sum.pipelines_swept += self.sweep_pipelines(id, now).await?;
         }
         Ok(())
     }

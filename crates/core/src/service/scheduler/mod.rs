@@ -323,6 +323,7 @@ pub fn alloc_message(pool: &Pool, eval: &Eval, alloc: &Alloc) -> Result<String> 
         dataset: eval.dataset.clone(),
         payload: eval.payload.clone(),
         attempt: eval.attempt,
+        step: eval.step.clone(),
     };
     serde_json::to_string(&m).map_err(|e| Error::backend("encode alloc message", e))
 }
