@@ -9,6 +9,7 @@
 mod compat;
 mod error;
 mod extract;
+mod pipelines;
 mod v1;
 mod views;
 
@@ -31,6 +32,7 @@ pub const MAX_HEADERS: usize = 100;
 /// The whole API over `lineup`.
 pub fn router(lineup: Lineup) -> Router {
     let api = v1::routes()
+        .merge(pipelines::routes())
         .merge(compat::routes())
         .nest("/compat/{token}", compat::routes())
         .route("/health", get(health))

@@ -75,8 +75,42 @@ pub fn eval(e: &Eval) -> Value {
         "output": e.output,
         "reason": e.reason,
         "idempotency_key": e.idempotency_key,
+        "pipeline_id": e.step.as_ref().map(|s| &s.pipeline_id),
+        "step": e.step.as_ref().map(|s| &s.step),
+        "index": e.step.as_ref().map(|s| s.index),
         "created_at": rfc3339(e.created_at),
         "updated_at": rfc3339(e.updated_at),
+    })
+}
+
+pub fn pipeline(v: &lineup_core::service::PipelineView) -> Value {
+    let p = &v.pipeline;
+    let steps: Vec<Value> = v
+        .steps
+        .iter()
+        .zip(&p.steps)
+        .map(|(s, spec)| {
+            json!({
+                "name": s.name,
+                "status": s.status,
+                "eval_ids": s.eval_ids,
+                "count": spec.count,
+                "after": spec.after,
+                "size": spec.size,
+                "priority": spec.priority,
+            })
+        })
+        .collect();
+    json!({
+        "pipeline_id": p.pipeline_id,
+        "pool_id": p.pool_id,
+        "status": p.status,
+        "reason": p.reason,
+        "idempotency_key": p.idempotency_key,
+        "steps": steps,
+        "url": format!("/v1/pools/{}/pipelines/{}", p.pool_id, p.pipeline_id),
+        "created_at": rfc3339(p.created_at),
+        "updated_at": rfc3339(p.updated_at),
     })
 }
 

@@ -5,6 +5,7 @@
 //! - `dev.rs`: `lineup dev`. `worker.rs`: `lineup worker run`. `table.rs`: output.
 
 mod dev;
+mod pipeline;
 mod probe;
 mod serve;
 mod table;
@@ -67,6 +68,9 @@ enum Cmd {
     /// Submit, show, list and cancel evals.
     #[command(subcommand)]
     Eval(EvalCmd),
+    /// Submit, show, list and cancel pipelines (steps with dependencies).
+    #[command(subcommand)]
+    Pipeline(pipeline::PipelineCmd),
     /// List workers, or run the worker agent.
     #[command(subcommand)]
     Worker(WorkerCmd),
@@ -418,6 +422,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     }
                 }
             }
+        }
+        Cmd::Pipeline(p) => {
+            let c = client(&cli)?;
+            return pipeline::run(&c, p, cli.json).await;
         }
         Cmd::Eval(e) => {
             let c = client(&cli)?;

@@ -100,3 +100,51 @@ pub fn eval_detail(e: &EvalView) {
         println!("output:\n{out}");
     }
 }
+
+/// A pipeline's steps as lines (for `pipeline show` and its live view).
+pub fn pipeline_lines(p: &lineup_client::PipelineView) -> Vec<String> {
+    let header = ["STEP", "STATUS", "EVALS", "AFTER"];
+    let rows: Vec<Vec<String>> = p
+        .steps
+        .iter()
+        .map(|s| {
+            let after = if s.after.is_empty() { "-".to_string() } else { s.after.join(",") };
+            vec![s.name.clone(), s.status.clone(), format!("{}/{}", s.eval_ids.len(), s.count), after]
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths[i])).collect();
+        s.join("  ").trim_end().to_string()
+    };
+    let mut out = vec![format!("pipeline {} {}", p.pipeline_id, p.status)];
+    if let Some(r) = &p.reason {
+        out.push(format!("reason: {r}"));
+    }
+    out.push(line(header.iter().map(|h| h.to_string()).collect()));
+    out.extend(rows.into_iter().map(line));
+    out
+}
+
+pub fn pipeline(p: &lineup_client::PipelineView) {
+    for l in pipeline_lines(p) {
+        println!("{l}");
+    }
+}
+
+pub fn pipelines(ps: &[lineup_client::PipelineView]) {
+    print_table(
+        &["PIPELINE", "STATUS", "STEPS", "COMPLETE"],
+        ps.iter()
+            .map(|p| {
+                let done = p.steps.iter().filter(|s| s.status == "complete").count();
+                vec![p.pipeline_id.clone(), p.status.clone(), p.steps.len().to_string(), done.to_string()]
+            })
+            .collect(),
+    );
+}

@@ -94,6 +94,41 @@ pub struct EvalView {
     pub updated_at: String,
 }
 
+/// A pipeline as the API shows it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct PipelineView {
+    pub pipeline_id: String,
+    pub pool_id: String,
+    pub status: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    pub steps: Vec<StepView>,
+    /// On submit: false when an idempotency key matched an earlier pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<bool>,
+}
+
+impl PipelineView {
+    pub fn is_final(&self) -> bool {
+        self.status != "running"
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct StepView {
+    pub name: String,
+    pub status: String,
+    pub eval_ids: Vec<String>,
+    pub count: u32,
+    #[serde(default)]
+    pub after: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Pipelines {
+    pipelines: Vec<PipelineView>,
+}
+
 impl EvalView {
     pub fn is_terminal(&self) -> bool {
         matches!(self.status.as_str(), "complete" | "dead" | "cancelled")
@@ -298,6 +333,24 @@ impl Client {
 
     pub async fn dead_letters(&self, pool: &str) -> Result<Vec<EvalView>> {
         Ok(self.get::<Evals>(&format!("/v1/pools/{pool}/dead-letters")).await?.evals)
+    }
+
+    /// `body`: `{"steps": [...], "idempotency_key"?}` as the API takes it.
+    pub async fn submit_pipeline(&self, pool: &str, body: &Value) -> Result<PipelineView> {
+        self.post(&format!("/v1/pools/{pool}/pipelines"), body).await
+    }
+
+    pub async fn pipeline(&self, pool: &str, id: &str) -> Result<PipelineView> {
+        self.get(&format!("/v1/pools/{pool}/pipelines/{id}")).await
+    }
+
+    pub async fn pipelines(&self, pool: &str, status: Option<&str>, limit: usize) -> Result<Vec<PipelineView>> {
+        let q = status.map(|s| format!("&status={s}")).unwrap_or_default();
+        Ok(self.get::<Pipelines>(&format!("/v1/pools/{pool}/pipelines?limit={limit}{q}")).await?.pipelines)
+    }
+
+    pub async fn cancel_pipeline(&self, pool: &str, id: &str) -> Result<PipelineView> {
+        self.call(Method::DELETE, &format!("/v1/pools/{pool}/pipelines/{id}"), None, Duration::ZERO).await
     }
 
     pub async fn cancel_eval(&self, pool: &str, eval: &str) -> Result<EvalView> {
