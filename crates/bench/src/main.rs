@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 mod admission;
 mod aws;
 mod partitions;
+mod pipelines;
 
 use clap::Parser;
 use lineup_client::{Client, SubmitEval};
@@ -38,7 +39,7 @@ struct Args {
     #[arg(long, default_value_t = 1_000_000)]
     backlog: usize,
     /// Run only these scenarios (comma-separated: drain, drain1000, priorities, capped,
-    /// latency, idle, backlog, aws, partitions); all of them by default.
+    /// latency, idle, backlog, aws, partitions, pipelines); all of them by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Extra arguments for `lineup dev` (e.g. `--schedulers=2`).
@@ -272,6 +273,10 @@ async fn main() {
     }
     if args.wants("capped") {
         admission::capped(&args, &mut rows).await;
+    }
+    if args.wants("pipelines") {
+        pipelines::wide(&args, &mut rows).await;
+        pipelines::chain(&args, &mut rows).await;
     }
     // ---- latency: offered load, 50 workers long-polling and completing
     if args.wants("latency") {
