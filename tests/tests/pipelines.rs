@@ -23,11 +23,16 @@ impl Drop for Agent {
 
 /// The agent, as the README runs it, with a job that prints `STEP-INDEX` (its output,
 /// which dependents get as inputs), saves the `notify` step's inputs, fails the `bad`
-/// step and sleeps in the `slow` one.
+/// step and sleeps in the `slow` one; a plain eval's job continues once (exit 75 with
+/// its state in `$LINEUP_CONTINUE_FILE`) and then prints the state it resumed with.
 fn agent(app: &TestApp, pool: &str) -> Agent {
     let inputs = app.dir.join(format!("inputs-{pool}.json"));
     let script = format!(
         r#"case "$LINEUP_STEP" in
+             '') if [ -z "$LINEUP_STATE" ]; then
+                   printf '{{"after": 1, "state": {{"n": 1}}}}' > "$LINEUP_CONTINUE_FILE"; exit 75
+                 fi
+                 printf 'resumed %s' "$LINEUP_STATE"; exit 0 ;;
              bad) exit 3 ;;
              slow) sleep 30 ;;
              notify) printf '%s' "$LINEUP_INPUTS" > '{}' ;;
@@ -146,6 +151,33 @@ async fn story(app: &TestApp) {
     let listed = stdout(&app.cli(&["--json", "pipeline", "list", "--pool", &pool, "--status", "cancelled"]));
     let listed: Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(listed["pipelines"].as_array().unwrap().len(), 1);
+
+    // Continue later, for a plain eval: the job ran twice, the second time with the
+    // state the first saved; a continuation is not a failure.
+    let (st, v) =
+        app.raw(Method::POST, &format!("/v1/pools/{pool}/evals"), Some(&app.token), Some(r#"{"size":1}"#)).await;
+    assert_eq!(st, 202, "{v}");
+    let eval = v["eval_id"].as_str().unwrap().to_owned();
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    let e = loop {
+        let (_, e) = app.raw(Method::GET, &format!("/v1/pools/{pool}/evals/{eval}"), Some(&app.token), None).await;
+        if e["status"] == "complete" {
+            break e;
+        }
+        assert!(tokio::time::Instant::now() < end, "never complete: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!((e["output"].as_str(), e["continued"].as_u64()), (Some(r#"resumed {"n":1}"#), Some(1)), "{e}");
+    // The continue fields are checked before anything is looked up.
+    for (body, code) in [
+        (json!({"state": {"a": 1}}), "invalid_state"),
+        (json!({"continue_after": -1}), "invalid_continue_after"),
+        (json!({"continue_after": 1, "state": "x".repeat(70_000)}), "state_too_large"),
+    ] {
+        let path = format!("/v1/pools/{pool}/allocs/{}/complete", lineup_core::AllocId::generate());
+        let (st, v) = app.raw(Method::POST, &path, Some(&app.token), Some(&body.to_string())).await;
+        assert_eq!((st, v["code"].as_str()), (400, Some(code)), "{body}: {v}");
+    }
 
     // Bad pipelines: a 400 naming the problem each, and nothing created.
     let before = app.raw(Method::GET, &format!("/v1/pools/{pool}/pipelines"), Some(&app.token), None).await.1;

@@ -347,6 +347,33 @@ async fn cancel_eval(
 struct CompleteBody {
     exit_code: Option<i32>,
     output: Option<String>,
+    /// Seconds: the eval runs again after them (a continuation, not a retry).
+    continue_after: Option<i64>,
+    /// For the next run's `LINEUP_STATE`; only with `continue_after`.
+    state: Option<serde_json::Value>,
+}
+
+/// The finish a complete body asks for: plain, or a continuation (checked: a delay in
+/// range, a state within `MAX_STATE_BYTES` and only with a delay).
+fn complete_finish(b: CompleteBody) -> Result<Finish, Error> {
+    let state = b.state.filter(|s| !s.is_null());
+    let Some(after) = b.continue_after else {
+        if state.is_some() {
+            return Err(Error::invalid("invalid_state", "state is kept only for a continuation: add continue_after"));
+        }
+        return Ok(Finish::Complete { exit_code: b.exit_code.unwrap_or(0), output: b.output });
+    };
+    if !(0..=MAX_CONTINUE_AFTER_S as i64).contains(&after) {
+        return Err(Error::invalid(
+            "invalid_continue_after",
+            format!("continue_after must be between 0 and {MAX_CONTINUE_AFTER_S} seconds, got {after}"),
+        ));
+    }
+    let len = state.as_ref().map_or(0, |s| s.to_string().len());
+    if len > MAX_STATE_BYTES {
+        return Err(Error::invalid("state_too_large", format!("state is {len} bytes of JSON, over {MAX_STATE_BYTES}")));
+    }
+    Ok(Finish::Continue { after_ms: after * 1000, state, output: b.output })
 }
 
 async fn complete_alloc(
@@ -355,7 +382,7 @@ async fn complete_alloc(
     PathParams((pool, alloc)): PathParams<(String, String)>,
     JsonBody(b): JsonBody<CompleteBody>,
 ) -> ApiResult {
-    let finish = Finish::Complete { exit_code: b.exit_code.unwrap_or(0), output: b.output };
+    let finish = complete_finish(b)?;
     finish_alloc(l, who, pool, alloc, finish).await
 }
 

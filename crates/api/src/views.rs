@@ -78,6 +78,8 @@ pub fn eval(e: &Eval) -> Value {
         "pipeline_id": e.step.as_ref().map(|s| &s.pipeline_id),
         "step": e.step.as_ref().map(|s| &s.step),
         "index": e.step.as_ref().map(|s| s.index),
+        "continued": e.continuation.as_ref().map(|c| c.count),
+        "not_before": e.continuation.as_ref().map(|c| rfc3339(c.not_before)),
         "created_at": rfc3339(e.created_at),
         "updated_at": rfc3339(e.updated_at),
     })

@@ -275,6 +275,9 @@ pub struct EvalItem {
     /// The pipeline step, as JSON text (its inputs are any JSON, kept exact).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
+    /// The continuation, as JSON text (its state is any JSON, kept exact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cont: Option<String>,
 }
 
 pub fn pst(pool: &PoolId, status: EvalStatus) -> String {
@@ -303,6 +306,7 @@ impl From<&Eval> for EvalItem {
             updated: e.updated_at,
             pst: pst(&e.pool_id, e.status),
             step: e.step.as_ref().and_then(|st| serde_json::to_string(st).ok()),
+            cont: e.continuation.as_ref().and_then(|c| serde_json::to_string(c).ok()),
         }
     }
 }
@@ -317,8 +321,14 @@ impl TryFrom<EvalItem> for Eval {
             .map_err(|err| Error::backend("decode payload", err))?;
         let step =
             e.step.map(|st| serde_json::from_str(&st)).transpose().map_err(|err| Error::backend("decode step", err))?;
+        let continuation = e
+            .cont
+            .map(|c| serde_json::from_str(&c))
+            .transpose()
+            .map_err(|err| Error::backend("decode continuation", err))?;
         Ok(Eval {
             step,
+            continuation,
             pool_id: e.pool,
             eval_id: e.eval,
             size: e.size,

@@ -357,6 +357,23 @@ impl Client {
         self.call(Method::DELETE, &format!("/v1/pools/{pool}/evals/{eval}"), None, Duration::ZERO).await
     }
 
+    /// Completes an alloc for now: its eval runs again after `after_s`, the next job
+    /// getting `state`.
+    pub async fn complete_continue(
+        &self,
+        pool: &str,
+        alloc: &str,
+        after_s: u64,
+        state: Option<&Value>,
+        output: Option<&str>,
+    ) -> Result<Value> {
+        self.post(
+            &format!("/v1/pools/{pool}/allocs/{alloc}/complete"),
+            &json!({ "continue_after": after_s, "state": state, "output": output }),
+        )
+        .await
+    }
+
     pub async fn complete(&self, pool: &str, alloc: &str, exit_code: i32, output: Option<&str>) -> Result<Value> {
         self.post(
             &format!("/v1/pools/{pool}/allocs/{alloc}/complete"),

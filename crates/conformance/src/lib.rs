@@ -60,7 +60,7 @@ macro_rules! conformance_tests {
             admission_max_running_never_exceeded, admission_health_throttles_and_lapses,
             admission_pulled_health_throttles,
             store_pipelines, store_step_evals_created_once,
-            service_pipeline_runs_steps_in_order, service_pipeline_failure_and_cancel
+            service_pipeline_runs_steps_in_order, service_pipeline_failure_and_cancel, service_continue_later
         );
     };
     (@each $factory:path; $($name:ident),* $(,)?) => {

@@ -334,3 +334,63 @@ pub async fn service_pipeline_crash_before_record(b: Backend) {
         scenario.teardown();
     }
 }
+
+/// Continue later (prorch's `on_continue`), for a plain eval and a pipeline step: the
+/// capacity comes back at once, the same eval is placed again only once the delay has
+/// passed, its next job gets the saved state, and continuations do not use up retries.
+pub async fn service_continue_later(b: Backend) {
+    let settings = Settings { max_retry: 1, ..Settings::default() };
+    let (l, clock) = crate::lineup_with(&b, settings);
+    let pool = pool_with(&l, Strategy::Spread).await;
+    let w = worker(&l, &pool, 2).await.worker.worker_id;
+    let eval = l.submit_eval(&ADMIN, &pool.pool_id, crate::new_eval(2, None)).await.unwrap().eval.eval_id;
+    let mut state = serde_json::json!({"cursor": 0});
+    // Three continuations in a row: more than MAX_RETRY, and none counts as a retry.
+    for round in 1..=3u32 {
+        schedule_until(&l, &pool, Duration::from_secs(30), |s| s.placed >= 1).await;
+        let a = poll_n(&l, &pool, &w, 1).await.remove(0);
+        assert_eq!(a.eval_id, eval);
+        assert_eq!(a.state, (round > 1).then(|| state.clone()), "round {round}: the saved state");
+        state = serde_json::json!({"cursor": round});
+        let cont =
+            Finish::Continue { after_ms: 1_000, state: Some(state.clone()), output: Some(format!("part {round}")) };
+        l.finish_alloc(&ADMIN, &pool.pool_id, &a.alloc_id, cont).await.unwrap();
+        let e = l.eval(&ADMIN, &pool.pool_id, &eval).await.unwrap();
+        assert_eq!((e.status, e.continuation.as_ref().map(|c| c.count)), (EvalStatus::Queued, Some(round)));
+        assert_eq!(crate::service::free_of(&l, &pool, &w).await, 2, "capacity back while it waits");
+        // Not before its time (the message is looked at, and put back).
+        let early = l.schedule_pass(&pool, &crate::fast_opts()).await.unwrap();
+        assert_eq!(early.placed, 0, "round {round}: placed before its time");
+        clock.advance_secs(1);
+    }
+    // A failure now is its first retry (max_retry 1), not its fourth.
+    schedule_until(&l, &pool, Duration::from_secs(30), |s| s.placed >= 1).await;
+    let a = poll_n(&l, &pool, &w, 1).await.remove(0);
+    l.finish_alloc(&ADMIN, &pool.pool_id, &a.alloc_id, Finish::Fail { reason: "flaky".into() }).await.unwrap();
+    assert_eq!(l.eval(&ADMIN, &pool.pool_id, &eval).await.unwrap().status, EvalStatus::Failed, "retried, not dead");
+    schedule_until(&l, &pool, Duration::from_secs(30), |s| s.placed >= 1).await;
+    let a = poll_n(&l, &pool, &w, 1).await.remove(0);
+    l.finish_alloc(&ADMIN, &pool.pool_id, &a.alloc_id, Finish::Complete { exit_code: 0, output: Some("done".into()) })
+        .await
+        .unwrap();
+    let e = l.eval(&ADMIN, &pool.pool_id, &eval).await.unwrap();
+    assert_eq!((e.status, e.output.as_deref()), (EvalStatus::Complete, Some("done")));
+
+    // A pipeline step that continues is not finished: its dependent waits for it.
+    let spec = Spec { steps: vec![StepSpec::new("poll", 1), StepSpec::new("then", 1).after(&["poll"])] };
+    let (v, _) = l.submit_pipeline(&ADMIN, &pool.pool_id, spec, None).await.unwrap();
+    let id = v.pipeline.pipeline_id.clone();
+    schedule_until(&l, &pool, Duration::from_secs(30), |s| s.placed >= 1).await;
+    let a = poll_n(&l, &pool, &w, 1).await.remove(0);
+    let cont = Finish::Continue { after_ms: 1_000, state: None, output: None };
+    l.finish_alloc(&ADMIN, &pool.pool_id, &a.alloc_id, cont).await.unwrap();
+    let v = l.pipeline(&ADMIN, &pool.pool_id, &id).await.unwrap();
+    assert_eq!(status_of(&v)[1], ("then".into(), StepStatus::Waiting));
+    clock.advance_secs(1);
+    let got = run_n(&l, &pool, &w, 1).await;
+    assert_eq!(got[0].step.as_ref().map(|s| s.step.as_str()), Some("poll"));
+    let got = run_n(&l, &pool, &w, 1).await;
+    assert_eq!(got[0].step.as_ref().map(|s| s.step.as_str()), Some("then"));
+    assert_eq!(l.pipeline(&ADMIN, &pool.pool_id, &id).await.unwrap().pipeline.status, PipelineStatus::Complete);
+    assert_capacity_conserved(l.store.as_ref(), &pool.pool_id).await;
+}

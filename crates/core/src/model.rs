@@ -239,7 +239,29 @@ pub struct Eval {
     /// The pipeline step this eval runs, if it is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<StepRef>,
+    /// Set once a job asked to continue later (`Finish::Continue`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuation: Option<Continuation>,
 }
+
+/// A job that finished for now and continues later, with state for its next run
+/// (prorch's `on_continue`). Not a retry: it does not count against `MAX_RETRY`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Continuation {
+    /// How many times the eval continued (so `attempt - count` attempts were retries).
+    pub count: u32,
+    /// Not placed before this time.
+    pub not_before: Millis,
+    /// The next job's `LINEUP_STATE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<serde_json::Value>,
+}
+
+/// A continuation's saved state, as JSON, at most (it becomes an environment variable).
+pub const MAX_STATE_BYTES: usize = 64 * 1024;
+/// The longest `continue_after`: a week (SQS keeps a message 14 days; the reconciler
+/// re-sends a waiting eval's message after 7).
+pub const MAX_CONTINUE_AFTER_S: u64 = 7 * 24 * 3600;
 
 /// An eval's place in a pipeline, and what its job gets from the steps before it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -283,6 +305,7 @@ impl Eval {
             created_at: now,
             updated_at: now,
             step: None,
+            continuation: None,
         }
     }
 }
@@ -356,6 +379,9 @@ pub struct AllocMessage {
     /// For a pipeline step's eval: the pipeline, step, index and inputs of the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<StepRef>,
+    /// The state a continued job saved, for this run (`LINEUP_STATE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<serde_json::Value>,
 }
 
 /// Counts shown with a pool.

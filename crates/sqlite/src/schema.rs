@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS evals (
     updated_at      INTEGER NOT NULL,
     priority        INTEGER NOT NULL DEFAULT 50,
     step            TEXT,
+    continuation    TEXT,
     PRIMARY KEY (pool_id, eval_id)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS evals_key ON evals (pool_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
@@ -134,6 +135,7 @@ const ADDED: &[(&str, &str, &str)] = &[
     ("pools", "checks", "TEXT"),
     ("allocs", "counted", "INTEGER NOT NULL DEFAULT 0"),
     ("evals", "step", "TEXT"),
+    ("evals", "continuation", "TEXT"),
 ];
 
 pub fn create(conn: &Connection) -> Result<(), Error> {

@@ -18,6 +18,12 @@ const FINISHED_KEPT: usize = 1_000;
 pub enum Outcome {
     Complete(String),
     Failed(String),
+    /// Finished for now: run again after `after` seconds with `state`.
+    Continue {
+        after: u64,
+        state: Option<serde_json::Value>,
+        output: String,
+    },
 }
 
 /// What a delivery is to this agent.

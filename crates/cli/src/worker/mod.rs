@@ -17,6 +17,7 @@
 //! and the variables named by `--pass-env`; never a Lineup token. It runs in a private
 //! directory of its own, removed afterwards.
 
+mod continuation;
 mod job;
 mod ledger;
 
@@ -70,7 +71,7 @@ impl WorkerOptions {
 
     /// The environment of a job: PATH, HOME, the passed-through variables, then the
     /// job's own `LINEUP_*` (which nothing passed through can override).
-    fn job_env(&self, a: &AllocMessage) -> Vec<(String, String)> {
+    fn job_env(&self, a: &AllocMessage, workdir: &std::path::Path) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = Vec::new();
         let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
         env.push(("PATH".into(), path));
@@ -92,6 +93,8 @@ impl WorkerOptions {
             ("LINEUP_PAYLOAD", payload),
             ("LINEUP_ATTEMPT", a.attempt.to_string()),
             ("LINEUP_SIZE", a.size.to_string()),
+            ("LINEUP_CONTINUE_FILE", continuation::file(workdir).display().to_string()),
+            ("LINEUP_STATE", a.state.as_ref().map(|s| s.to_string()).unwrap_or_default()),
         ] {
             env.retain(|(name, _)| name != k);
             env.push((k.into(), v));
@@ -305,7 +308,7 @@ async fn run_alloc(opts: &WorkerOptions, a: &AllocMessage, stop: oneshot::Receiv
     info!(alloc = %a.alloc_id, eval = %a.eval_id, "alloc started");
     let spec = job::Spec {
         command: opts.command.clone(),
-        env: opts.job_env(a),
+        env: opts.job_env(a, &workdir),
         workdir: workdir.clone(),
         grace: opts.kill_timeout,
     };
@@ -313,6 +316,12 @@ async fn run_alloc(opts: &WorkerOptions, a: &AllocMessage, stop: oneshot::Receiv
         Err(e) => Outcome::Failed(e),
         Ok((job::Ended::Stopped(why), _)) => Outcome::Failed(why),
         Ok((job::Ended::Exited(s), out)) if s.success() => Outcome::Complete(validate::output(&out)),
+        Ok((job::Ended::Exited(s), out)) if s.code() == Some(continuation::EXIT_CONTINUE) => {
+            match continuation::read(&workdir) {
+                Ok((after, state)) => Outcome::Continue { after, state, output: validate::output(&out) },
+                Err(why) => Outcome::Failed(why),
+            }
+        }
         Ok((job::Ended::Exited(s), out)) => Outcome::Failed(format!(
             "exit status {}: {}",
             s.code().map(|c| c.to_string()).unwrap_or_else(|| "signal".into()),
@@ -330,11 +339,14 @@ async fn report(client: &Client, pool: &str, alloc: &str, outcome: &Outcome) {
     for attempt in 0..30u32 {
         let r = match outcome {
             Outcome::Complete(out) => client.complete(pool, alloc, 0, Some(out)).await,
+            Outcome::Continue { after, state, output } => {
+                client.complete_continue(pool, alloc, *after, state.as_ref(), Some(output)).await
+            }
             Outcome::Failed(reason) => client.fail(pool, alloc, reason).await,
         };
         match r {
             Ok(_) => {
-                info!(alloc, ok = matches!(outcome, Outcome::Complete(_)), "alloc reported");
+                info!(alloc, ok = !matches!(outcome, Outcome::Failed(_)), "alloc reported");
                 return;
             }
             Err(e) if is_transient(&e) => {

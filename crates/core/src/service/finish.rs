@@ -17,6 +17,9 @@ pub enum Finish {
     Complete { exit_code: i32, output: Option<String> },
     /// It failed, expired or lost its worker: retry the eval, or dead-letter it.
     Fail { reason: String },
+    /// It finished for now: run the eval again once `after_ms` have passed, its next
+    /// job getting `state`. Not a retry (`Continuation`).
+    Continue { after_ms: crate::Millis, state: Option<serde_json::Value>, output: Option<String> },
 }
 
 /// What `finish` did.
@@ -64,7 +67,7 @@ impl Lineup {
             let mut new_eval = self.decide(eval.as_ref(), &alloc, finish);
 
             // Re-queue before the write that makes the eval waiting (see service/mod.rs).
-            if let Some(e) = new_eval.as_mut().filter(|e| e.status == EvalStatus::Failed) {
+            if let Some(e) = new_eval.as_mut().filter(|e| e.status.is_waiting()) {
                 let msg = EvalMessage::of(e);
                 match self.send_eval_message(&alloc.pool_id, &msg).await {
                     Ok(()) => crate::fault!("finish.after_send"),
@@ -129,9 +132,20 @@ impl Lineup {
                 e.output = output.as_deref().map(validate::output);
                 e.reason = None;
             }
+            Finish::Continue { after_ms, state, output } => {
+                let count = e.continuation.as_ref().map_or(0, |c| c.count) + 1;
+                let not_before = e.updated_at + after_ms;
+                e.continuation = Some(crate::model::Continuation { count, not_before, state: state.clone() });
+                e.status = EvalStatus::Queued;
+                e.attempt += 1;
+                e.output = output.as_deref().map(validate::output);
+                e.reason = Some(format!("continues at {} (continuation {count})", crate::clock::rfc3339(not_before)));
+            }
             Finish::Fail { reason } => {
                 e.reason = Some(validate::reason(reason));
-                if e.attempt <= self.settings.max_retry {
+                // Continuations are not retries: only failed attempts count.
+                let continued = e.continuation.as_ref().map_or(0, |c| c.count);
+                if e.attempt.saturating_sub(continued) <= self.settings.max_retry {
                     e.status = EvalStatus::Failed;
                     // worker_id and alloc_id keep naming the last attempt until the next placement.
                     e.attempt += 1;

@@ -9,7 +9,7 @@ use super::{PassSummary, DEFER};
 use crate::backend::Received;
 use crate::error::Result;
 use crate::id::EvalId;
-use crate::model::{Eval, EvalMessage, Pool};
+use crate::model::{Eval, EvalMessage, Millis, Pool};
 use crate::service::Lineup;
 
 /// A message whose eval never appears is dropped after this many receives (its
@@ -33,9 +33,16 @@ enum Verdict {
     Drop,
     /// The eval is mid-way through a change: look again soon.
     Defer,
+    /// A continuation not due yet: look again at this time (or sooner, `WAIT_MAX`).
+    Wait(Millis),
 }
 
-fn classify(msg: &EvalMessage, eval: Option<&Eval>, receive_count: u32) -> Verdict {
+/// The longest a not-yet-due continuation's message stays hidden at once: SQS allows
+/// 12 hours; shorter keeps a clock change or a cancelled eval from holding a message
+/// long, at one receive per eval per `WAIT_MAX`.
+const WAIT_MAX: Duration = Duration::from_secs(15 * 60);
+
+fn classify(msg: &EvalMessage, eval: Option<&Eval>, receive_count: u32, now: Millis) -> Verdict {
     let Some(eval) = eval else {
         return if receive_count >= ORPHAN_RECEIVES { Verdict::Drop } else { Verdict::Defer };
     };
@@ -46,6 +53,8 @@ fn classify(msg: &EvalMessage, eval: Option<&Eval>, receive_count: u32) -> Verdi
         Verdict::Drop
     } else if eval.attempt < msg.attempt {
         Verdict::Defer
+    } else if let Some(t) = eval.continuation.as_ref().map(|c| c.not_before).filter(|t| *t > now) {
+        Verdict::Wait(t)
     } else {
         Verdict::Place
     }
@@ -70,13 +79,14 @@ impl Lineup {
         let mut evals: HashMap<EvalId, Eval> =
             self.store.get_evals(&pool.pool_id, &ids).await?.into_iter().map(|e| (e.eval_id.clone(), e)).collect();
         let mut planned: HashSet<EvalId> = HashSet::new();
+        let now = self.now();
         for (msg, rcv) in parsed {
             // Two messages for one eval in a batch (a send retried after a lost response):
             // the eval is planned once, the other message deleted.
             let verdict = if planned.contains(&msg.eval_id) {
                 Verdict::Drop
             } else {
-                classify(&msg, evals.get(&msg.eval_id), rcv.receive_count)
+                classify(&msg, evals.get(&msg.eval_id), rcv.receive_count, now)
             };
             match (verdict, evals.remove(&msg.eval_id)) {
                 (Verdict::Place, Some(eval)) => {
@@ -86,6 +96,13 @@ impl Lineup {
                 (Verdict::Defer, eval) => {
                     evals.extend(eval.map(|e| (e.eval_id.clone(), e)));
                     out.deferred.push((rcv.receipt, DEFER));
+                    out.sum.deferred += 1;
+                }
+                (Verdict::Wait(until), eval) => {
+                    evals.extend(eval.map(|e| (e.eval_id.clone(), e)));
+                    let wait =
+                        Duration::from_millis((until - now).max(0) as u64).clamp(Duration::from_secs(1), WAIT_MAX);
+                    out.deferred.push((rcv.receipt, wait));
                     out.sum.deferred += 1;
                 }
                 (_, eval) => {
@@ -118,13 +135,24 @@ mod tests {
     #[test]
     fn messages_are_matched_by_attempt() {
         let msg = |attempt| EvalMessage { attempt, ..EvalMessage::of(&eval(EvalStatus::Queued, 1)) };
-        assert_eq!(classify(&msg(1), Some(&eval(EvalStatus::Queued, 1)), 1), Verdict::Place);
-        assert_eq!(classify(&msg(2), Some(&eval(EvalStatus::Failed, 2)), 1), Verdict::Place);
-        assert_eq!(classify(&msg(1), Some(&eval(EvalStatus::Placed, 1)), 1), Verdict::Drop);
-        assert_eq!(classify(&msg(1), Some(&eval(EvalStatus::Failed, 2)), 1), Verdict::Drop);
-        assert_eq!(classify(&msg(1), Some(&eval(EvalStatus::Cancelled, 1)), 1), Verdict::Drop);
-        assert_eq!(classify(&msg(2), Some(&eval(EvalStatus::Placed, 1)), 1), Verdict::Defer);
-        assert_eq!(classify(&msg(1), None, 1), Verdict::Defer);
-        assert_eq!(classify(&msg(1), None, ORPHAN_RECEIVES), Verdict::Drop);
+        assert_eq!(classify(&msg(1), Some(&eval(EvalStatus::Queued, 1)), 1, 0), Verdict::Place);
+        assert_eq!(classify(&msg(2), Some(&eval(EvalStatus::Failed, 2)), 1, 0), Verdict::Place);
+        assert_eq!(classify(&msg(1), Some(&eval(EvalStatus::Placed, 1)), 1, 0), Verdict::Drop);
+        assert_eq!(classify(&msg(1), Some(&eval(EvalStatus::Failed, 2)), 1, 0), Verdict::Drop);
+        assert_eq!(classify(&msg(1), Some(&eval(EvalStatus::Cancelled, 1)), 1, 0), Verdict::Drop);
+        assert_eq!(classify(&msg(2), Some(&eval(EvalStatus::Placed, 1)), 1, 0), Verdict::Defer);
+        assert_eq!(classify(&msg(1), None, 1, 0), Verdict::Defer);
+        assert_eq!(classify(&msg(1), None, ORPHAN_RECEIVES, 0), Verdict::Drop);
+    }
+
+    #[test]
+    fn a_continuation_waits_until_it_is_due() {
+        let mut e = eval(EvalStatus::Queued, 2);
+        e.continuation = Some(crate::model::Continuation { count: 1, not_before: 5_000, state: None });
+        let msg = EvalMessage::of(&e);
+        assert_eq!(classify(&msg, Some(&e), 1, 1_000), Verdict::Wait(5_000));
+        assert_eq!(classify(&msg, Some(&e), 1, 5_000), Verdict::Place);
+        let stale = EvalMessage { attempt: 1, ..msg };
+        assert_eq!(classify(&stale, Some(&e), 1, 1_000), Verdict::Drop, "the run that continued: its message is stale");
     }
 }

@@ -324,6 +324,7 @@ pub fn alloc_message(pool: &Pool, eval: &Eval, alloc: &Alloc) -> Result<String> 
         payload: eval.payload.clone(),
         attempt: eval.attempt,
         step: eval.step.clone(),
+        state: eval.continuation.as_ref().and_then(|c| c.state.clone()),
     };
     serde_json::to_string(&m).map_err(|e| Error::backend("encode alloc message", e))
 }
