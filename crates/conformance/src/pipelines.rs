@@ -276,6 +276,15 @@ pub async fn service_pipeline_failure_and_cancel(b: Backend) {
     assert_eq!(again.pipeline.status, PipelineStatus::Cancelled);
     assert!(matches!(l.pipeline(&ADMIN, &pool.pool_id, &PipelineId::generate()).await, Err(Error::NotFound(_))));
     assert_capacity_conserved(l.store.as_ref(), &pool.pool_id).await;
+
+    // A disbanded pool's running pipeline ends cancelled (at the releaser's next pass).
+    let spec = Spec { steps: vec![StepSpec::new("x", 1), StepSpec::new("y", 1).after(&["x"])] };
+    let (v, _) = l.submit_pipeline(&ADMIN, &pool.pool_id, spec, None).await.unwrap();
+    l.disband_pool(&ADMIN, &pool.pool_id).await.unwrap();
+    l.release_pass().await.unwrap();
+    let v = l.pipeline(&ADMIN, &pool.pool_id, &v.pipeline.pipeline_id).await.unwrap();
+    assert_eq!(v.pipeline.status, PipelineStatus::Cancelled);
+    assert_eq!(status_of(&v)[1], ("y".into(), StepStatus::Skipped));
 }
 
 /// A crash between creating a step's evals and recording the step as started (the

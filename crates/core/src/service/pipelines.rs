@@ -108,6 +108,20 @@ impl Lineup {
     /// of its started steps is cancelled. Cancelling a finished pipeline changes nothing.
     pub async fn cancel_pipeline(&self, who: &Principal, pool: &PoolId, id: &PipelineId) -> Result<PipelineView> {
         require_admin(who)?;
+        self.cancel_pipeline_unchecked(pool, id).await
+    }
+
+    /// A disbanded pool's running pipelines end `cancelled` (its evals were cancelled
+    /// with it); for the releaser, until the pool is purged.
+    pub(crate) async fn cancel_pipelines_of(&self, pool: &PoolId) -> Result<usize> {
+        let running = self.store.list_pipelines(pool, Some(PipelineStatus::Running), 1_000).await?;
+        for p in &running {
+            self.cancel_pipeline_unchecked(pool, &p.pipeline_id).await?;
+        }
+        Ok(running.len())
+    }
+
+    async fn cancel_pipeline_unchecked(&self, pool: &PoolId, id: &PipelineId) -> Result<PipelineView> {
         for attempt in 0..MAX_ROUNDS as u32 {
             let p =
                 self.store.get_pipeline(pool, id).await?.ok_or_else(|| Error::not_found(format!("pipeline {id}")))?;

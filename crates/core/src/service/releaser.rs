@@ -108,6 +108,10 @@ impl Lineup {
                     sum.errors += 1;
                 }
             }
+            if let Err(err) = self.cancel_pipelines_of(id).await {
+                warn!(pool = %id, error = %err, "cancelling the pipelines of a disbanded pool");
+                sum.errors += 1;
+            }
         }
 
         for alloc in self.store.expired_allocs(id, now).await? {
