@@ -22,19 +22,9 @@ async fn priority_cap_and_health_through_the_api_and_cli() {
 /// reading a CloudWatch metric from moto's CloudWatch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn priority_cap_and_health_on_dynamodb_sqs_and_cloudwatch() {
-    use lineup_conformance::moto::{sdk_env, Moto};
+    use lineup_conformance::moto::Moto;
     let moto = Moto::shared();
-    let deployment = format!("ad{}", &lineup_core::PoolId::generate().as_str()[..8]);
-    let mut env: Vec<(String, String)> = sdk_env(moto).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-    env.push(("LINEUP_DEPLOYMENT".into(), deployment));
-    let out = std::process::Command::new(lineup_tests::lineup_bin())
-        .args(["aws", "init", "--aws-endpoint", &moto.endpoint])
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let app = TestApp::spawn_with(&env_refs, &["--backend", "aws", "--aws-endpoint", &moto.endpoint]).await;
+    let (app, _, _) = lineup_tests::spawn_on_moto("ad", &[]).await;
     let pool = admission_story(&app).await;
 
     // A monitor publishes a metric; the pool's check reads it through CloudWatch.

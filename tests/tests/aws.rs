@@ -5,25 +5,13 @@ use std::process::Command;
 
 use lineup_client::SubmitEval;
 use lineup_conformance::moto::{sdk_env, Moto};
-use lineup_tests::{lineup_bin, poll_n, TestApp};
+use lineup_tests::{lineup_bin, poll_n};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn original_story_on_dynamodb_and_sqs() {
     let moto = Moto::shared();
-    let deployment = format!("bb{}", &lineup_core::PoolId::generate().as_str()[..8]);
-    let mut env: Vec<(String, String)> = sdk_env(moto).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-    env.push(("LINEUP_DEPLOYMENT".into(), deployment.clone()));
-
-    let out = Command::new(lineup_bin())
-        .args(["aws", "init", "--aws-endpoint", &moto.endpoint])
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{deployment}-workers")));
-
-    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let app = TestApp::spawn_with(&env_refs, &["--backend", "aws", "--aws-endpoint", &moto.endpoint]).await;
+    let (app, deployment, init) = lineup_tests::spawn_on_moto("bb", &[]).await;
+    assert!(init.contains(&format!("{deployment}-workers")), "{init}");
     let admin = &app.admin;
     let pool = admin.create_pool(None).await.unwrap();
     let reg = admin.register_worker(&pool.pool_id, 10).await.unwrap();
@@ -53,7 +41,8 @@ async fn original_story_on_dynamodb_and_sqs() {
         .arg(&app.dir)
         .args(["worker", "run", "--pool", &solo, "--capacity", "2", "--sqs", "--poll-wait", "1"])
         .args(["--aws-endpoint", &moto.endpoint, "--", "sh", "-c", "echo from-sqs $LINEUP_EVAL_ID"])
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(sdk_env(moto))
+        .env("LINEUP_DEPLOYMENT", &deployment)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

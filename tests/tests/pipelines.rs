@@ -220,19 +220,6 @@ async fn pipelines_on_the_embedded_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelines_on_dynamodb_and_sqs() {
-    use lineup_conformance::moto::{sdk_env, Moto};
-    let moto = Moto::shared();
-    let deployment = format!("pl{}", &lineup_core::PoolId::generate().as_str()[..8]);
-    let mut env: Vec<(String, String)> = sdk_env(moto).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-    env.push(("LINEUP_DEPLOYMENT".into(), deployment));
-    env.push(("LINEUP_MAX_RETRY".into(), "0".into()));
-    let out = Command::new(lineup_bin())
-        .args(["aws", "init", "--aws-endpoint", &moto.endpoint])
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let app = TestApp::spawn_with(&env_refs, &["--backend", "aws", "--aws-endpoint", &moto.endpoint]).await;
+    let (app, _, _) = lineup_tests::spawn_on_moto("pl", &[("LINEUP_MAX_RETRY", "0")]).await;
     story(&app).await;
 }

@@ -208,3 +208,24 @@ pub async fn poll_n(c: &Client, pool: &str, worker: &str, n: usize) -> Vec<lineu
     }
     out
 }
+
+/// `lineup aws init`, then `lineup dev --backend aws`, against the shared moto, as the
+/// README runs them, for a fresh deployment `{tag}` + 8 characters, with `extra_env`.
+/// Returns the app, the deployment name and what `aws init` printed.
+pub async fn spawn_on_moto(tag: &str, extra_env: &[(&str, &str)]) -> (TestApp, String, String) {
+    use lineup_conformance::moto::{sdk_env, Moto};
+    let moto = Moto::shared();
+    let deployment = format!("{tag}{}", &lineup_core::PoolId::generate().as_str()[..8]);
+    let mut env: Vec<(String, String)> = sdk_env(moto).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    env.push(("LINEUP_DEPLOYMENT".into(), deployment.clone()));
+    env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let out = Command::new(lineup_bin())
+        .args(["aws", "init", "--aws-endpoint", &moto.endpoint])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("run lineup aws init");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let app = TestApp::spawn_with(&env_refs, &["--backend", "aws", "--aws-endpoint", &moto.endpoint]).await;
+    (app, deployment, String::from_utf8_lossy(&out.stdout).into_owned())
+}

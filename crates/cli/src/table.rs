@@ -2,7 +2,8 @@
 
 use lineup_client::{EvalView, PoolView, WorkerView};
 
-fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+/// The header and rows as aligned lines.
+fn table_lines(header: &[&str], rows: Vec<Vec<String>>) -> Vec<String> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -11,11 +12,16 @@ fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     }
     let line = |cells: Vec<String>| {
         let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths[i])).collect();
-        println!("{}", s.join("  ").trim_end());
+        s.join("  ").trim_end().to_string()
     };
-    line(header.iter().map(|h| h.to_string()).collect());
-    for r in rows {
-        line(r);
+    let mut out = vec![line(header.iter().map(|h| h.to_string()).collect())];
+    out.extend(rows.into_iter().map(line));
+    out
+}
+
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+    for l in table_lines(header, rows) {
+        println!("{l}");
     }
 }
 
@@ -103,7 +109,6 @@ pub fn eval_detail(e: &EvalView) {
 
 /// A pipeline's steps as lines (for `pipeline show` and its live view).
 pub fn pipeline_lines(p: &lineup_client::PipelineView) -> Vec<String> {
-    let header = ["STEP", "STATUS", "EVALS", "AFTER"];
     let rows: Vec<Vec<String>> = p
         .steps
         .iter()
@@ -112,22 +117,11 @@ pub fn pipeline_lines(p: &lineup_client::PipelineView) -> Vec<String> {
             vec![s.name.clone(), s.status.clone(), format!("{}/{}", s.eval_ids.len(), s.count), after]
         })
         .collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.len());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:<w$}", c, w = widths[i])).collect();
-        s.join("  ").trim_end().to_string()
-    };
     let mut out = vec![format!("pipeline {} {}", p.pipeline_id, p.status)];
     if let Some(r) = &p.reason {
         out.push(format!("reason: {r}"));
     }
-    out.push(line(header.iter().map(|h| h.to_string()).collect()));
-    out.extend(rows.into_iter().map(line));
+    out.extend(table_lines(&["STEP", "STATUS", "EVALS", "AFTER"], rows));
     out
 }
 

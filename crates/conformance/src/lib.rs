@@ -21,6 +21,7 @@ mod admission;
 mod crash;
 pub mod deployment;
 pub mod moto;
+mod pipeline_service;
 mod pipelines;
 mod queues;
 mod service;
@@ -28,6 +29,7 @@ mod store;
 
 pub use admission::*;
 pub use crash::*;
+pub use pipeline_service::*;
 pub use pipelines::*;
 pub use queues::*;
 pub use service::*;

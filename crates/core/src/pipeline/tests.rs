@@ -1,5 +1,7 @@
 //! Pipelines in memory: the shape check, step ids, and `advance` over eval statuses.
 
+use std::collections::HashSet;
+
 use proptest::prelude::*;
 
 use super::*;
