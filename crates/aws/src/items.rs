@@ -20,6 +20,10 @@ pub fn from_item<T: DeserializeOwned>(i: Item) -> Result<T> {
     serde_dynamo::from_item(i).map_err(|e| Error::backend("decode item", e))
 }
 
+pub fn to_attr<T: Serialize>(v: &T) -> Result<AttributeValue> {
+    serde_dynamo::to_attribute_value(v).map_err(|e| Error::backend("encode attribute", e))
+}
+
 pub fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }

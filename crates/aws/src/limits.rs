@@ -233,7 +233,3 @@ impl AwsBackend {
         }
     }
 }
-
-fn to_attr<T: serde::Serialize>(v: &T) -> Result<AttributeValue> {
-    serde_dynamo::to_attribute_value(v).map_err(|e| Error::backend("encode attribute", e))
-}

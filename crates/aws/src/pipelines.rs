@@ -163,7 +163,3 @@ impl AwsBackend {
         }
     }
 }
-
-fn to_attr<T: Serialize>(v: &T) -> Result<aws_sdk_dynamodb::types::AttributeValue> {
-    serde_dynamo::to_attribute_value(v).map_err(|e| Error::backend("encode attribute", e))
-}

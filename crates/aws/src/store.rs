@@ -727,7 +727,7 @@ impl Store for AwsBackend {
             Ok(()) => Ok(None),
             Err(TxError::Cancelled(r)) if TxError::failed(&r, 0) => Err(self.pool_not_active(&e.pool_id).await),
             // The id exists: a pipeline step's eval (ids fixed in advance) started twice.
-            Err(TxError::Cancelled(r)) if TxError::failed(&r, 1) && e.step.is_some() => {
+            Err(TxError::Cancelled(r)) if TxError::failed(&r, 1) => {
                 match self.get_eval(&e.pool_id, &e.eval_id).await? {
                     Some(existing) => Ok(Some(existing)),
                     None => Err(Error::Conflict("eval id taken; try again".into())),

@@ -254,17 +254,6 @@ SQSResponse.call_action = _faulty_sqs_call
 _transact = ddb_models.DynamoDBBackend.transact_write_items
 
 
-def _key_of(backend, op_type, op):
-    if op_type != "Put":
-        return op["Key"]
-    table = backend.get_table(op["TableName"])
-    attrs = op["Item"]
-    key = {table.hash_key_attr: attrs[table.hash_key_attr]}
-    if table.range_key_attr is not None:
-        key[table.range_key_attr] = attrs[table.range_key_attr]
-    return key
-
-
 def _checked_transact(self, transact_items):
     global _skip_table_copies
     try:
@@ -275,7 +264,7 @@ def _checked_transact(self, transact_items):
             if cond is None:
                 reasons.append((None, None, None))
                 continue
-            current = self.get_item(op["TableName"], _key_of(self, op_type, op))
+            current = self.get_item(op["TableName"], partitions.key_of(self, op_type, op))
             expr = get_filter_expression(cond, op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues"))
             if expr.expr(current):
                 reasons.append((None, None, None))

@@ -120,7 +120,7 @@ def writes_of(backend, action, body):
     """[(partition, write units)] a write request will consume, before it runs."""
     out = []
     if action == "PutItem":
-        size = max(item_size(body.get("Item")), _stored_size(backend, body["TableName"], _key(backend, body)))
+        size = max(item_size(body.get("Item")), _stored_size(backend, body["TableName"], _put_key(backend, body)))
         out.append((_pk(backend, body["TableName"], body["Item"]), _write_units(size, False)))
     elif action in ("UpdateItem", "DeleteItem"):
         size = _stored_size(backend, body["TableName"], body["Key"])
@@ -140,7 +140,7 @@ def writes_of(backend, action, body):
             op_type, op = next(iter(t.items()))
             if op_type == "Put":
                 item = op["Item"]
-                size = max(item_size(item), _stored_size(backend, op["TableName"], _key(backend, op)))
+                size = max(item_size(item), _stored_size(backend, op["TableName"], _put_key(backend, op)))
                 out.append((_pk(backend, op["TableName"], item), _write_units(size, True)))
             else:
                 size = _stored_size(backend, op["TableName"], op["Key"])
@@ -148,15 +148,21 @@ def writes_of(backend, action, body):
     return out
 
 
-def _key(backend, op):
-    """The key attributes of a Put's item."""
+def key_of(backend, op_type, op):
+    """The key of the item a write targets: its `Key`, or a Put's item's key attributes."""
+    if op_type != "Put":
+        return op["Key"]
+    table = backend.get_table(op["TableName"])
+    attrs = op["Item"]
+    key = {table.hash_key_attr: attrs[table.hash_key_attr]}
+    if table.range_key_attr is not None:
+        key[table.range_key_attr] = attrs[table.range_key_attr]
+    return key
+
+
+def _put_key(backend, op):
     try:
-        table = backend.get_table(op["TableName"])
-        item = op["Item"]
-        key = {table.hash_key_attr: item[table.hash_key_attr]}
-        if table.range_key_attr is not None:
-            key[table.range_key_attr] = item[table.range_key_attr]
-        return key
+        return key_of(backend, "Put", op)
     except Exception:
         return {}
 

@@ -32,20 +32,14 @@ pub(crate) fn insert_job(tx: &Connection, p: &Pipeline) -> Result<Option<Pipelin
             return Ok(existing);
         }
     }
+    let body = body(p)?;
     tx.prepare_cached(
         "INSERT INTO pipelines (pool_id, pipeline_id, status, version, idempotency_key, created_at, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )
     .and_then(|mut st| {
-        st.execute(params![
-            p.pool_id.as_str(),
-            p.pipeline_id.as_str(),
-            p.status.as_str(),
-            p.version as i64,
-            p.idempotency_key,
-            p.created_at,
-            body(p).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
-        ])
+        let (id, status) = (p.pipeline_id.as_str(), p.status.as_str());
+        st.execute(params![p.pool_id.as_str(), id, status, p.version as i64, p.idempotency_key, p.created_at, body])
     })
     .map_err(db("insert pipeline"))?;
     Ok(None)
@@ -53,19 +47,14 @@ pub(crate) fn insert_job(tx: &Connection, p: &Pipeline) -> Result<Option<Pipelin
 
 /// `Store::update_pipeline` inside a write job.
 pub(crate) fn update_job(tx: &Connection, p: &Pipeline, expected: u64) -> Result<()> {
+    let body = body(p)?;
     let n = tx
         .prepare_cached(
             "UPDATE pipelines SET status=?3, version=?4, body=?5 WHERE pool_id=?1 AND pipeline_id=?2 AND version=?6",
         )
         .and_then(|mut st| {
-            st.execute(params![
-                p.pool_id.as_str(),
-                p.pipeline_id.as_str(),
-                p.status.as_str(),
-                p.version as i64,
-                body(p).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
-                expected as i64,
-            ])
+            let (id, status) = (p.pipeline_id.as_str(), p.status.as_str());
+            st.execute(params![p.pool_id.as_str(), id, status, p.version as i64, body, expected as i64])
         })
         .map_err(db("update pipeline"))?;
     if n == 1 {

@@ -195,16 +195,6 @@ fn conflict(what: &str) -> Error {
 /// `Store::insert_eval` inside a write job.
 fn insert_eval_job(tx: &Connection, e: &Eval) -> Result<Option<Eval>> {
     SqliteBackend::check_active(tx, &e.pool_id)?;
-    if e.step.is_some() {
-        // A pipeline step's eval, its id fixed in advance: it may exist already.
-        let existing = tx
-            .prepare_cached(&format!("SELECT {EVAL_COLS} FROM evals WHERE pool_id=?1 AND eval_id=?2"))
-            .and_then(|mut st| st.query_row([e.pool_id.as_str(), e.eval_id.as_str()], eval_row).optional())
-            .map_err(db("read eval"))?;
-        if existing.is_some() {
-            return Ok(existing);
-        }
-    }
     if let Some(key) = &e.idempotency_key {
         let existing = tx
             .prepare_cached(&format!("SELECT {EVAL_COLS} FROM evals WHERE pool_id=?1 AND idempotency_key=?2"))
@@ -214,12 +204,21 @@ fn insert_eval_job(tx: &Connection, e: &Eval) -> Result<Option<Eval>> {
             return Ok(existing);
         }
     }
-    tx.prepare_cached(&format!(
-        "INSERT INTO evals ({EVAL_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)"
-    ))
-    .and_then(|mut st| st.execute(params_from_iter(eval_values(e))))
-    .map_err(db("insert eval"))?;
-    Ok(None)
+    // An id that exists (a pipeline step's, fixed in advance, started twice) writes
+    // nothing: the existing eval is returned, at no extra read when it is new.
+    let inserted = tx
+        .prepare_cached(&format!(
+            "INSERT INTO evals ({EVAL_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)
+             ON CONFLICT (pool_id, eval_id) DO NOTHING"
+        ))
+        .and_then(|mut st| st.execute(params_from_iter(eval_values(e))))
+        .map_err(db("insert eval"))?;
+    if inserted == 1 {
+        return Ok(None);
+    }
+    tx.prepare_cached(&format!("SELECT {EVAL_COLS} FROM evals WHERE pool_id=?1 AND eval_id=?2"))
+        .and_then(|mut st| st.query_row([e.pool_id.as_str(), e.eval_id.as_str()], eval_row).optional())
+        .map_err(db("read eval"))
 }
 
 /// `Store::update_eval` inside a write job.

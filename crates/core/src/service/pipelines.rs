@@ -75,11 +75,11 @@ impl Lineup {
             if existing.steps != p.steps {
                 return Err(Error::IdempotencyMismatch(p.idempotency_key.unwrap_or_default()));
             }
-            let view = self.view(self.advance_pipeline(pool, &existing.pipeline_id).await?).await?;
+            let view = self.view(self.advance_from(existing).await?).await?;
             return Ok((view, false));
         }
         info!(pool = %pool, pipeline = %p.pipeline_id, steps = p.steps.len(), "pipeline accepted");
-        let p = self.advance_pipeline(pool, &p.pipeline_id).await?;
+        let p = self.advance_from(p).await?;
         Ok((self.view(p).await?, true))
     }
 
@@ -122,9 +122,8 @@ impl Lineup {
     }
 
     async fn cancel_pipeline_unchecked(&self, pool: &PoolId, id: &PipelineId) -> Result<PipelineView> {
+        let mut p = self.read_pipeline(pool, id).await?;
         for attempt in 0..MAX_ROUNDS as u32 {
-            let p =
-                self.store.get_pipeline(pool, id).await?.ok_or_else(|| Error::not_found(format!("pipeline {id}")))?;
             if p.status != PipelineStatus::Running {
                 break;
             }
@@ -135,23 +134,29 @@ impl Lineup {
             match self.store.update_pipeline(&next, p.version).await {
                 Ok(()) => {
                     info!(pool = %pool, pipeline = %id, "pipeline cancelled");
-                    break;
+                    p = next;
                 }
-                Err(Error::Conflict(_)) => super::backoff::pause(attempt).await,
+                Err(Error::Conflict(_)) => {
+                    super::backoff::pause(attempt).await;
+                    p = self.read_pipeline(pool, id).await?;
+                }
                 Err(e) => return Err(e),
             }
         }
-        let p = self.store.get_pipeline(pool, id).await?.ok_or_else(|| Error::not_found(format!("pipeline {id}")))?;
         if p.status == PipelineStatus::Cancelled {
             let ids: Vec<EvalId> = p.started_evals().into_iter().map(|(_, e)| e).collect();
             for e in self.store.get_evals(pool, &ids).await? {
                 if !e.status.is_terminal() {
-                    self.cancel_step_eval(e).await?;
+                    self.cancel_loop(e, "pipeline cancelled").await?;
                 }
             }
         }
-        let p = self.advance_pipeline(pool, id).await?;
+        let p = self.advance_from(p).await?;
         self.view(p).await
+    }
+
+    async fn read_pipeline(&self, pool: &PoolId, id: &PipelineId) -> Result<Pipeline> {
+        self.store.get_pipeline(pool, id).await?.ok_or_else(|| Error::not_found(format!("pipeline {id}")))
     }
 
     /// After an eval of a pipeline finished (complete, dead or cancelled): the pipeline
@@ -159,8 +164,8 @@ impl Lineup {
     pub(crate) async fn step_eval_finished(&self, eval: &Eval) {
         let Some(step) = &eval.step else { return };
         let res = match self.may_advance(eval, step).await {
-            Ok(false) => Ok(()),
-            Ok(true) => self.advance_pipeline(&eval.pool_id, &step.pipeline_id).await.map(|_| ()),
+            Ok(None) => Ok(()),
+            Ok(Some(p)) => self.advance_from(p).await.map(|_| ()),
             Err(e) => Err(e),
         };
         if let Err(e) = res {
@@ -173,37 +178,37 @@ impl Lineup {
     /// pipeline's thousand steps would cost a million reads. It can change only if the
     /// eval failed, or its step is now complete and either has dependents or may have
     /// been the last step to finish (found by looking for an unfinished step, latest
-    /// first: usually the first one looked at).
-    async fn may_advance(&self, eval: &Eval, step: &StepRef) -> Result<bool> {
-        if eval.status != EvalStatus::Complete {
-            return Ok(true);
-        }
-        let Some(p) = self.store.get_pipeline(&eval.pool_id, &step.pipeline_id).await? else { return Ok(false) };
+    /// first: usually the first one looked at). The pipeline as read, if it can.
+    async fn may_advance(&self, eval: &Eval, step: &StepRef) -> Result<Option<Pipeline>> {
+        let Some(p) = self.store.get_pipeline(&eval.pool_id, &step.pipeline_id).await? else { return Ok(None) };
         if p.status != PipelineStatus::Running {
-            return Ok(false);
+            return Ok(None);
         }
-        let Some(i) = p.steps.iter().position(|s| s.name == step.step) else { return Ok(true) };
+        if eval.status != EvalStatus::Complete {
+            return Ok(Some(p));
+        }
+        let Some(i) = p.steps.iter().position(|s| s.name == step.step) else { return Ok(Some(p)) };
         let complete = |evals: Vec<Eval>, n: u32| {
             evals.len() == n as usize && evals.iter().all(|e| e.status == EvalStatus::Complete)
         };
         if !complete(self.store.get_evals(&p.pool_id, &p.eval_ids(i)).await?, p.steps[i].count) {
-            return Ok(false);
+            return Ok(None);
         }
         if p.steps.iter().any(|s| s.after.contains(&step.step)) {
-            return Ok(true);
+            return Ok(Some(p));
         }
         // A step not started (its dependencies are not complete) cannot be finished.
         if p.states.iter().any(|s| *s != StepState::Started) {
-            return Ok(false);
+            return Ok(None);
         }
         // Every other step's evals, latest first, 100 to a read: stop at one unfinished.
         let others: Vec<EvalId> = (0..p.steps.len()).rev().filter(|j| *j != i).flat_map(|j| p.eval_ids(j)).collect();
         for chunk in others.chunks(100) {
             if !complete(self.store.get_evals(&p.pool_id, chunk).await?, chunk.len() as u32) {
-                return Ok(false);
+                return Ok(None);
             }
         }
-        Ok(true)
+        Ok(Some(p))
     }
 
     /// Every running pipeline of `pool` advanced once, at most every `SWEEP_EVERY_MS`
@@ -220,8 +225,9 @@ impl Lineup {
         let running = self.store.list_pipelines(pool, Some(PipelineStatus::Running), 1_000).await?;
         let n = running.len();
         for p in running {
-            if let Err(e) = self.advance_pipeline(pool, &p.pipeline_id).await {
-                warn!(pool = %pool, pipeline = %p.pipeline_id, error = %e, "could not advance pipeline");
+            let id = p.pipeline_id.clone();
+            if let Err(e) = self.advance_from(p).await {
+                warn!(pool = %pool, pipeline = %id, error = %e, "could not advance pipeline");
             }
         }
         Ok(n)
@@ -230,9 +236,15 @@ impl Lineup {
     /// Advances the pipeline as far as its evals allow (see the module doc); returns it
     /// as it then stands.
     pub async fn advance_pipeline(&self, pool: &PoolId, id: &PipelineId) -> Result<Pipeline> {
+        let p = self.read_pipeline(pool, id).await?;
+        self.advance_from(p).await
+    }
+
+    /// `advance_pipeline` from `p` as just read (or written): read again only when a
+    /// write of it loses to another.
+    async fn advance_from(&self, mut p: Pipeline) -> Result<Pipeline> {
+        let (pool, id) = (p.pool_id.clone(), p.pipeline_id.clone());
         for attempt in 0..MAX_ROUNDS as u32 {
-            let p =
-                self.store.get_pipeline(pool, id).await?.ok_or_else(|| Error::not_found(format!("pipeline {id}")))?;
             let evals = self.started_evals(&p).await?;
             let statuses: HashMap<EvalId, EvalStatus> = evals.iter().map(|(k, e)| (k.clone(), e.status)).collect();
             let adv = pipeline::advance(&p, &statuses);
@@ -274,12 +286,16 @@ impl Lineup {
                         info!(pool = %pool, pipeline = %id, status = next.status.as_str(), "pipeline ended");
                     }
                     debug!(pool = %pool, pipeline = %id, started = ?adv.start, "pipeline advanced");
+                    p = next;
                 }
-                Err(Error::Conflict(_)) => super::backoff::pause(attempt).await,
+                Err(Error::Conflict(_)) => {
+                    super::backoff::pause(attempt).await;
+                    p = self.read_pipeline(&pool, &id).await?;
+                }
                 Err(e) => return Err(e),
             }
         }
-        self.store.get_pipeline(pool, id).await?.ok_or_else(|| Error::not_found(format!("pipeline {id}")))
+        Ok(p)
     }
 
     /// The evals of the started steps that exist, by id.
@@ -288,13 +304,8 @@ impl Lineup {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
-        let mut out = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(100) {
-            for e in self.store.get_evals(&p.pool_id, chunk).await? {
-                out.insert(e.eval_id.clone(), e);
-            }
-        }
-        Ok(out)
+        // One call: each backend reads in the largest batches it can.
+        Ok(self.store.get_evals(&p.pool_id, &ids).await?.into_iter().map(|e| (e.eval_id.clone(), e)).collect())
     }
 
     /// Creates step `i`'s evals (those that exist are left as they are).
@@ -342,10 +353,6 @@ impl Lineup {
             info!(pool = %p.pool_id, pipeline = %p.pipeline_id, step = %spec.name, evals = spec.count, "step started");
         }
         result
-    }
-
-    async fn cancel_step_eval(&self, e: Eval) -> Result<()> {
-        self.cancel_loop(e, "pipeline cancelled").await.map(|_| ())
     }
 
     async fn view(&self, p: Pipeline) -> Result<PipelineView> {
