@@ -31,6 +31,7 @@ run:
 # the tests use (tests/util/mod.rs), so those find nothing left to build.
 # The deployed shape (tests/tests/deployed.rs, `make e2e`) runs with the rest.
 test: $(VENV_STAMP)
+	@df -h . | tail -1 | awk '{print "disk free before the build: " $$4}'
 	$(CARGO) build -q -p lineup-cli --bin lineup
 	$(CARGO) build -q -p lineup-fn-dispatch -p lineup-fn-schedule -p lineup-fn-release -p lineup-fn-gateway
 	$(CARGO) test --workspace
