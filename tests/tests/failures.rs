@@ -133,3 +133,65 @@ async fn cancel_idempotency_and_disband() {
     admin.disband_pool(&pool.pool_id).await.unwrap();
     assert!(app.server_log().matches("schedule pass failed").count() == 0, "no error loop after disband");
 }
+
+/// Dead evals go back with a fresh retry budget: by the CLI and by the API at the same
+/// time, each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_redriven_once() {
+    let app = TestApp::spawn_with(&[("LINEUP_MAX_RETRY", "1")], &[]).await;
+    let admin = &app.admin;
+    let pool = admin.create_pool(None).await.unwrap();
+    let w = admin.register_worker(&pool.pool_id, 4).await.unwrap();
+    let me = admin.with_token(w.token.as_deref().unwrap());
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            admin.submit_eval(&pool.pool_id, &SubmitEval { size: 1, ..Default::default() }).await.unwrap().eval_id,
+        );
+    }
+    // Every attempt fails, until all three are dead (first attempt plus one retry).
+    let mut runs = 0;
+    while admin.dead_letters(&pool.pool_id).await.unwrap().len() < 3 {
+        runs += 1;
+        assert!(runs <= 20, "not dead after {runs} rounds");
+        for a in me.poll(&pool.pool_id, &w.worker_id, Duration::from_secs(1), 10).await.unwrap() {
+            me.fail(&pool.pool_id, a.alloc_id.as_str(), "boom").await.unwrap();
+        }
+    }
+
+    let args = ["--json", "eval", "redrive", "--pool", &pool.pool_id, "--all"];
+    let (out, api) = tokio::join!(app.cli_async(&args), admin.redrive(&pool.pool_id, None));
+    let api = api.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let by_cli: lineup_client::Redriven = serde_json::from_slice(&out.stdout).unwrap();
+    let mut all: Vec<_> = api.redriven.iter().chain(&by_cli.redriven).map(|e| e.eval_id.clone()).collect();
+    all.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(all, want, "each dead eval redriven by exactly one of the two calls");
+
+    // A fresh budget: one more failure each is a retry, then they complete.
+    let mut failed = std::collections::HashSet::new();
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    while admin.evals(&pool.pool_id, Some("complete"), 10).await.unwrap().len() < 3 {
+        assert!(tokio::time::Instant::now() < end, "not complete in time");
+        for a in me.poll(&pool.pool_id, &w.worker_id, Duration::from_secs(1), 10).await.unwrap() {
+            if failed.insert(a.eval_id.clone()) {
+                me.fail(&pool.pool_id, a.alloc_id.as_str(), "once more").await.unwrap();
+            } else {
+                me.complete(&pool.pool_id, a.alloc_id.as_str(), 0, None).await.unwrap();
+            }
+        }
+    }
+    for id in &ids {
+        let e = admin.eval(&pool.pool_id, id).await.unwrap();
+        assert_eq!((e.status.as_str(), e.attempts), ("complete", 4), "{id}");
+    }
+    // Naming an eval that is not dead says so; a bad id is a 400.
+    let again = admin.redrive(&pool.pool_id, Some(&ids[..1])).await.unwrap();
+    assert!(again.redriven.is_empty() && again.skipped[0].reason.contains("not dead"), "{again:?}");
+    let path = format!("/v1/pools/{}/dead-letters/redrive", pool.pool_id);
+    let (status, body) =
+        app.raw(reqwest::Method::POST, &path, Some(admin.token()), Some(r#"{"eval_ids": ["nope"]}"#)).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_id")), "{body}");
+}

@@ -164,6 +164,19 @@ impl TestApp {
             .output()
             .expect("run lineup")
     }
+
+    /// `cli`, without blocking the runtime: for a CLI call racing others.
+    pub async fn cli_async(&self, args: &[&str]) -> std::process::Output {
+        tokio::process::Command::new(lineup_bin())
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(args)
+            .env_remove("LINEUP_ENDPOINT")
+            .env_remove("LINEUP_TOKEN")
+            .output()
+            .await
+            .expect("run lineup")
+    }
 }
 
 impl Drop for TestApp {

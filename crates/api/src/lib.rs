@@ -2,11 +2,13 @@
 //! and by the gateway Lambda with `lambda_http::run` — one router, two front doors.
 //!
 //! # Layout
-//! - `v1.rs`: the REST routes. `compat.rs`: the Go original's RPC routes.
+//! - `v1.rs`: the REST routes; `pipelines.rs`, `dead_letters.rs`: theirs. `compat.rs`: the
+//!   Go original's RPC routes.
 //! - `extract.rs`: auth and body extractors with JSON rejections.
 //! - `error.rs`: the one error → response mapping. `views.rs`: response bodies.
 
 mod compat;
+mod dead_letters;
 mod error;
 mod extract;
 mod pipelines;
@@ -33,6 +35,7 @@ pub const MAX_HEADERS: usize = 100;
 pub fn router(lineup: Lineup) -> Router {
     let api = v1::routes()
         .merge(pipelines::routes())
+        .merge(dead_letters::routes())
         .merge(compat::routes())
         .nest("/compat/{token}", compat::routes())
         .route("/health", get(health))

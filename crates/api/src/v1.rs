@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::extract::{Auth, JsonBody, PathParams, QueryParams};
 use crate::views;
 
-type ApiResult = Result<Response, ApiError>;
+pub(crate) type ApiResult = Result<Response, ApiError>;
 
 pub fn routes() -> Router<Lineup> {
     Router::new()
@@ -30,12 +30,11 @@ pub fn routes() -> Router<Lineup> {
         .route("/v1/pools/{pool}/workers/{worker}/poll", post(poll))
         .route("/v1/pools/{pool}/evals", post(submit_eval).get(list_evals))
         .route("/v1/pools/{pool}/evals/{eval}", get(get_eval).delete(cancel_eval))
-        .route("/v1/pools/{pool}/dead-letters", get(dead_letters))
         .route("/v1/pools/{pool}/allocs/{alloc}/complete", post(complete_alloc))
         .route("/v1/pools/{pool}/allocs/{alloc}/fail", post(fail_alloc))
 }
 
-fn ok(status: StatusCode, body: serde_json::Value) -> ApiResult {
+pub(crate) fn ok(status: StatusCode, body: serde_json::Value) -> ApiResult {
     Ok((status, Json(body)).into_response())
 }
 
@@ -282,9 +281,9 @@ async fn submit_eval(
 }
 
 #[derive(Deserialize)]
-struct ListQuery {
-    status: Option<String>,
-    limit: Option<usize>,
+pub(crate) struct ListQuery {
+    pub(crate) status: Option<String>,
+    pub(crate) limit: Option<usize>,
 }
 
 async fn list_evals(
@@ -296,18 +295,6 @@ async fn list_evals(
     let status = q.status.as_deref().map(EvalStatus::parse).transpose()?;
     let evals: Vec<_> =
         l.evals(&who, &PoolId::parse(&pool)?, status, q.limit.unwrap_or(100)).await?.iter().map(views::eval).collect();
-    ok(StatusCode::OK, json!({ "evals": evals }))
-}
-
-async fn dead_letters(
-    State(l): State<Lineup>,
-    Auth(who): Auth,
-    PathParams(pool): PathParams<String>,
-    QueryParams(q): QueryParams<ListQuery>,
-) -> ApiResult {
-    let pool = PoolId::parse(&pool)?;
-    let evals: Vec<_> =
-        l.evals(&who, &pool, Some(EvalStatus::Dead), q.limit.unwrap_or(100)).await?.iter().map(views::eval).collect();
     ok(StatusCode::OK, json!({ "evals": evals }))
 }
 

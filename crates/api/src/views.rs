@@ -80,6 +80,7 @@ pub fn eval(e: &Eval) -> Value {
         "index": e.step.as_ref().map(|s| s.index),
         "continued": e.continuation.as_ref().map(|c| c.count),
         "not_before": e.continuation.as_ref().map(|c| rfc3339(c.not_before)),
+        "redriven": e.redrive.as_ref().map(|r| r.count),
         "created_at": rfc3339(e.created_at),
         "updated_at": rfc3339(e.updated_at),
     })

@@ -282,6 +282,9 @@ pub struct EvalItem {
     /// The continuation, as JSON text (its state is any JSON, kept exact).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cont: Option<String>,
+    /// The redrive, as JSON text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrive: Option<String>,
 }
 
 pub fn pst(pool: &PoolId, status: EvalStatus) -> String {
@@ -311,6 +314,7 @@ impl From<&Eval> for EvalItem {
             pst: pst(&e.pool_id, e.status),
             step: e.step.as_ref().and_then(|st| serde_json::to_string(st).ok()),
             cont: e.continuation.as_ref().and_then(|c| serde_json::to_string(c).ok()),
+            redrive: e.redrive.as_ref().and_then(|r| serde_json::to_string(r).ok()),
         }
     }
 }
@@ -330,9 +334,15 @@ impl TryFrom<EvalItem> for Eval {
             .map(|c| serde_json::from_str(&c))
             .transpose()
             .map_err(|err| Error::backend("decode continuation", err))?;
+        let redrive = e
+            .redrive
+            .map(|r| serde_json::from_str(&r))
+            .transpose()
+            .map_err(|err| Error::backend("decode redrive", err))?;
         Ok(Eval {
             step,
             continuation,
+            redrive,
             pool_id: e.pool,
             eval_id: e.eval,
             size: e.size,

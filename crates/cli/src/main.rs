@@ -5,6 +5,7 @@
 //! - `dev.rs`: `lineup dev`. `worker.rs`: `lineup worker run`. `table.rs`: output.
 
 mod dev;
+mod eval;
 mod pipeline;
 mod probe;
 mod serve;
@@ -14,10 +15,9 @@ mod worker;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use lineup_client::{Client, ClientError, SubmitEval};
+use lineup_client::{Client, ClientError};
 use lineup_core::Settings;
 use serde_json::json;
 
@@ -67,7 +67,7 @@ enum Cmd {
     Pool(PoolCmd),
     /// Submit, show, list and cancel evals.
     #[command(subcommand)]
-    Eval(EvalCmd),
+    Eval(eval::EvalCmd),
     /// Submit, show, list and cancel pipelines (steps with dependencies).
     #[command(subcommand)]
     Pipeline(pipeline::PipelineCmd),
@@ -169,55 +169,6 @@ enum PoolCmd {
         pool: String,
     },
     Disband {
-        pool: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum EvalCmd {
-    Submit {
-        #[arg(long)]
-        pool: String,
-        #[arg(long)]
-        size: u32,
-        #[arg(long)]
-        dataset: Option<String>,
-        /// JSON handed to the worker as LINEUP_PAYLOAD.
-        #[arg(long)]
-        payload: Option<String>,
-        #[arg(long)]
-        idempotency_key: Option<String>,
-        /// 0–100, default 50: among waiting evals that fit, higher is placed first.
-        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
-        priority: Option<u8>,
-        /// Wait until the eval is complete, dead or cancelled; exit non-zero unless it completed with 0.
-        #[arg(long)]
-        wait: bool,
-        /// Give up waiting after this many seconds.
-        #[arg(long, default_value_t = 3600)]
-        timeout: u64,
-    },
-    Show {
-        #[arg(long)]
-        pool: String,
-        eval: String,
-    },
-    Cancel {
-        #[arg(long)]
-        pool: String,
-        eval: String,
-    },
-    List {
-        #[arg(long)]
-        pool: String,
-        #[arg(long)]
-        status: Option<String>,
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-    },
-    /// Evals that ran out of retries.
-    DeadLetters {
-        #[arg(long)]
         pool: String,
     },
 }
@@ -429,84 +380,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Cmd::Eval(e) => {
             let c = client(&cli)?;
-            match e {
-                EvalCmd::Submit { pool, size, dataset, payload, idempotency_key, priority, wait, timeout } => {
-                    let payload = payload
-                        .as_deref()
-                        .map(serde_json::from_str)
-                        .transpose()
-                        .map_err(|e| CliError::Usage(format!("--payload is not valid JSON: {e}")))?;
-                    let req = SubmitEval {
-                        size: *size,
-                        dataset: dataset.clone(),
-                        payload,
-                        priority: *priority,
-                        idempotency_key: idempotency_key.clone(),
-                    };
-                    let sub = c.submit_eval(pool, &req).await?;
-                    if !*wait {
-                        if cli.json {
-                            print_json(&sub)
-                        } else {
-                            println!("{}", sub.eval_id)
-                        }
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    let end = tokio::time::Instant::now() + Duration::from_secs(*timeout);
-                    let ev = loop {
-                        let ev = c.eval(pool, &sub.eval_id).await?;
-                        if ev.is_terminal() {
-                            break ev;
-                        }
-                        if tokio::time::Instant::now() >= end {
-                            return Err(CliError::Usage(format!(
-                                "eval {} still {} after {timeout} s",
-                                ev.eval_id, ev.status
-                            )));
-                        }
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    };
-                    if cli.json {
-                        print_json(&ev)
-                    } else {
-                        table::evals(std::slice::from_ref(&ev))
-                    }
-                    let ok = ev.status == "complete" && ev.exit_code == Some(0);
-                    return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
-                }
-                EvalCmd::Show { pool, eval } => {
-                    let ev = c.eval(pool, eval).await?;
-                    if cli.json {
-                        print_json(&ev)
-                    } else {
-                        table::eval_detail(&ev)
-                    }
-                }
-                EvalCmd::Cancel { pool, eval } => {
-                    let ev = c.cancel_eval(pool, eval).await?;
-                    if cli.json {
-                        print_json(&ev)
-                    } else {
-                        println!("eval {} {}", ev.eval_id, ev.status)
-                    }
-                }
-                EvalCmd::List { pool, status, limit } => {
-                    let evs = c.evals(pool, status.as_deref(), *limit).await?;
-                    if cli.json {
-                        print_json(&json!({ "evals": evs }))
-                    } else {
-                        table::evals(&evs)
-                    }
-                }
-                EvalCmd::DeadLetters { pool } => {
-                    let evs = c.dead_letters(pool).await?;
-                    if cli.json {
-                        print_json(&json!({ "evals": evs }))
-                    } else {
-                        table::evals(&evs)
-                    }
-                }
-            }
+            return eval::run(&c, e, cli.json).await;
         }
         Cmd::Worker(w) => {
             let c = client(&cli)?;

@@ -94,6 +94,22 @@ pub struct EvalView {
     pub updated_at: String,
 }
 
+/// What a redrive did.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct Redriven {
+    pub redriven: Vec<EvalView>,
+    pub skipped: Vec<Skipped>,
+    /// More dead evals are left than one call takes.
+    pub more: bool,
+    pub redrive_id: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct Skipped {
+    pub eval_id: String,
+    pub reason: String,
+}
+
 /// A pipeline as the API shows it.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct PipelineView {
@@ -333,6 +349,15 @@ impl Client {
 
     pub async fn dead_letters(&self, pool: &str) -> Result<Vec<EvalView>> {
         Ok(self.get::<Evals>(&format!("/v1/pools/{pool}/dead-letters")).await?.evals)
+    }
+
+    /// Sends dead evals back to the queue: `ids`, or every dead eval when `None`.
+    pub async fn redrive(&self, pool: &str, ids: Option<&[String]>) -> Result<Redriven> {
+        let body = match ids {
+            Some(ids) => json!({ "eval_ids": ids }),
+            None => json!({}),
+        };
+        self.post(&format!("/v1/pools/{pool}/dead-letters/redrive"), &body).await
     }
 
     /// `body`: `{"steps": [...], "idempotency_key"?}` as the API takes it.

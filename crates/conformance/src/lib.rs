@@ -24,6 +24,7 @@ pub mod moto;
 mod pipeline_service;
 mod pipelines;
 mod queues;
+mod redrive;
 mod service;
 mod store;
 
@@ -32,6 +33,7 @@ pub use crash::*;
 pub use pipeline_service::*;
 pub use pipelines::*;
 pub use queues::*;
+pub use redrive::*;
 pub use service::*;
 pub use store::*;
 
@@ -62,7 +64,8 @@ macro_rules! conformance_tests {
             admission_max_running_never_exceeded, admission_health_throttles_and_lapses,
             admission_pulled_health_throttles,
             store_pipelines, store_step_evals_created_once,
-            service_pipeline_runs_steps_in_order, service_pipeline_failure_and_cancel, service_continue_later
+            service_pipeline_runs_steps_in_order, service_pipeline_failure_and_cancel, service_continue_later,
+            service_redrive
         );
     };
     (@each $factory:path; $($name:ident),* $(,)?) => {

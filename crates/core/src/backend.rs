@@ -272,4 +272,11 @@ pub trait Queues: Send + Sync + 'static {
     async fn wake(&self, _name: &str) -> Result<()> {
         Ok(())
     }
+    /// Whether dead evals are announced on the deployment's dead-letter queue. On SQS
+    /// they are: the template alarms on it and keeps a message 14 days. A backend whose
+    /// queues keep messages until read, with nothing reading them, says no; the eval
+    /// records (`GET .../dead-letters`) are the truth either way.
+    fn announces_dead_letters(&self) -> bool {
+        true
+    }
 }

@@ -242,6 +242,32 @@ pub struct Eval {
     /// Set once a job asked to continue later (`Finish::Continue`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continuation: Option<Continuation>,
+    /// Set once the eval was sent back from the dead letters (`Lineup::redrive`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrive: Option<Redrive>,
+}
+
+impl Eval {
+    /// Failed attempts that count against `MAX_RETRY`: continuations are not retries,
+    /// and a redrive gives a fresh budget.
+    pub fn retries_used(&self) -> u32 {
+        let continued = self.continuation.as_ref().map_or(0, |c| c.count);
+        let base = self.redrive.as_ref().map_or(0, |r| r.retry_base);
+        self.attempt.saturating_sub(continued).saturating_sub(base)
+    }
+}
+
+/// A dead eval sent back to its queue with a fresh retry budget.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redrive {
+    /// How many times it was redriven.
+    pub count: u32,
+    /// Attempts, less continuations, used before the last redrive: they no longer count.
+    pub retry_base: u32,
+    /// The redrive call that did it (random). Two concurrent calls would otherwise
+    /// write the same record, and the loser would take the winner's write for its own
+    /// (a write whose response was lost is recognised by reading it back).
+    pub by: String,
 }
 
 /// A job that finished for now and continues later, with state for its next run
@@ -306,6 +332,7 @@ impl Eval {
             updated_at: now,
             step: None,
             continuation: None,
+            redrive: None,
         }
     }
 }

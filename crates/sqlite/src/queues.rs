@@ -124,6 +124,12 @@ impl SqliteBackend {
 
 #[async_trait]
 impl Queues for SqliteBackend {
+    /// No: nothing on one machine reads a dead-letter queue, and these queues have no
+    /// retention, so it would only grow. Dead evals are listed by `GET .../dead-letters`.
+    fn announces_dead_letters(&self) -> bool {
+        false
+    }
+
     async fn create_queue(&self, name: &str) -> Result<String> {
         self.write_for_queue("INSERT OR IGNORE INTO queues (name, created_at) VALUES (?1, ?2)", name, "create queue")
             .await?;

@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS evals (
     priority        INTEGER NOT NULL DEFAULT 50,
     step            TEXT,
     continuation    TEXT,
+    redrive         TEXT,
     PRIMARY KEY (pool_id, eval_id)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS evals_key ON evals (pool_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
@@ -136,6 +137,7 @@ const ADDED: &[(&str, &str, &str)] = &[
     ("allocs", "counted", "INTEGER NOT NULL DEFAULT 0"),
     ("evals", "step", "TEXT"),
     ("evals", "continuation", "TEXT"),
+    ("evals", "redrive", "TEXT"),
 ];
 
 pub fn create(conn: &Connection) -> Result<(), Error> {

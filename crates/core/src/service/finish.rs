@@ -143,9 +143,7 @@ impl Lineup {
             }
             Finish::Fail { reason } => {
                 e.reason = Some(validate::reason(reason));
-                // Continuations are not retries: only failed attempts count.
-                let continued = e.continuation.as_ref().map_or(0, |c| c.count);
-                if e.attempt.saturating_sub(continued) <= self.settings.max_retry {
+                if e.retries_used() <= self.settings.max_retry {
                     e.status = EvalStatus::Failed;
                     // worker_id and alloc_id keep naming the last attempt until the next placement.
                     e.attempt += 1;
@@ -160,6 +158,9 @@ impl Lineup {
     /// Puts a dead eval on the dead-letter queue, for alarms and tooling. The eval's
     /// record is the truth (`GET .../dead-letters`), so a failure here only logs.
     async fn announce_dead(&self, eval: &Eval) {
+        if !self.queues.announces_dead_letters() {
+            return;
+        }
         let body = serde_json::json!({
             "eval_id": eval.eval_id, "pool_id": eval.pool_id, "attempt": eval.attempt, "reason": eval.reason,
         })

@@ -132,7 +132,7 @@ impl Lineup {
         self.store.get_pool(pool).await?.ok_or_else(|| Error::not_found(format!("pool {pool}")))
     }
 
-    async fn active_pool(&self, pool: &PoolId) -> Result<Pool> {
+    pub(super) async fn active_pool(&self, pool: &PoolId) -> Result<Pool> {
         let p = self.active_or_any_pool(pool).await?;
         if p.status == PoolStatus::Disbanded {
             return Err(Error::Disbanded(pool.to_string()));

@@ -9,6 +9,7 @@
 //! - `releaser.rs`: expire allocs, workers and replicas; purge disbanded pools.
 //! - `finish.rs`: the one path by which an alloc gives its capacity back.
 //! - `pipelines.rs`: accept, advance (as steps' evals finish), cancel and show pipelines.
+//! - `redrive.rs`: send dead evals back to their queue with a fresh retry budget.
 //!
 //! The ordering rule that keeps evals from being lost: a message that *re-queues* an
 //! eval is sent before the write that makes the eval waiting, and a pool-queue message
@@ -23,6 +24,7 @@ mod health;
 mod limits;
 mod pipelines;
 mod reconcile;
+mod redrive;
 mod releaser;
 mod scheduler;
 
@@ -37,6 +39,7 @@ pub use gateway::{
 pub use limits::{validate_checks, NewPool, PoolChange, MAX_HEALTH_TTL};
 pub use pipelines::{PipelineView, StepView, MAX_PIPELINE_BYTES};
 pub use reconcile::{RECONCILE_EVERY_MS, RESEND_AFTER_MS, RESEND_GRACE_MS};
+pub use redrive::{RedriveOutcome, MAX_REDRIVE};
 pub use releaser::ReleaseSummary;
 pub use scheduler::{alloc_message, PassSummary, PoolScheduler, ScheduleSummary, SchedulerOptions, HOLD};
 
@@ -115,9 +118,15 @@ impl Lineup {
         }
     }
 
-    /// Creates what every deployment needs once (the dead-letter queue).
+    /// Creates what every deployment needs once: the dead-letter queue where the
+    /// backend announces dead evals, and otherwise removes one an older version left.
     pub async fn init(&self) -> Result<()> {
-        self.queues.create_queue(&self.settings.dead_letter_queue()).await?;
+        let dlq = self.settings.dead_letter_queue();
+        if self.queues.announces_dead_letters() {
+            self.queues.create_queue(&dlq).await?;
+        } else {
+            self.queues.delete_queue(&dlq).await?;
+        }
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use super::{PassSummary, DEFER};
 use crate::backend::Received;
 use crate::error::Result;
 use crate::id::EvalId;
-use crate::model::{Eval, EvalMessage, Millis, Pool};
+use crate::model::{Eval, EvalMessage, EvalStatus, Millis, Pool};
 use crate::service::Lineup;
 
 /// A message whose eval never appears is dropped after this many receives (its
@@ -46,6 +46,11 @@ fn classify(msg: &EvalMessage, eval: Option<&Eval>, receive_count: u32, now: Mil
     let Some(eval) = eval else {
         return if receive_count >= ORPHAN_RECEIVES { Verdict::Drop } else { Verdict::Defer };
     };
+    if eval.status == EvalStatus::Dead && msg.attempt > eval.attempt {
+        // A redrive sends the next attempt's message before the write that revives the
+        // eval (`service/redrive.rs`): wait for that write, as for an eval not yet written.
+        return if receive_count >= ORPHAN_RECEIVES { Verdict::Drop } else { Verdict::Defer };
+    }
     if eval.status.is_terminal()
         || eval.attempt > msg.attempt
         || (eval.attempt == msg.attempt && !eval.status.is_waiting())
@@ -122,7 +127,7 @@ impl Lineup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{EvalStatus, Priority};
+    use crate::model::Priority;
     use crate::PoolId;
 
     fn eval(status: EvalStatus, attempt: u32) -> Eval {
@@ -143,6 +148,11 @@ mod tests {
         assert_eq!(classify(&msg(2), Some(&eval(EvalStatus::Placed, 1)), 1, 0), Verdict::Defer);
         assert_eq!(classify(&msg(1), None, 1, 0), Verdict::Defer);
         assert_eq!(classify(&msg(1), None, ORPHAN_RECEIVES, 0), Verdict::Drop);
+        // A redrive's message comes before the write that revives the dead eval.
+        assert_eq!(classify(&msg(3), Some(&eval(EvalStatus::Dead, 2)), 1, 0), Verdict::Defer);
+        assert_eq!(classify(&msg(3), Some(&eval(EvalStatus::Dead, 2)), ORPHAN_RECEIVES, 0), Verdict::Drop);
+        assert_eq!(classify(&msg(2), Some(&eval(EvalStatus::Dead, 2)), 1, 0), Verdict::Drop);
+        assert_eq!(classify(&msg(2), Some(&eval(EvalStatus::Complete, 1)), 1, 0), Verdict::Drop);
     }
 
     #[test]
