@@ -2,7 +2,7 @@
 //! and by the gateway Lambda with `lambda_http::run` — one router, two front doors.
 //!
 //! # Layout
-//! - `v1.rs`: the REST routes; `pipelines.rs`, `dead_letters.rs`: theirs. `compat.rs`: the
+//! - `v1.rs`: the REST routes; `pipelines.rs`, `dead_letters.rs`, `events.rs` (SSE): theirs. `compat.rs`: the
 //!   Go original's RPC routes.
 //! - `extract.rs`: auth and body extractors with JSON rejections.
 //! - `error.rs`: the one error → response mapping. `views.rs`: response bodies.
@@ -10,6 +10,7 @@
 mod compat;
 mod dead_letters;
 mod error;
+mod events;
 mod extract;
 mod pipelines;
 mod v1;
@@ -36,6 +37,7 @@ pub fn router(lineup: Lineup) -> Router {
     let api = v1::routes()
         .merge(pipelines::routes())
         .merge(dead_letters::routes())
+        .merge(events::routes())
         .merge(compat::routes())
         .nest("/compat/{token}", compat::routes())
         .route("/health", get(health))

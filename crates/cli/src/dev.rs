@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use lineup_core::events::EventLog;
 use lineup_core::service::{PoolScheduler, SchedulerOptions};
 use lineup_core::{Lineup, PoolId, PoolStatus, Settings, SystemClock};
 use lineup_sqlite::{Durability, SqliteBackend};
@@ -101,8 +102,12 @@ pub async fn run(settings: Settings, opts: DevOptions) -> Result<(), CliError> {
     lineup_sqlite::private_dir(&opts.data_dir).map_err(|e| CliError::io(&opts.data_dir, e))?;
     let (store, queues, what, metrics) = open_backend(&settings, &opts).await?;
     let token = admin_token(&settings, &opts.data_dir)?;
+    // Indexes from the start time in µs keep increasing across restarts (`events.rs`).
+    let first = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
+    let events = Arc::new(EventLog::new(first, lineup_core::events::HISTORY));
     let lineup = Lineup::new(store, queues, Arc::new(SystemClock), settings, &token)
-        .with_probe(Arc::new(crate::probe::Probes { http: crate::probe::HttpProbe::new()?, metrics }));
+        .with_probe(Arc::new(crate::probe::Probes { http: crate::probe::HttpProbe::new()?, metrics }))
+        .with_events(events.clone());
     lineup.init().await?;
 
     let listener = tokio::net::TcpListener::bind(opts.listen)
@@ -129,6 +134,8 @@ pub async fn run(settings: Settings, opts: DevOptions) -> Result<(), CliError> {
     shutdown_signal().await;
     info!("shutting down");
     let _ = stop_tx.send(true);
+    // Event streams end now, so they do not hold the server's drain.
+    events.close();
     let _ = sched.await;
     let _ = rel.await;
     match tokio::time::timeout(Duration::from_secs(30), server).await {

@@ -44,6 +44,13 @@ pub enum EvalCmd {
         pool: String,
         eval: String,
     },
+    /// Show the eval's changes as they happen, until it ends; exit non-zero unless it
+    /// completed with 0.
+    Watch {
+        #[arg(long)]
+        pool: String,
+        eval: String,
+    },
     List {
         #[arg(long)]
         pool: String,
@@ -143,6 +150,7 @@ pub async fn run(c: &Client, cmd: &EvalCmd, as_json: bool) -> Result<ExitCode, C
                 table::evals(&evs)
             }
         }
+        EvalCmd::Watch { pool, eval } => return crate::events::watch_eval(c, pool, eval, as_json).await,
         EvalCmd::Redrive { pool, all, evals } => {
             let ids = if *all { None } else { Some(evals.as_slice()) };
             let r = c.redrive(pool, ids).await?;

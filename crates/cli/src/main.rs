@@ -6,6 +6,7 @@
 
 mod dev;
 mod eval;
+mod events;
 mod pipeline;
 mod probe;
 mod serve;
@@ -71,6 +72,18 @@ enum Cmd {
     /// Submit, show, list and cancel pipelines (steps with dependencies).
     #[command(subcommand)]
     Pipeline(pipeline::PipelineCmd),
+    /// Follow the event stream of state changes (evals, allocs, workers, pools) until
+    /// interrupted; reconnects where it left off.
+    Events {
+        #[arg(long)]
+        pool: Option<String>,
+        /// Comma-separated: eval, alloc, worker, pool.
+        #[arg(long)]
+        types: Option<String>,
+        /// Resume after this event index.
+        #[arg(long)]
+        after: Option<u64>,
+    },
     /// List workers, or run the worker agent.
     #[command(subcommand)]
     Worker(WorkerCmd),
@@ -377,6 +390,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Cmd::Pipeline(p) => {
             let c = client(&cli)?;
             return pipeline::run(&c, p, cli.json).await;
+        }
+        Cmd::Events { pool, types, after } => {
+            let c = client(&cli)?;
+            return events::follow(&c, pool.as_deref(), types.as_deref(), *after, cli.json).await;
         }
         Cmd::Eval(e) => {
             let c = client(&cli)?;

@@ -4,6 +4,9 @@
 
 use std::time::Duration;
 
+mod events;
+pub use events::{EventView, StreamItem};
+
 use lineup_core::AllocMessage;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -33,6 +36,19 @@ impl ClientError {
 }
 
 pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// An error status's `{"code","message"}` body, or what came instead.
+fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
+    let v: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    ClientError::Api {
+        status: status.as_u16(),
+        code: v["code"].as_str().unwrap_or("http_error").to_owned(),
+        message: v["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| String::from_utf8_lossy(bytes).into_owned()),
+    }
+}
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct PoolView {
@@ -243,15 +259,7 @@ impl Client {
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|source| ClientError::Http { url: url.clone(), source })?;
         if !status.is_success() {
-            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            return Err(ClientError::Api {
-                status: status.as_u16(),
-                code: v["code"].as_str().unwrap_or("http_error").to_owned(),
-                message: v["message"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()),
-            });
+            return Err(api_error(status, &bytes));
         }
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { url, message: e.to_string() })
     }

@@ -8,6 +8,7 @@
 //! - `admission.rs`, `health.rs`: `max_running`, health levels, coefficients, checks.
 //! - `backend.rs`: the `Store` and `Queues` traits.
 //! - `service/`: gateway operations, the scheduler pass, the releaser pass.
+//! - `events.rs`: the bounded, indexed history of state changes behind `GET /v1/events`.
 //! - `auth.rs`: admin and worker tokens. `config.rs`: `LINEUP_*` settings. `clock.rs`.
 
 pub mod admission;
@@ -16,6 +17,7 @@ pub mod backend;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod faults;
 pub mod health;
 pub mod id;

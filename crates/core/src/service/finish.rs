@@ -7,6 +7,7 @@ use tracing::{debug, info, warn};
 
 use super::Lineup;
 use crate::error::{Error, Result};
+use crate::events::Change;
 use crate::model::{Alloc, AllocState, Eval, EvalMessage, EvalStatus};
 use crate::validate;
 
@@ -89,6 +90,10 @@ impl Lineup {
                     let status = new_eval.as_ref().map(|e| e.status);
                     info!(pool = %alloc.pool_id, alloc = %alloc.alloc_id, eval = %alloc.eval_id,
                           worker = %alloc.worker_id, size = alloc.size, ?status, "alloc released");
+                    self.emit(|| Change::alloc(&alloc, "released"));
+                    if let Some(e) = &new_eval {
+                        self.emit(|| Change::eval(e));
+                    }
                     // Capacity came back: blocked evals may fit now.
                     if let Err(e) = self.capacity_appeared(&alloc.pool_id).await {
                         debug!(error = %e, "wake after release");

@@ -11,6 +11,7 @@ use super::{require_admin, require_worker, Lineup};
 use crate::auth::{self, Principal};
 use crate::backend::Heartbeat;
 use crate::error::{Error, Result};
+use crate::events::{Change, Topic};
 use crate::id::{AllocId, EvalId, PoolId, WorkerId};
 use crate::model::*;
 use crate::validate;
@@ -87,6 +88,7 @@ impl Lineup {
         self.store.create_pool(&pool).await?;
         self.pools_changed.notify_waiters();
         info!(pool = %pool.pool_id, strategy = strategy.as_str(), "pool created");
+        self.emit(|| Change::new(Topic::Pool, &pool.pool_id, &pool.pool_id, "active"));
         Ok(pool)
     }
 
@@ -125,6 +127,7 @@ impl Lineup {
             self.queues.delete_queue(&self.worker_queue(pool, &w.worker_id)).await?;
         }
         info!(pool = %pool, "pool disbanded");
+        self.emit(|| Change::new(Topic::Pool, pool, pool, "disbanded"));
         Ok(p)
     }
 
@@ -167,6 +170,7 @@ impl Lineup {
             return Err(e);
         }
         info!(pool = %pool, worker = %worker.worker_id, capacity, "worker registered");
+        self.emit(|| Change::new(Topic::Worker, pool, &worker.worker_id, "registered"));
         self.capacity_appeared(pool).await?;
         Ok(RegisteredWorker { worker, token, queue_url })
     }
@@ -321,6 +325,10 @@ impl Lineup {
             },
         };
         match inserted {
+            Ok(None) => {
+                self.emit(|| Change::eval(eval));
+                Ok(None)
+            }
             Err(Error::QueueGone(_)) => {
                 self.active_pool(pool).await?;
                 Err(Error::Disbanded(pool.to_string()))
@@ -382,6 +390,7 @@ impl Lineup {
             match res {
                 Ok(()) => {
                     info!(pool = %e.pool_id, eval = %e.eval_id, "eval cancelled");
+                    self.emit(|| Change::eval(&next));
                     return Ok(CancelOutcome::Cancelled(next));
                 }
                 Err(Error::Conflict(_)) => {

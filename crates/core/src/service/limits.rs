@@ -9,6 +9,7 @@ use super::{require_admin, Lineup};
 use crate::admission::{Coefficients, Pushed};
 use crate::auth::Principal;
 use crate::error::{Error, Result};
+use crate::events::{Change, Topic};
 use crate::health::{HealthCheck, MAX_CHECKS};
 use crate::id::PoolId;
 use crate::model::{Pool, PoolStatus, Strategy};
@@ -86,6 +87,7 @@ impl Lineup {
             p = self.store.set_max_running(pool, max).await?;
             info!(pool = %pool, max_running = ?max, running = p.limits.running, "max_running set");
         }
+        self.emit(|| Change::new(Topic::Pool, pool, pool, "changed"));
         // A higher limit may let held evals through at once. (Schedulers in other
         // processes see the change within a second: `scheduler::POOL_FRESH`.)
         self.forget_pool(pool);
@@ -107,6 +109,10 @@ impl Lineup {
         let pushed = Some(Pushed { level, until });
         let p = self.store.set_health(pool, p.limits.coefficients, pushed, &p.limits.checks).await?;
         info!(pool = %pool, level, ttl_s = ttl.as_secs(), "health pushed");
+        self.emit(|| Change {
+            reason: Some(format!("health {level} pushed")),
+            ..Change::new(Topic::Pool, pool, pool, "changed")
+        });
         self.forget_pool(pool);
         let _ = self.capacity_appeared(pool).await;
         Ok(p)

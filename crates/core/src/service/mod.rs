@@ -48,6 +48,7 @@ use crate::backend::{Queues, Store};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::error::{Error, Result};
+use crate::events::{Change, EventLog};
 use crate::id::{PoolId, WorkerId};
 use crate::model::EvalMessage;
 
@@ -78,6 +79,8 @@ pub struct Lineup {
     held_sets: Arc<std::sync::Mutex<std::collections::HashMap<PoolId, scheduler::HeldSet>>>,
     /// Each check's last reading, by pool and check name.
     readings: Arc<std::sync::Mutex<std::collections::HashMap<(PoolId, String), crate::health::Reading>>>,
+    /// Where state changes are published (`events.rs`); `None` behind Lambda.
+    events: Option<Arc<EventLog>>,
 }
 
 impl Lineup {
@@ -115,6 +118,25 @@ impl Lineup {
             probe: None,
             held_sets: Arc::default(),
             readings: Arc::default(),
+            events: None,
+        }
+    }
+
+    /// Publishes this process's state changes to `log` (`lineup dev`).
+    pub fn with_events(mut self, log: Arc<EventLog>) -> Self {
+        self.events = Some(log);
+        self
+    }
+
+    /// The event log, where this process keeps one.
+    pub fn events(&self) -> Option<&Arc<EventLog>> {
+        self.events.as_ref()
+    }
+
+    /// Publishes a change, made only when someone keeps a log.
+    fn emit(&self, change: impl FnOnce() -> Change) {
+        if let Some(log) = &self.events {
+            log.publish(self.now(), change());
         }
     }
 

@@ -14,6 +14,7 @@ use tracing::info;
 use super::{require_admin, Lineup};
 use crate::auth::Principal;
 use crate::error::{Error, Result};
+use crate::events::Change;
 use crate::id::{EvalId, PoolId};
 use crate::model::{Eval, EvalMessage, EvalStatus, Redrive};
 
@@ -122,7 +123,10 @@ impl Lineup {
             }
             crate::fault!("redrive.after_send");
             match self.store.update_eval(&e, eval.version).await {
-                Ok(()) => return Ok(Ok(e)),
+                Ok(()) => {
+                    self.emit(|| Change::eval(&e));
+                    return Ok(Ok(e));
+                }
                 Err(Error::Conflict(_)) => {
                     super::backoff::pause(attempt).await;
                     match self.store.get_eval(&e.pool_id, &e.eval_id).await? {

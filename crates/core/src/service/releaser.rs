@@ -9,6 +9,7 @@ use tracing::{info, warn};
 use super::finish::{Finish, Finished};
 use super::Lineup;
 use crate::error::Result;
+use crate::events::{Change, Topic};
 use crate::id::PoolId;
 use crate::model::{Pool, PoolStatus};
 
@@ -148,6 +149,7 @@ impl Lineup {
                 self.store.delete_worker(id, wid).await?;
                 self.queues.delete_queue(&self.worker_queue(id, wid)).await?;
                 info!(pool = %id, worker = %wid, "expired worker removed");
+                self.emit(|| Change::new(Topic::Worker, id, wid, "removed"));
                 sum.workers_removed += 1;
             }
         }

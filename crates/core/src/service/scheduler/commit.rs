@@ -12,6 +12,7 @@ use super::intake::Intake;
 use super::{alloc_message, Processed, Waiting, DEFER};
 use crate::backend::{Placement, Received};
 use crate::error::{Error, Result};
+use crate::events::{Change, Topic};
 use crate::id::WorkerId;
 use crate::model::*;
 use crate::placement;
@@ -70,11 +71,15 @@ impl Lineup {
 
         let mut blocked = plan.blocked;
         let mut deliveries: HashMap<WorkerId, Vec<String>> = HashMap::new();
-        for ((Placement { alloc, body, .. }, pl), result) in items.into_iter().zip(plan.placements).zip(results) {
+        for ((Placement { alloc, body, eval: next, .. }, pl), result) in
+            items.into_iter().zip(plan.placements).zip(results)
+        {
             let (eval, rcv) = &work[pl.item];
             let placed = match result {
                 Ok(()) => {
                     debug!(pool = %pool.pool_id, eval = %eval.eval_id, worker = %alloc.worker_id, alloc = %alloc.alloc_id, delivered, "placed");
+                    self.emit(|| Change::eval(&next));
+                    self.emit(|| Change::alloc(&alloc, "live"));
                     if !delivered {
                         deliveries.entry(alloc.worker_id.clone()).or_default().push(body);
                         to_delete.push(rcv.receipt.clone());
@@ -98,6 +103,12 @@ impl Lineup {
             };
             match placed {
                 Placed::Yes(alloc) => {
+                    self.emit(|| Change {
+                        attempt: Some(alloc.attempt),
+                        worker_id: Some(alloc.worker_id.clone()),
+                        ..Change::new(Topic::Eval, &pool.pool_id, &eval.eval_id, EvalStatus::Placed.as_str())
+                    });
+                    self.emit(|| Change::alloc(&alloc, "live"));
                     deliveries.entry(alloc.worker_id.clone()).or_default().push(alloc_message(pool, eval, &alloc)?);
                     to_delete.push(rcv.receipt.clone());
                     sum.placed += 1;
