@@ -351,6 +351,27 @@ async fn story(bootstrap: Bootstrap, kind: Option<ApiKind>) {
     let (st, _) = d.call("GET", &format!("/v1/pools/{pool}"), &d.token, None).await;
     assert_eq!(st, 404);
 
+    // Each function wrote its figures to its log as Embedded Metric Format, in the
+    // namespace the template gives it (what its alarms read).
+    let ns = json!(format!("Lineup/{}", d.dep.param("Deployment")));
+    let emf = |log: String, name: &str| -> f64 {
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+            .filter(|v| v["_aws"]["CloudWatchMetrics"][0]["Namespace"] == ns)
+            .filter_map(|v| v[name].as_f64())
+            .sum()
+    };
+    assert!(emf(d.api.function.log_text(), "lineup_evals_submitted_total") >= 5.0, "gateway EMF");
+    assert!(emf(d.api.function.log_text(), "lineup_evals_completed_total") >= 2.0, "gateway EMF");
+    assert!(emf(d.api.function.log_text(), "lineup_evals_dead_total") >= 1.0, "gateway EMF");
+    // A schedule invocation writes its line when it ends (it runs until its deadline).
+    lineup_tests::wait_for(Duration::from_secs(90), || {
+        (emf(d.schedule.log_text(), "lineup_evals_placed_total") >= 5.0).then_some(())
+    })
+    .await;
+    assert!(emf(d.schedule.log_text(), "lineup_backend_calls_total") >= 1.0, "schedule EMF");
+    assert!(emf(d.release.log_text(), "lineup_evals_failed_total") >= 1.0, "release EMF: the dead worker's alloc");
+
     let sums = d.schedules.lock().unwrap().clone();
     assert!(sums.iter().all(|s| s["errors"] == json!(0)), "schedule errors: {sums:?}");
     assert!(d.schedule.function.reserved_concurrency.is_some(), "the scheduler has concurrency of its own");

@@ -5,6 +5,7 @@
 //! - `v1.rs`: the REST routes; `pipelines.rs`, `dead_letters.rs`, `events.rs` (SSE): theirs. `compat.rs`: the
 //!   Go original's RPC routes.
 //! - `extract.rs`: auth and body extractors with JSON rejections.
+//! - `metrics.rs`: `/metrics` (Prometheus text) where a recorder is installed.
 //! - `error.rs`: the one error → response mapping. `views.rs`: response bodies.
 
 mod compat;
@@ -12,6 +13,7 @@ mod dead_letters;
 mod error;
 mod events;
 mod extract;
+mod metrics;
 mod pipelines;
 mod v1;
 mod views;
@@ -25,6 +27,7 @@ use serde_json::json;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
+pub use metrics::MetricsExport;
 
 /// Largest request body accepted; larger gets 413.
 pub const MAX_BODY: usize = 256 * 1024;
@@ -34,7 +37,16 @@ pub const MAX_HEADERS: usize = 100;
 
 /// The whole API over `lineup`.
 pub fn router(lineup: Lineup) -> Router {
-    let api = v1::routes()
+    router_with(lineup, None)
+}
+
+/// The whole API, and `/metrics` when the process records figures for it.
+pub fn router_with(lineup: Lineup, metrics: Option<MetricsExport>) -> Router {
+    let mut api = v1::routes();
+    if let Some(m) = metrics {
+        api = api.merge(metrics::routes(m));
+    }
+    let api = api
         .merge(pipelines::routes())
         .merge(dead_letters::routes())
         .merge(events::routes())

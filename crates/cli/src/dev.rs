@@ -47,7 +47,7 @@ async fn open_backend(settings: &Settings, opts: &DevOptions) -> Result<Backends
                 info!(redelivered, "messages in flight at the last stop are visible again");
             }
             let what = format!("sqlite {}", b.path().display());
-            Ok((b.clone(), b, what, None))
+            Ok((metered(b.clone(), "sqlite"), metered_queues(b, "sqlite"), what, None))
         }
         BackendChoice::Aws { endpoint, table_prefix, init } => {
             let prefix = table_prefix.clone().unwrap_or_else(|| settings.deployment.clone());
@@ -58,9 +58,38 @@ async fn open_backend(settings: &Settings, opts: &DevOptions) -> Result<Backends
             let what = format!("aws tables {prefix}-* {}", endpoint.as_deref().unwrap_or(""));
             let probe = b.probe();
             let b = Arc::new(b);
-            Ok((b.clone(), b, what, Some(probe)))
+            Ok((metered(b.clone(), "dynamodb"), metered_queues(b, "sqs"), what, Some(probe)))
         }
     }
+}
+
+fn metered(inner: Arc<dyn lineup_core::Store>, backend: &'static str) -> Arc<dyn lineup_core::Store> {
+    Arc::new(lineup_core::metered::MeteredStore { inner, backend })
+}
+
+fn metered_queues(inner: Arc<dyn lineup_core::Queues>, backend: &'static str) -> Arc<dyn lineup_core::Queues> {
+    Arc::new(lineup_core::metered::MeteredQueues { inner, backend })
+}
+
+/// Installs the Prometheus recorder every figure goes to; `/metrics` renders it.
+fn prometheus(settings: &Settings) -> Result<lineup_api::MetricsExport, CliError> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), lineup_core::metrics::BUCKETS)
+        .and_then(|b| b.install_recorder())
+        .map_err(|e| CliError::Usage(format!("metrics recorder: {e}")))?;
+    lineup_core::metrics::describe();
+    // The exporter's upkeep (draining histograms' old samples) runs at render; a
+    // process nobody scrapes would keep them, so run it now and then.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    let token_hash = settings.metrics_token.as_deref().filter(|t| !t.is_empty()).map(lineup_core::auth::hash);
+    Ok(lineup_api::MetricsExport { render: Arc::new(move || handle.render()), token_hash })
 }
 
 pub const TOKEN_FILE: &str = "admin.token";
@@ -102,6 +131,7 @@ pub async fn run(settings: Settings, opts: DevOptions) -> Result<(), CliError> {
     lineup_sqlite::private_dir(&opts.data_dir).map_err(|e| CliError::io(&opts.data_dir, e))?;
     let (store, queues, what, metrics) = open_backend(&settings, &opts).await?;
     let token = admin_token(&settings, &opts.data_dir)?;
+    let export = prometheus(&settings)?;
     // Indexes from the start time in µs keep increasing across restarts (`events.rs`).
     let first = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
     let events = Arc::new(EventLog::new(first, lineup_core::events::HISTORY));
@@ -126,7 +156,7 @@ pub async fn run(settings: Settings, opts: DevOptions) -> Result<(), CliError> {
     let rel = tokio::spawn(releaser_loop(lineup.clone(), stop_rx.clone()));
 
     let mut server_stop = stop_rx.clone();
-    let app = lineup_api::router(lineup.clone());
+    let app = lineup_api::router_with(lineup.clone(), Some(export));
     let server = tokio::spawn(crate::serve::serve(listener, app, async move {
         stopped(&mut server_stop).await;
     }));

@@ -36,6 +36,8 @@ pub struct Settings {
     /// Instead of the token: its SHA-256, lowercase hex (what the template deploys, so the
     /// token itself is stored nowhere).
     pub admin_token_sha256: Option<String>,
+    /// A token that opens `/metrics` and nothing else, for a Prometheus scraper.
+    pub metrics_token: Option<String>,
 }
 
 /// By hand, so that no `{:?}` of the settings can print the admin token or its hash.
@@ -53,6 +55,7 @@ impl std::fmt::Debug for Settings {
             .field("blocked_backoff_max", &self.blocked_backoff_max)
             .field("admin_token", &redacted(&self.admin_token))
             .field("admin_token_sha256", &redacted(&self.admin_token_sha256))
+            .field("metrics_token", &redacted(&self.metrics_token))
             .finish()
     }
 }
@@ -70,6 +73,7 @@ impl Default for Settings {
             blocked_backoff_max: 30,
             admin_token: None,
             admin_token_sha256: None,
+            metrics_token: None,
         }
     }
 }

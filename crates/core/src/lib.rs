@@ -9,6 +9,8 @@
 //! - `backend.rs`: the `Store` and `Queues` traits.
 //! - `service/`: gateway operations, the scheduler pass, the releaser pass.
 //! - `events.rs`: the bounded, indexed history of state changes behind `GET /v1/events`.
+//! - `metered.rs`: `Store`/`Queues` decorators counting each operation.
+//! - `metrics.rs`: the figures reported (names, labels, buckets) through the `metrics` facade.
 //! - `auth.rs`: admin and worker tokens. `config.rs`: `LINEUP_*` settings. `clock.rs`.
 
 pub mod admission;
@@ -21,6 +23,8 @@ pub mod events;
 pub mod faults;
 pub mod health;
 pub mod id;
+pub mod metered;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod placement;

@@ -48,6 +48,10 @@ pub const VARS: &[Var] = &[
     var("LINEUP_SCHEDULE_WAIT", SCHEDULE, NONE),
     var("LINEUP_SCHEDULE_MAX", SCHEDULE, NONE),
     var("LINEUP_LOG", ALL, NONE),
+    // Where the functions' figures go (the template's alarms read them there).
+    var("LINEUP_METRICS_NAMESPACE", ALL, NONE),
+    // `lineup dev`'s /metrics scrape token; the functions serve no /metrics.
+    var("LINEUP_METRICS_TOKEN", NONE, NONE),
     // Read by lambda_http; set at start when absent (see `ignore_stage_in_path`).
     var("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH", GATEWAY, NONE),
 ];

@@ -11,6 +11,7 @@
 //! handler, falling back to `AWS_LAMBDA_FUNCTION_NAME` where an emulator reports a
 //! placeholder ARN.
 
+mod emf;
 pub mod env;
 mod start;
 
@@ -118,11 +119,19 @@ pub struct FunctionSettings {
     /// Longest one schedule invocation runs, in seconds, whatever its deadline says
     /// (emulators report deadlines that are not epoch times).
     pub schedule_max: u64,
+    /// The CloudWatch namespace of the functions' Embedded Metric Format figures.
+    pub metrics_namespace: String,
 }
 
 impl Default for FunctionSettings {
     fn default() -> Self {
-        FunctionSettings { table_prefix: None, schedule_margin: 5, schedule_wait: 20, schedule_max: 900 }
+        FunctionSettings {
+            table_prefix: None,
+            schedule_margin: 5,
+            schedule_wait: 20,
+            schedule_max: 900,
+            metrics_namespace: "Lineup".into(),
+        }
     }
 }
 
@@ -206,9 +215,11 @@ impl Deps {
         admin_hash: &str,
     ) -> Deps {
         let b = std::sync::Arc::new(backend.clone());
+        let store = std::sync::Arc::new(lineup_core::metered::MeteredStore { inner: b.clone(), backend: "dynamodb" });
+        let queues = std::sync::Arc::new(lineup_core::metered::MeteredQueues { inner: b, backend: "sqs" });
         // Metric health checks read from CloudWatch; URL checks are not read from a
         // Lambda (it would reach into the operator's network): their `on_error` level.
-        let lineup = Lineup::with_admin_hash(b.clone(), b, std::sync::Arc::new(SystemClock), settings, admin_hash)
+        let lineup = Lineup::with_admin_hash(store, queues, std::sync::Arc::new(SystemClock), settings, admin_hash)
             .with_probe(std::sync::Arc::new(backend.probe()));
         Deps { lineup, backend, functions, release_cursor: Default::default() }
     }
@@ -287,18 +298,37 @@ pub fn ignore_stage_in_path() {
     }
 }
 
-/// Runs `role`'s handler loop until the runtime stops.
+/// Runs `role`'s handler loop until the runtime stops. After each invocation the
+/// figures it recorded go to the log as one Embedded Metric Format line (`emf.rs`).
 pub async fn run(role: Role, deps: Deps) -> Result<(), lambda_runtime::Error> {
     use lambda_runtime::service_fn;
+    let emf = emf::init(&deps.functions.metrics_namespace);
     match role {
-        Role::Gateway => lambda_http::run(gateway(&deps)).await,
+        Role::Gateway => {
+            let app =
+                gateway(&deps).layer(axum::middleware::map_response(move |r: axum::response::Response| async move {
+                    emf::flush(emf);
+                    r
+                }));
+            lambda_http::run(app).await
+        }
         Role::Schedule => {
             let deps = &deps;
-            lambda_runtime::run(service_fn(move |ev| async move { schedule(ev, deps).await })).await
+            lambda_runtime::run(service_fn(move |ev| async move {
+                let out = schedule(ev, deps).await;
+                emf::flush(emf);
+                out
+            }))
+            .await
         }
         Role::Release => {
             let deps = &deps;
-            lambda_runtime::run(service_fn(move |ev| async move { release(ev, deps).await })).await
+            lambda_runtime::run(service_fn(move |ev| async move {
+                let out = release(ev, deps).await;
+                emf::flush(emf);
+                out
+            }))
+            .await
         }
     }
 }

@@ -92,6 +92,7 @@ impl Lineup {
                           worker = %alloc.worker_id, size = alloc.size, ?status, "alloc released");
                     self.emit(|| Change::alloc(&alloc, "released"));
                     if let Some(e) = &new_eval {
+                        crate::metrics::finished(&e.pool_id, e.status);
                         self.emit(|| Change::eval(e));
                     }
                     // Capacity came back: blocked evals may fit now.

@@ -326,6 +326,7 @@ impl Lineup {
         };
         match inserted {
             Ok(None) => {
+                crate::metrics::submitted(pool);
                 self.emit(|| Change::eval(eval));
                 Ok(None)
             }
@@ -390,6 +391,7 @@ impl Lineup {
             match res {
                 Ok(()) => {
                     info!(pool = %e.pool_id, eval = %e.eval_id, "eval cancelled");
+                    crate::metrics::finished(&e.pool_id, EvalStatus::Cancelled);
                     self.emit(|| Change::eval(&next));
                     return Ok(CancelOutcome::Cancelled(next));
                 }

@@ -70,6 +70,7 @@ impl Lineup {
         crate::fault!("place.after_claim");
 
         let mut blocked = plan.blocked;
+        let mut waited = Vec::new();
         let mut deliveries: HashMap<WorkerId, Vec<String>> = HashMap::new();
         for ((Placement { alloc, body, eval: next, .. }, pl), result) in
             items.into_iter().zip(plan.placements).zip(results)
@@ -78,6 +79,7 @@ impl Lineup {
             let placed = match result {
                 Ok(()) => {
                     debug!(pool = %pool.pool_id, eval = %eval.eval_id, worker = %alloc.worker_id, alloc = %alloc.alloc_id, delivered, "placed");
+                    waited.push((eval.attempt == 1).then(|| now - eval.created_at));
                     self.emit(|| Change::eval(&next));
                     self.emit(|| Change::alloc(&alloc, "live"));
                     if !delivered {
@@ -103,6 +105,7 @@ impl Lineup {
             };
             match placed {
                 Placed::Yes(alloc) => {
+                    waited.push((eval.attempt == 1).then(|| now - eval.created_at));
                     self.emit(|| Change {
                         attempt: Some(alloc.attempt),
                         worker_id: Some(alloc.worker_id.clone()),
@@ -120,6 +123,7 @@ impl Lineup {
                 Placed::Blocked(why) => blocked.push((pl.item, why)),
             }
         }
+        crate::metrics::placed(&pool.pool_id, waited);
         sum.blocked = blocked.len();
         let noted: Vec<(&Eval, &Blocked)> = blocked.iter().map(|(i, why)| (&work[*i].0, why)).collect();
         self.note_blocked(&noted).await;

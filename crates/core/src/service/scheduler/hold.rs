@@ -33,7 +33,7 @@ pub(crate) type HeldSet = std::sync::Arc<Shared>;
 pub(crate) struct Shared {
     /// Highest priority first; equal priorities in order of submission. Locked only
     /// between awaits.
-    set: std::sync::Mutex<Vec<Held>>,
+    pub(super) set: std::sync::Mutex<Vec<Held>>,
     /// One recheck at a time: a second loop's recheck, while the first one's claims are
     /// in flight, would see their slots still free and take the next evals in line,
     /// whose claims could then win a capped pool's last slots from higher ones.

@@ -150,13 +150,16 @@ impl Lineup {
     /// messages whose evals are blocked (still hidden; the caller parks or holds them).
     /// `cands`, when given, is a fresh candidate read to use instead of reading again.
     async fn process(&self, pool: &Pool, msgs: Vec<Received>, cands: Option<Vec<Candidate>>) -> Result<Processed> {
+        let started = std::time::Instant::now();
         let queue = self.pool_queue(&pool.pool_id);
         let pool = &self.current_pool(pool, false).await?;
         let intake = self.intake(&queue, pool, msgs).await?;
         let evals: Vec<&Eval> = intake.work.iter().map(|(e, _)| e).collect();
         let mut snap = self.snapshot(pool, cands, &evals).await?;
         let plan = plan::plan(&evals, &mut snap);
-        self.commit(pool, &queue, intake, plan, snap).await
+        let done = self.commit(pool, &queue, intake, plan, snap).await;
+        crate::metrics::pass(&pool.pool_id, started.elapsed().as_secs_f64());
+        done
     }
 
     /// The pool as of at most `POOL_FRESH` ago, or read now (`reread`). Its limits change
@@ -183,6 +186,12 @@ impl Lineup {
     pub(super) fn held_set(&self, pool: &crate::id::PoolId) -> HeldSet {
         let mut m = self.held_sets.lock().unwrap_or_else(|e| e.into_inner());
         m.entry(pool.clone()).or_default().clone()
+    }
+
+    /// How many of the pool's blocked evals this process's schedulers hold.
+    pub fn held_count(&self, pool: &crate::id::PoolId) -> usize {
+        let m = self.held_sets.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(pool).map_or(0, |h| h.set.lock().map_or(0, |s| s.len()))
     }
 
     /// Forgets this process's copy of `pool`: its limits were just changed here.
