@@ -10,7 +10,7 @@ VENV := .venv
 PY_PACKAGES := 'moto[dynamodb,sqs,cloudformation]==5.2.5' flask flask-cors cfn-lint==1.58.0
 VENV_STAMP := $(VENV)/.installed-$(shell echo "$(PY_PACKAGES)" | cksum | cut -d' ' -f1)
 
-.PHONY: build run test test-all e2e bench lint fmt clean venv lambda soak
+.PHONY: build run test test-all e2e bench lint fmt clean venv lambda soak browser screenshot
 CARGO_LAMBDA_VERSION := 1.9.2
 
 $(VENV_STAMP):
@@ -19,6 +19,19 @@ $(VENV_STAMP):
 	touch $@
 
 venv: $(VENV_STAMP)
+
+# The status page's browser test (tests/tests/ui.rs) drives Debian's chromium through
+# chromedriver; installed here when missing (CI runs as root on a bare machine).
+browser:
+	@command -v chromedriver >/dev/null && command -v chromium >/dev/null || { \
+		echo "installing chromium and chromium-driver"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+# The status page as the README shows it: the browser test, saving what it saw.
+screenshot: browser
+	$(CARGO) build -q -p lineup-cli --bin lineup
+	LINEUP_SCREENSHOT=docs/status-page.png $(CARGO) test -p lineup-tests --test ui -- --nocapture
 
 build:
 	$(CARGO) build --workspace
@@ -30,7 +43,7 @@ run:
 # The black-box tests start the real binaries: build them first, with the very commands
 # the tests use (tests/util/mod.rs), so those find nothing left to build.
 # The deployed shape (tests/tests/deployed.rs, `make e2e`) runs with the rest.
-test: $(VENV_STAMP)
+test: $(VENV_STAMP) browser
 	@df -h . | tail -1 | awk '{print "disk free before the build: " $$4}'
 	$(CARGO) build -q -p lineup-cli --bin lineup
 	$(CARGO) build -q -p lineup-fn-dispatch -p lineup-fn-schedule -p lineup-fn-release -p lineup-fn-gateway

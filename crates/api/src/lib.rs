@@ -5,7 +5,7 @@
 //! - `v1.rs`: the REST routes; `pipelines.rs`, `dead_letters.rs`, `events.rs` (SSE): theirs. `compat.rs`: the
 //!   Go original's RPC routes.
 //! - `extract.rs`: auth and body extractors with JSON rejections.
-//! - `metrics.rs`: `/metrics` (Prometheus text) where a recorder is installed.
+//! - `ui.rs` (+ `ui/`): the status page, embedded. `metrics.rs`: `/metrics` (Prometheus text) where a recorder is installed.
 //! - `error.rs`: the one error → response mapping. `views.rs`: response bodies.
 
 mod compat;
@@ -15,6 +15,7 @@ mod events;
 mod extract;
 mod metrics;
 mod pipelines;
+mod ui;
 mod v1;
 mod views;
 
@@ -35,16 +36,28 @@ pub const MAX_BODY: usize = 256 * 1024;
 /// Most headers a request may carry; more gets a JSON 431.
 pub const MAX_HEADERS: usize = 100;
 
-/// The whole API over `lineup`.
-pub fn router(lineup: Lineup) -> Router {
-    router_with(lineup, None)
+/// What `lineup dev` serves beyond the API.
+#[derive(Default)]
+pub struct Extras {
+    /// `/metrics`, where the process records figures.
+    pub metrics: Option<MetricsExport>,
+    /// The status page at `/ui` (`/` redirects there).
+    pub ui: bool,
 }
 
-/// The whole API, and `/metrics` when the process records figures for it.
-pub fn router_with(lineup: Lineup, metrics: Option<MetricsExport>) -> Router {
+/// The whole API over `lineup`.
+pub fn router(lineup: Lineup) -> Router {
+    router_with(lineup, Extras::default())
+}
+
+/// The whole API, with `extras`.
+pub fn router_with(lineup: Lineup, extras: Extras) -> Router {
     let mut api = v1::routes();
-    if let Some(m) = metrics {
+    if let Some(m) = extras.metrics {
         api = api.merge(metrics::routes(m));
+    }
+    if extras.ui {
+        api = api.merge(ui::routes());
     }
     let api = api
         .merge(pipelines::routes())

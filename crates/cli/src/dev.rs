@@ -156,7 +156,7 @@ pub async fn run(settings: Settings, opts: DevOptions) -> Result<(), CliError> {
     let rel = tokio::spawn(releaser_loop(lineup.clone(), stop_rx.clone()));
 
     let mut server_stop = stop_rx.clone();
-    let app = lineup_api::router_with(lineup.clone(), Some(export));
+    let app = lineup_api::router_with(lineup.clone(), lineup_api::Extras { metrics: Some(export), ui: true });
     let server = tokio::spawn(crate::serve::serve(listener, app, async move {
         stopped(&mut server_stop).await;
     }));
