@@ -175,3 +175,40 @@ async fn cli_errors_are_clear() {
     let out = app.cli(&["eval", "submit", "--pool", "x", "--size", "many"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Completions, `--output`, `pool top`, and many evals submitted and waited for with
+/// progress (plain lines when not on a terminal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_comforts() {
+    let app = TestApp::spawn().await;
+    let out = app.cli(&["completions", "bash"]);
+    assert!(out.status.success());
+    let script = stdout(&out);
+    assert!(script.contains("_lineup") && script.contains("redrive"), "a bash completion of every command");
+    assert!(!app.cli(&["completions", "tcsh"]).status.success(), "an unknown shell is refused");
+
+    let pool = stdout(&app.cli(&["pool", "create"]));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&app.cli(&["-o", "json", "pool", "list"]))).unwrap();
+    assert_eq!(json["pools"][0]["pool_id"], serde_json::json!(pool));
+    assert!(stdout(&app.cli(&["--output", "table", "pool", "list"])).starts_with("POOL"));
+
+    let top = app.cli(&["pool", "top", "--count", "2", "--interval", "0.2"]);
+    assert!(top.status.success());
+    let text = stdout(&top);
+    assert_eq!(text.matches("lineup pool top").count(), 2, "{text}");
+    assert_eq!(text.matches(&pool).count(), 2, "{text}");
+    let bad = app.cli(&["pool", "top", "--interval", "0"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("--interval"));
+
+    let mut agent = spawn_agent(&app, &pool, 3, "true");
+    let many = app.cli_async(&["eval", "submit", "--pool", &pool, "--size", "1", "--count", "12", "--wait"]).await;
+    let err = String::from_utf8_lossy(&many.stderr);
+    assert!(many.status.success(), "{err}");
+    assert!(err.contains("12/12 ended: complete 12"), "plain progress lines off a terminal: {err}");
+    assert!(stdout(&many).contains("12 evals ended: complete 12"), "{}", stdout(&many));
+    let done = app.admin.evals(&pool, Some("complete"), 100).await.unwrap();
+    assert_eq!(done.len(), 12);
+    sigterm(&mut agent);
+    let zero = app.cli(&["eval", "submit", "--pool", &pool, "--size", "1", "--count", "0"]);
+    assert!(!zero.status.success());
+}

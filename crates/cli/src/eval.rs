@@ -33,6 +33,10 @@ pub enum EvalCmd {
         /// Give up waiting after this many seconds.
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
+        /// Submit this many evals alike (an idempotency key gets `-0`, `-1`, … appended);
+        /// with `--wait`, a progress bar on a terminal.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=crate::many::MAX_COUNT as i64))]
+        count: u32,
     },
     Show {
         #[arg(long)]
@@ -77,7 +81,7 @@ pub enum EvalCmd {
 
 pub async fn run(c: &Client, cmd: &EvalCmd, as_json: bool) -> Result<ExitCode, CliError> {
     match cmd {
-        EvalCmd::Submit { pool, size, dataset, payload, idempotency_key, priority, wait, timeout } => {
+        EvalCmd::Submit { pool, size, dataset, payload, idempotency_key, priority, wait, timeout, count } => {
             let payload = payload
                 .as_deref()
                 .map(serde_json::from_str)
@@ -90,6 +94,10 @@ pub async fn run(c: &Client, cmd: &EvalCmd, as_json: bool) -> Result<ExitCode, C
                 priority: *priority,
                 idempotency_key: idempotency_key.clone(),
             };
+            if *count > 1 {
+                let timeout = Duration::from_secs(*timeout);
+                return crate::many::submit(c, pool, &req, *count, *wait, timeout, as_json).await;
+            }
             let sub = c.submit_eval(pool, &req).await?;
             if !*wait {
                 if as_json {

@@ -7,15 +7,18 @@
 mod dev;
 mod eval;
 mod events;
+mod many;
 mod pipeline;
 mod probe;
 mod serve;
 mod table;
+mod top;
 mod worker;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lineup_client::{Client, ClientError};
@@ -52,11 +55,26 @@ struct Cli {
     /// Where `lineup dev` keeps lineup.db, admin.token and endpoint.
     #[arg(long, global = true, env = "LINEUP_DATA_DIR", default_value = ".lineup")]
     data_dir: PathBuf,
-    /// Print JSON instead of tables.
+    /// Print JSON instead of tables (as `--output json`).
     #[arg(long, global = true)]
     json: bool,
+    /// How to print answers.
+    #[arg(long, short = 'o', global = true, value_enum)]
+    output: Option<Output>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+impl Cli {
+    fn as_json(&self) -> bool {
+        self.json || self.output == Some(Output::Json)
+    }
 }
 
 #[derive(Subcommand)]
@@ -72,6 +90,8 @@ enum Cmd {
     /// Submit, show, list and cancel pipelines (steps with dependencies).
     #[command(subcommand)]
     Pipeline(pipeline::PipelineCmd),
+    /// Print a completion script for SHELL (e.g. `lineup completions bash > /etc/bash_completion.d/lineup`).
+    Completions { shell: clap_complete::Shell },
     /// Follow the event stream of state changes (evals, allocs, workers, pools) until
     /// interrupted; reconnects where it left off.
     Events {
@@ -178,6 +198,17 @@ enum PoolCmd {
         ttl: u64,
     },
     List,
+    /// A live view of the pools (or one): capacity, free, queued, allocs, limit, health.
+    Top {
+        #[arg(long)]
+        pool: Option<String>,
+        /// Seconds between redraws.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after this many redraws.
+        #[arg(long)]
+        count: Option<u32>,
+    },
     Show {
         pool: String,
     },
@@ -325,7 +356,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                         body.insert("coefficients".into(), json!(c));
                     }
                     let pool = c.create_pool_with(&serde_json::Value::Object(body)).await?;
-                    if cli.json {
+                    if cli.as_json() {
                         print_json(&pool)
                     } else {
                         println!("{}", pool.pool_id)
@@ -347,7 +378,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                         ));
                     }
                     let p = c.change_pool(pool, &serde_json::Value::Object(body)).await?;
-                    if cli.json {
+                    if cli.as_json() {
                         print_json(&p)
                     } else {
                         table::pools(&[p])
@@ -355,15 +386,21 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 }
                 PoolCmd::Health { pool, level, ttl } => {
                     let p = c.push_health(pool, *level, *ttl).await?;
-                    if cli.json {
+                    if cli.as_json() {
                         print_json(&p)
                     } else {
                         table::pools(&[p])
                     }
                 }
+                PoolCmd::Top { pool, interval, count } => {
+                    if !interval.is_finite() || *interval < 0.1 {
+                        return Err(CliError::Usage("--interval must be at least 0.1 seconds".into()));
+                    }
+                    return top::run(&c, pool.as_deref(), Duration::from_secs_f64(*interval), *count).await;
+                }
                 PoolCmd::List => {
                     let pools = c.pools().await?;
-                    if cli.json {
+                    if cli.as_json() {
                         print_json(&json!({ "pools": pools }))
                     } else {
                         table::pools(&pools)
@@ -371,7 +408,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 }
                 PoolCmd::Show { pool } => {
                     let p = c.pool(pool).await?;
-                    if cli.json {
+                    if cli.as_json() {
                         print_json(&p)
                     } else {
                         table::pools(&[p])
@@ -379,7 +416,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 }
                 PoolCmd::Disband { pool } => {
                     let p = c.disband_pool(pool).await?;
-                    if cli.json {
+                    if cli.as_json() {
                         print_json(&p)
                     } else {
                         println!("pool {} disbanded", p.pool_id)
@@ -389,22 +426,26 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Cmd::Pipeline(p) => {
             let c = client(&cli)?;
-            return pipeline::run(&c, p, cli.json).await;
+            return pipeline::run(&c, p, cli.as_json()).await;
+        }
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(*shell, &mut Cli::command(), "lineup", &mut std::io::stdout());
         }
         Cmd::Events { pool, types, after } => {
             let c = client(&cli)?;
-            return events::follow(&c, pool.as_deref(), types.as_deref(), *after, cli.json).await;
+            return events::follow(&c, pool.as_deref(), types.as_deref(), *after, cli.as_json()).await;
         }
         Cmd::Eval(e) => {
             let c = client(&cli)?;
-            return eval::run(&c, e, cli.json).await;
+            return eval::run(&c, e, cli.as_json()).await;
         }
         Cmd::Worker(w) => {
             let c = client(&cli)?;
             match w {
                 WorkerCmd::List { pool } => {
                     let ws = c.workers(pool).await?;
-                    if cli.json {
+                    if cli.as_json() {
                         print_json(&json!({ "workers": ws }))
                     } else {
                         table::workers(&ws)
