@@ -5,9 +5,10 @@ DATA_DIR ?= .lineup
 LISTEN ?= 127.0.0.1:8080
 VENV := .venv
 # moto: DynamoDB + SQS (+ CloudFormation, for the template test) on loopback for the AWS
-# backend's tests; cfn-lint for the template (versions measured in ../shared/AWS-LOCAL.md).
+# backend's tests; cfn-lint for the template (versions measured in ../shared/AWS-LOCAL.md);
+# schemathesis for the OpenAPI contract (tests/tests/openapi.rs).
 # The stamp file re-installs when this line changes.
-PY_PACKAGES := 'moto[dynamodb,sqs,cloudformation]==5.2.5' flask flask-cors cfn-lint==1.58.0
+PY_PACKAGES := 'moto[dynamodb,sqs,cloudformation]==5.2.5' flask flask-cors cfn-lint==1.58.0 schemathesis==4.32.5
 VENV_STAMP := $(VENV)/.installed-$(shell echo "$(PY_PACKAGES)" | cksum | cut -d' ' -f1)
 
 .PHONY: build run test test-all e2e bench lint fmt clean venv lambda soak browser screenshot

@@ -31,9 +31,9 @@ async fn dead_letters(
     ok(StatusCode::OK, json!({ "evals": evals }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Redrive {
+pub(crate) struct Redrive {
     /// Absent: every dead eval of the pool (up to `MAX_REDRIVE` per call).
     eval_ids: Option<Vec<String>>,
 }

@@ -5,6 +5,7 @@
 //! - `v1.rs`: the REST routes; `pipelines.rs`, `dead_letters.rs`, `events.rs` (SSE): theirs. `compat.rs`: the
 //!   Go original's RPC routes.
 //! - `extract.rs`: auth and body extractors with JSON rejections.
+//! - `openapi.rs`: the OpenAPI 3.1 document at `/openapi.json`.
 //! - `ui.rs` (+ `ui/`): the status page, embedded. `metrics.rs`: `/metrics` (Prometheus text) where a recorder is installed.
 //! - `error.rs`: the one error → response mapping. `views.rs`: response bodies.
 
@@ -14,6 +15,7 @@ mod error;
 mod events;
 mod extract;
 mod metrics;
+mod openapi;
 mod pipelines;
 mod ui;
 mod v1;
@@ -63,6 +65,7 @@ pub fn router_with(lineup: Lineup, extras: Extras) -> Router {
         .merge(pipelines::routes())
         .merge(dead_letters::routes())
         .merge(events::routes())
+        .merge(openapi::routes())
         .merge(compat::routes())
         .nest("/compat/{token}", compat::routes())
         .route("/health", get(health))

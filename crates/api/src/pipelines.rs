@@ -26,9 +26,9 @@ pub fn routes() -> Router<Lineup> {
 }
 
 /// Unknown fields are refused: a misspelt `after` would otherwise start a step early.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct StepBody {
+pub(crate) struct StepBody {
     name: Option<String>,
     size: Option<i64>,
     dataset: Option<String>,
@@ -38,9 +38,9 @@ struct StepBody {
     after: Option<Vec<String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SubmitBody {
+pub(crate) struct SubmitBody {
     steps: Option<Vec<StepBody>>,
     idempotency_key: Option<String>,
 }

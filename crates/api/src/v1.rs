@@ -38,9 +38,9 @@ pub(crate) fn ok(status: StatusCode, body: serde_json::Value) -> ApiResult {
     Ok((status, Json(body)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreatePool {
+pub(crate) struct CreatePool {
     strategy: Option<String>,
     max_running: Option<i64>,
     coefficients: Option<Vec<f64>>,
@@ -90,9 +90,9 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ChangePool {
+pub(crate) struct ChangePool {
     #[serde(default, deserialize_with = "present")]
     max_running: Option<Option<i64>>,
     coefficients: Option<Vec<f64>>,
@@ -116,9 +116,9 @@ async fn change_pool(
     ok(StatusCode::OK, pool_view(&l, &p, &s).await)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PushHealth {
+pub(crate) struct PushHealth {
     level: Option<i64>,
     ttl: Option<i64>,
 }
@@ -159,9 +159,9 @@ async fn disband_pool(State(l): State<Lineup>, Auth(who): Auth, PathParams(pool)
     ok(StatusCode::ACCEPTED, pool_view(&l, &p, &s).await)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RegisterWorker {
+pub(crate) struct RegisterWorker {
     capacity: Option<i64>,
 }
 
@@ -200,9 +200,9 @@ pub(crate) fn heartbeat_request(b: HeartbeatBody) -> Result<HeartbeatRequest, Er
 }
 
 /// The `/v1` heartbeat body: as `HeartbeatBody`, but unknown fields are an error.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct StrictHeartbeat {
+pub(crate) struct StrictHeartbeat {
     #[serde(default)]
     datasets: Option<Vec<String>>,
     #[serde(default)]
@@ -242,9 +242,9 @@ async fn poll(
     ok(StatusCode::OK, json!({ "allocs": allocs }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SubmitEval {
+pub(crate) struct SubmitEval {
     size: Option<i64>,
     dataset: Option<String>,
     payload: Option<serde_json::Value>,
@@ -329,9 +329,9 @@ async fn cancel_eval(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CompleteBody {
+pub(crate) struct CompleteBody {
     exit_code: Option<i32>,
     output: Option<String>,
     /// Seconds: the eval runs again after them (a continuation, not a retry).
@@ -373,9 +373,9 @@ async fn complete_alloc(
     finish_alloc(l, who, pool, alloc, finish).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct FailBody {
+pub(crate) struct FailBody {
     reason: Option<String>,
 }
 
