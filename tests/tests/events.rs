@@ -150,16 +150,12 @@ async fn lineup_events_prints_the_stream() {
     let app = TestApp::spawn().await;
     let got = story(&app).await;
     let after = got[2].index.to_string();
-    let mut cli = tokio::process::Command::new(lineup_tests::lineup_bin())
-        .arg("--data-dir")
-        .arg(&app.dir)
-        .args(["--json", "events", "--types", "eval", "--after", &after])
-        .env_remove("LINEUP_ENDPOINT")
-        .env_remove("LINEUP_TOKEN")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut cli =
+        tokio::process::Command::from(app.cli_command(&["--json", "events", "--types", "eval", "--after", &after]))
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
     let mut lines = tokio::io::BufReader::new(cli.stdout.take().unwrap()).lines();
     let mut seen = Vec::new();
     while seen.len() < 2 {

@@ -154,28 +154,19 @@ impl TestApp {
     }
 
     /// The `lineup` CLI against this server (endpoint and token from the data dir).
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(lineup_bin());
+        c.arg("--data-dir").arg(&self.dir).args(args).env_remove("LINEUP_ENDPOINT").env_remove("LINEUP_TOKEN");
+        c
+    }
+
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(lineup_bin())
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .args(args)
-            .env_remove("LINEUP_ENDPOINT")
-            .env_remove("LINEUP_TOKEN")
-            .output()
-            .expect("run lineup")
+        self.cli_command(args).output().expect("run lineup")
     }
 
     /// `cli`, without blocking the runtime: for a CLI call racing others.
     pub async fn cli_async(&self, args: &[&str]) -> std::process::Output {
-        tokio::process::Command::new(lineup_bin())
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .args(args)
-            .env_remove("LINEUP_ENDPOINT")
-            .env_remove("LINEUP_TOKEN")
-            .output()
-            .await
-            .expect("run lineup")
+        tokio::process::Command::from(self.cli_command(args)).output().await.expect("run lineup")
     }
 }
 
