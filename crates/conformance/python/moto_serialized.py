@@ -19,7 +19,8 @@ Lineup's invariants rest on DynamoDB transactions being serializable, so:
 
 Fault mode (LINEUP_MOTO_FAULTS="seed=7,rate=0.02"; off when unset): each DynamoDB
 request, and each SQS send or delete, fails with probability `rate` (a seeded random
-stream, so a run can be repeated), as real services do under load:
+stream, so a run can be repeated; a kind not seen yet is drawn more often, so every
+kind shows up early), as real services do under load:
 - TransactWriteItems: TransactionCanceledException with a TransactionConflict or a
   ThrottlingError reason (nothing written);
 - any DynamoDB operation: ProvisionedThroughputExceededException or ThrottlingException
@@ -87,15 +88,25 @@ _fault_lock = threading.Lock()
 injected = {}
 
 
+# A kind not injected yet is drawn at this many times the rate, so that every kind
+# shows up early in a run, however rare the requests it applies to (a run with few
+# transactions would otherwise see no conflict at all, about one time in five).
+_CATCH_UP = 10
+
+
 def _draw(kinds):
     """One of `kinds` with probability `rate`, else None."""
     if _faults is None:
         return None
     rng, rate = _faults
     with _fault_lock:
-        if rng.random() >= rate:
+        missing = [k for k in kinds if k not in injected]
+        if missing and rng.random() < min(1.0, rate * _CATCH_UP):
+            kind = rng.choice(missing)
+        elif rng.random() < rate:
+            kind = rng.choice(kinds)
+        else:
             return None
-        kind = rng.choice(kinds)
         injected[kind] = injected.get(kind, 0) + 1
         return kind
 
