@@ -38,9 +38,19 @@ impl Probe for HttpProbe {
         if !r.status().is_success() {
             return Err(Error::Backend(format!("health check answered {}", r.status())));
         }
-        let body = r.bytes().await.map_err(|e| Error::backend("health check body", e.without_url()))?;
-        if body.len() > MAX_BODY {
-            return Err(Error::Backend("health check body is not a number (too long)".into()));
+        // Read chunk by chunk and stop past the limit: a check pointed at something
+        // that streams (or is huge) must not hold the process's memory.
+        let too_long = || Error::Backend("health check body is not a number (too long)".into());
+        if r.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(too_long());
+        }
+        let mut r = r;
+        let mut body = Vec::new();
+        while let Some(chunk) = r.chunk().await.map_err(|e| Error::backend("health check body", e.without_url()))? {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_BODY {
+                return Err(too_long());
+            }
         }
         parse(&String::from_utf8_lossy(&body))
     }
@@ -81,5 +91,30 @@ mod tests {
         assert_eq!(super::parse(r#"{"value": 0.5}"#).unwrap(), 0.5);
         assert!(super::parse("<html>").is_err());
         assert!(super::parse("NaN").is_err());
+    }
+
+    /// A check pointed at an endless stream errs once past the limit, not never.
+    #[tokio::test]
+    async fn an_endless_body_is_cut_short() {
+        use lineup_core::health::Probe;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let endless = futures_util::stream::repeat_with(|| {
+                Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b'7'; 1024]))
+            });
+            let app = axum::Router::new()
+                .route("/", axum::routing::get(move || async move { axum::body::Body::from_stream(endless) }));
+            axum::serve(listener, app).await.unwrap();
+        });
+        let check: lineup_core::health::HealthCheck = serde_json::from_value(
+            serde_json::json!({"name": "x", "url": url, "feelings": {"0": 1.0}, "comparison": "<="}),
+        )
+        .unwrap();
+        let got =
+            tokio::time::timeout(std::time::Duration::from_secs(10), super::HttpProbe::new().unwrap().read(&check))
+                .await
+                .expect("the read ended");
+        assert!(got.unwrap_err().to_string().contains("too long"));
     }
 }
