@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 contract, served at `GET /openapi.json` (no token needed: it holds no
-//! data). Request bodies are the handlers' own types (`#[derive(ToSchema)]` where they
-//! are declared); responses are described by the shapes below, which the handlers
-//! render with `views.rs`. `make test` holds the two together: schemathesis calls every
+//! data). Request bodies and the records in responses are the handlers' own types
+//! (`#[derive(ToSchema)]` where they are declared: v1.rs, pipelines.rs, views.rs); the
+//! small envelopes the handlers build with `json!` are described below. `make test` holds the two together: schemathesis calls every
 //! operation of this document against `lineup dev` and fails on any 5xx, any response
 //! that does not match it, and any body it forbids that the server accepts.
 #![allow(dead_code)] // The shapes and stubs exist for the document only.
@@ -18,6 +18,7 @@ use crate::pipelines::{StepBody, SubmitBody};
 use crate::v1::{
     ChangePool, CompleteBody, CreatePool, FailBody, PushHealth, RegisterWorker, StrictHeartbeat, SubmitEval,
 };
+use crate::views::{EvalView, PipelineView, PoolView, Registered, WorkerView};
 
 pub fn routes() -> Router<Lineup> {
     Router::new().route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
@@ -28,25 +29,6 @@ pub fn routes() -> Router<Lineup> {
 struct ErrorBody {
     code: String,
     message: String,
-}
-
-#[derive(ToSchema)]
-struct PoolView {
-    pool_id: String,
-    strategy: String,
-    status: String,
-    workers: u64,
-    capacity: u64,
-    free: u64,
-    queued: u64,
-    allocs: u64,
-    max_running: Option<u32>,
-    running: u64,
-    limit: Option<u32>,
-    /// level, source, why, pushed, coefficients, checks with their last readings.
-    health: Object,
-    created_at: String,
-    disbanded_at: Option<String>,
 }
 
 /// Any JSON object.
@@ -62,35 +44,6 @@ struct AnyValue(Value);
 #[derive(ToSchema)]
 struct Pools {
     pools: Vec<PoolView>,
-}
-
-#[derive(ToSchema)]
-struct WorkerView {
-    worker_id: String,
-    pool_id: String,
-    capacity: u32,
-    free: u32,
-    queue_url: String,
-    ttl: u64,
-    live: bool,
-    expires_at: String,
-    created_at: String,
-}
-
-/// A worker as registered: with its token (shown once) and the alloc TTL.
-#[derive(ToSchema)]
-struct Registered {
-    worker_id: String,
-    pool_id: String,
-    capacity: u32,
-    free: u32,
-    queue_url: String,
-    ttl: u64,
-    live: bool,
-    expires_at: String,
-    created_at: String,
-    token: String,
-    alloc_ttl: u64,
 }
 
 #[derive(ToSchema)]
@@ -135,33 +88,6 @@ struct Submitted {
 }
 
 #[derive(ToSchema)]
-struct EvalView {
-    eval_id: String,
-    pool_id: String,
-    status: String,
-    size: u32,
-    dataset: Option<String>,
-    #[schema(value_type = Value)]
-    payload: Option<Value>,
-    priority: u8,
-    attempts: u32,
-    worker_id: Option<String>,
-    alloc_id: Option<String>,
-    exit_code: Option<i32>,
-    output: Option<String>,
-    reason: Option<String>,
-    idempotency_key: Option<String>,
-    pipeline_id: Option<String>,
-    step: Option<String>,
-    index: Option<u32>,
-    continued: Option<u32>,
-    not_before: Option<String>,
-    redriven: Option<u32>,
-    created_at: String,
-    updated_at: String,
-}
-
-#[derive(ToSchema)]
 struct Evals {
     evals: Vec<EvalView>,
 }
@@ -185,33 +111,6 @@ struct Redriven {
     skipped: Vec<SkippedEval>,
     more: bool,
     redrive_id: String,
-}
-
-#[derive(ToSchema)]
-struct StepView {
-    name: String,
-    status: String,
-    eval_ids: Vec<String>,
-    count: u32,
-    after: Vec<String>,
-    size: u32,
-    priority: u8,
-}
-
-#[derive(ToSchema)]
-struct PipelineView {
-    pipeline_id: String,
-    pool_id: String,
-    status: String,
-    reason: Option<String>,
-    idempotency_key: Option<String>,
-    steps: Vec<StepView>,
-    url: String,
-    created_at: String,
-    updated_at: String,
-    /// On submit only: false when the idempotency key matched an earlier pipeline.
-    #[schema(required = false)]
-    created: bool,
 }
 
 #[derive(ToSchema)]

@@ -86,8 +86,7 @@ async fn submit(
     let key = b.idempotency_key.as_deref().map(validate::idempotency_key).transpose()?;
     let (v, created) = l.submit_pipeline(&who, &pool, Spec { steps }, key).await?;
     let status = if created { StatusCode::ACCEPTED } else { StatusCode::OK };
-    let mut body = views::pipeline(&v);
-    body["created"] = json!(created);
+    let body = views::PipelineView { created: Some(created), ..views::pipeline(&v) };
     Ok((status, Json(body)).into_response())
 }
 

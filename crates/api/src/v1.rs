@@ -34,7 +34,7 @@ pub fn routes() -> Router<Lineup> {
         .route("/v1/pools/{pool}/allocs/{alloc}/fail", post(fail_alloc))
 }
 
-pub(crate) fn ok(status: StatusCode, body: serde_json::Value) -> ApiResult {
+pub(crate) fn ok(status: StatusCode, body: impl serde::Serialize) -> ApiResult {
     Ok((status, Json(body)).into_response())
 }
 
@@ -63,7 +63,7 @@ fn health_checks(c: Option<Vec<serde_json::Value>>) -> Result<Option<Vec<health:
 }
 
 /// A pool as the API shows it, with its checks' readings (read now if due).
-async fn pool_view(l: &Lineup, p: &Pool, s: &PoolStats) -> serde_json::Value {
+async fn pool_view(l: &Lineup, p: &Pool, s: &PoolStats) -> views::PoolView {
     let readings = l.pulled_health(p).await;
     views::pool(p, s, &readings, l.now())
 }
@@ -174,9 +174,8 @@ async fn register_worker(
     let pool = PoolId::parse(&pool)?;
     let capacity = b.capacity.ok_or_else(|| Error::invalid("missing_field", "capacity is required"))?;
     let reg = l.register_worker(&who, &pool, validate::capacity(capacity)?).await?;
-    let mut body = views::worker(&l, &reg.worker);
-    body["token"] = json!(reg.token);
-    body["alloc_ttl"] = json!(l.settings.alloc_ttl);
+    let body =
+        views::Registered { worker: views::worker(&l, &reg.worker), token: reg.token, alloc_ttl: l.settings.alloc_ttl };
     ok(StatusCode::CREATED, body)
 }
 
