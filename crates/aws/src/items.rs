@@ -285,6 +285,9 @@ pub struct EvalItem {
     /// The redrive, as JSON text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redrive: Option<String>,
+    /// A finished eval's expiry, epoch seconds: the table's TTL attribute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purge_at: Option<i64>,
 }
 
 pub fn pst(pool: &PoolId, status: EvalStatus) -> String {
@@ -315,6 +318,7 @@ impl From<&Eval> for EvalItem {
             step: e.step.as_ref().and_then(|st| serde_json::to_string(st).ok()),
             cont: e.continuation.as_ref().and_then(|c| serde_json::to_string(c).ok()),
             redrive: e.redrive.as_ref().and_then(|r| serde_json::to_string(r).ok()),
+            purge_at: e.purge_at.map(|ms| purge_at(ms, 0)),
         }
     }
 }
@@ -343,6 +347,7 @@ impl TryFrom<EvalItem> for Eval {
             step,
             continuation,
             redrive,
+            purge_at: e.purge_at.map(|s| s * 1000),
             pool_id: e.pool,
             eval_id: e.eval,
             size: e.size,

@@ -20,6 +20,7 @@ use lineup_core::*;
 mod admission;
 mod crash;
 pub mod deployment;
+mod history;
 pub mod moto;
 mod pipeline_service;
 mod pipelines;
@@ -30,6 +31,7 @@ mod store;
 
 pub use admission::*;
 pub use crash::*;
+pub use history::*;
 pub use pipeline_service::*;
 pub use pipelines::*;
 pub use queues::*;
@@ -65,7 +67,7 @@ macro_rules! conformance_tests {
             admission_pulled_health_throttles,
             store_pipelines, store_step_evals_created_once,
             service_pipeline_runs_steps_in_order, service_pipeline_failure_and_cancel, service_continue_later,
-            service_redrive
+            service_redrive, service_history_is_bounded
         );
     };
     (@each $factory:path; $($name:ident),* $(,)?) => {

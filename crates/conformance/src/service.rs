@@ -26,7 +26,7 @@ pub(crate) async fn free_of(l: &Lineup, pool: &Pool, w: &WorkerId) -> u32 {
 }
 
 /// Polls `w`'s queue until `n` allocs arrived.
-pub(crate) async fn poll_n(l: &Lineup, pool: &Pool, w: &WorkerId, n: usize) -> Vec<AllocMessage> {
+pub async fn poll_n(l: &Lineup, pool: &Pool, w: &WorkerId, n: usize) -> Vec<AllocMessage> {
     let mut out = Vec::new();
     let end = tokio::time::Instant::now() + Duration::from_secs(20);
     while out.len() < n {

@@ -109,6 +109,12 @@ pub trait Store: Send + Sync + 'static {
     async fn replicas(&self, pool: &PoolId, datasets: &[String], now: Millis) -> Result<Vec<Replica>>;
     /// Deletes replicas whose TTL has passed; returns how many.
     async fn delete_expired_replicas(&self, pool: &PoolId, now: Millis) -> Result<u64>;
+    /// Deletes the pool's evals whose `purge_at` passed and its allocs released with a
+    /// lease that ran out before `released_before`; how many. A backend whose records
+    /// expire on their own (DynamoDB's TTL on `purge_at`) does nothing here.
+    async fn purge_history(&self, _pool: &PoolId, _now: Millis, _released_before: Millis) -> Result<u64> {
+        Ok(0)
+    }
 
     // ---- evals
     /// Inserts a new eval, atomically with the check that its pool is active. If the

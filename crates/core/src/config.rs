@@ -26,6 +26,9 @@ pub struct Settings {
     pub alloc_ttl: u64,
     /// Retries after the first attempt; then the eval is dead-lettered.
     pub max_retry: u32,
+    /// How long a finished eval (and a released alloc) stays queryable, in seconds;
+    /// then it is purged (a DynamoDB TTL on AWS, the releaser on the embedded store).
+    pub history_retention: u64,
     /// Seconds between releaser runs in `lineup dev`.
     pub release_interval: u64,
     /// Longest a blocked eval waits in its queue before it is looked at again, in seconds.
@@ -51,6 +54,7 @@ impl std::fmt::Debug for Settings {
             .field("replica_ttl", &self.replica_ttl)
             .field("alloc_ttl", &self.alloc_ttl)
             .field("max_retry", &self.max_retry)
+            .field("history_retention", &self.history_retention)
             .field("release_interval", &self.release_interval)
             .field("blocked_backoff_max", &self.blocked_backoff_max)
             .field("admin_token", &redacted(&self.admin_token))
@@ -69,6 +73,7 @@ impl Default for Settings {
             replica_ttl: 30,
             alloc_ttl: 30,
             max_retry: 3,
+            history_retention: 7 * 24 * 3600,
             release_interval: 5,
             blocked_backoff_max: 30,
             admin_token: None,
@@ -144,6 +149,9 @@ impl Settings {
 
     pub fn worker_ttl_ms(&self) -> i64 {
         (self.worker_ttl * 1000) as i64
+    }
+    pub fn history_retention_ms(&self) -> i64 {
+        (self.history_retention * 1000) as i64
     }
     pub fn alloc_ttl_ms(&self) -> i64 {
         (self.alloc_ttl * 1000) as i64

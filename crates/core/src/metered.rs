@@ -85,6 +85,9 @@ impl Store for MeteredStore {
     async fn delete_expired_replicas(&self, pool: &PoolId, now: Millis) -> Result<u64> {
         m(self.backend, "delete_expired_replicas", self.inner.delete_expired_replicas(pool, now)).await
     }
+    async fn purge_history(&self, pool: &PoolId, now: Millis, released_before: Millis) -> Result<u64> {
+        m(self.backend, "purge_history", self.inner.purge_history(pool, now, released_before)).await
+    }
     async fn insert_eval(&self, eval: &Eval) -> Result<Option<Eval>> {
         m(self.backend, "insert_eval", self.inner.insert_eval(eval)).await
     }

@@ -245,6 +245,10 @@ pub struct Eval {
     /// Set once the eval was sent back from the dead letters (`Lineup::redrive`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redrive: Option<Redrive>,
+    /// Finished evals are purged after this time (`Settings::history_retention`); a
+    /// pipeline's step evals are not (the pipeline reads them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purge_at: Option<Millis>,
 }
 
 impl Eval {
@@ -333,6 +337,7 @@ impl Eval {
             step: None,
             continuation: None,
             redrive: None,
+            purge_at: None,
         }
     }
 }

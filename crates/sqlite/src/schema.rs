@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS evals (
     step            TEXT,
     continuation    TEXT,
     redrive         TEXT,
+    purge_at        INTEGER,
     PRIMARY KEY (pool_id, eval_id)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS evals_key ON evals (pool_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
@@ -138,6 +139,7 @@ const ADDED: &[(&str, &str, &str)] = &[
     ("evals", "step", "TEXT"),
     ("evals", "continuation", "TEXT"),
     ("evals", "redrive", "TEXT"),
+    ("evals", "purge_at", "INTEGER"),
 ];
 
 pub fn create(conn: &Connection) -> Result<(), Error> {
@@ -154,5 +156,11 @@ pub fn create(conn: &Connection) -> Result<(), Error> {
                 .map_err(|e| Error::backend("add column", e))?;
         }
     }
+    // Indexes on added columns, once they exist: the releaser's purge of what expired.
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS evals_purge ON evals (pool_id, purge_at) WHERE purge_at IS NOT NULL;
+         CREATE INDEX IF NOT EXISTS allocs_released_ttl ON allocs (pool_id, ttl) WHERE state = 'released';",
+    )
+    .map_err(|e| Error::backend("create purge indexes", e))?;
     Ok(())
 }

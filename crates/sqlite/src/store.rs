@@ -16,7 +16,7 @@ const POOL_COLS: &str = "pool_id, strategy, status, created_at, disbanded_at, ma
                          coefficients, pushed_level, pushed_until, checks";
 const WORKER_COLS: &str = "pool_id, worker_id, capacity, free, ttl, token_hash, queue, created_at";
 const EVAL_COLS: &str = "pool_id, eval_id, size, dataset, payload, status, attempt, version, worker_id, alloc_id, \
-                         exit_code, output, reason, idempotency_key, created_at, updated_at, priority, step, continuation, redrive";
+                         exit_code, output, reason, idempotency_key, created_at, updated_at, priority, step, continuation, redrive, purge_at";
 const ALLOC_COLS: &str = "pool_id, alloc_id, worker_id, eval_id, size, attempt, ttl, state, stop, created_at, counted";
 
 /// Reads a column that must hold a valid id; a bad one means a corrupt row.
@@ -121,6 +121,7 @@ fn eval_row(row: &Row) -> rusqlite::Result<Eval> {
             .get::<_, Option<String>>(19)?
             .map(|s| serde_json::from_str(&s).map_err(|e| bad(19, e.to_string())))
             .transpose()?,
+        purge_at: row.get(20)?,
     })
 }
 
@@ -149,7 +150,7 @@ fn payload_text(e: &Eval) -> Option<String> {
     e.payload.as_ref().map(|p| p.to_string())
 }
 
-/// An eval's values in `EVAL_COLS` order, for `?1`..`?20`.
+/// An eval's values in `EVAL_COLS` order, for `?1`..`?21`.
 fn eval_values(e: &Eval) -> Vec<rusqlite::types::Value> {
     use rusqlite::types::Value;
     let opt = |v: Option<String>| v.map(Value::Text).unwrap_or(Value::Null);
@@ -174,10 +175,11 @@ fn eval_values(e: &Eval) -> Vec<rusqlite::types::Value> {
         opt(e.step.as_ref().map(|st| serde_json::to_string(st).unwrap_or_default())),
         opt(e.continuation.as_ref().map(|c| serde_json::to_string(c).unwrap_or_default())),
         opt(e.redrive.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default())),
+        e.purge_at.map(Value::Integer).unwrap_or(Value::Null),
     ]
 }
 
-/// Writes every field of `e` if its stored version is `expected` (`?21`); false if not.
+/// Writes every field of `e` if its stored version is `expected` (`?22`); false if not.
 /// Idempotency key, creation time, priority and step (`?14`, `?15`, `?17`, `?18`) never
 /// change and go unused.
 fn update_eval_tx(tx: &Connection, e: &Eval, expected: u64) -> rusqlite::Result<bool> {
@@ -187,8 +189,8 @@ fn update_eval_tx(tx: &Connection, e: &Eval, expected: u64) -> rusqlite::Result<
         .prepare_cached(
             "UPDATE evals SET size=?3, dataset=?4, payload=?5, status=?6, attempt=?7, version=?8, worker_id=?9,
                 alloc_id=?10, exit_code=?11, output=?12, reason=?13, updated_at=?16, continuation=?19,
-                redrive=?20
-         WHERE pool_id=?1 AND eval_id=?2 AND version=?21",
+                redrive=?20, purge_at=?21
+         WHERE pool_id=?1 AND eval_id=?2 AND version=?22",
         )?
         .execute(params_from_iter(values))?;
     Ok(n == 1)
@@ -214,7 +216,7 @@ fn insert_eval_job(tx: &Connection, e: &Eval) -> Result<Option<Eval>> {
     // nothing: the existing eval is returned, at no extra read when it is new.
     let inserted = tx
         .prepare_cached(&format!(
-            "INSERT INTO evals ({EVAL_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20)
+            "INSERT INTO evals ({EVAL_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21)
              ON CONFLICT (pool_id, eval_id) DO NOTHING"
         ))
         .and_then(|mut st| st.execute(params_from_iter(eval_values(e))))
@@ -620,6 +622,27 @@ impl Store for SqliteBackend {
             .write(move |c| {
                 c.execute("DELETE FROM replicas WHERE pool_id=?1 AND ttl<=?2", params![pool.as_str(), now])
                     .map_err(db("delete expired replicas"))
+            })
+            .await?;
+        Ok(n as u64)
+    }
+
+    async fn purge_history(&self, pool: &PoolId, now: Millis, released_before: Millis) -> Result<u64> {
+        let pool = pool.clone();
+        let n = self
+            .writer
+            .write(move |c| {
+                let p = pool.as_str();
+                let evals = c
+                    .execute("DELETE FROM evals WHERE pool_id=?1 AND purge_at<=?2", params![p, now])
+                    .map_err(db("purge evals"))?;
+                let allocs = c
+                    .execute(
+                        "DELETE FROM allocs WHERE pool_id=?1 AND state='released' AND ttl<=?2",
+                        params![p, released_before],
+                    )
+                    .map_err(db("purge allocs"))?;
+                Ok(evals + allocs)
             })
             .await?;
         Ok(n as u64)

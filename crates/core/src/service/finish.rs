@@ -134,6 +134,7 @@ impl Lineup {
         match finish {
             Finish::Complete { exit_code, output } => {
                 e.status = EvalStatus::Complete;
+                e.purge_at = self.purge_at(&e);
                 e.exit_code = Some(*exit_code);
                 e.output = output.as_deref().map(validate::output);
                 e.reason = None;
@@ -155,6 +156,7 @@ impl Lineup {
                     e.attempt += 1;
                 } else {
                     e.status = EvalStatus::Dead;
+                    e.purge_at = self.purge_at(&e);
                 }
             }
         }

@@ -384,6 +384,7 @@ impl Lineup {
             next.version += 1;
             next.reason = Some(reason.to_owned());
             next.updated_at = self.now();
+            next.purge_at = self.purge_at(&next);
             let res = match (&e.status, &e.alloc_id) {
                 (EvalStatus::Placed, Some(alloc)) => self.store.cancel_placed(&next, expected, alloc).await,
                 _ => self.store.update_eval(&next, expected).await,

@@ -188,6 +188,15 @@ impl Lineup {
         self.capacity_epoch.load(Ordering::Acquire)
     }
 
+    /// When a finished eval is purged: the retention after its last change; never for a
+    /// pipeline's step (its pipeline reads it; pipelines are not purged yet).
+    pub(crate) fn purge_at(&self, finished: &crate::model::Eval) -> Option<crate::Millis> {
+        // Whole seconds: DynamoDB's TTL attribute holds seconds, and the record must
+        // read back exactly as written.
+        let at = finished.updated_at + self.settings.history_retention_ms();
+        finished.step.is_none().then(|| (at + 999).div_euclid(1000) * 1000)
+    }
+
     fn pool_queue(&self, pool: &PoolId) -> String {
         self.settings.pool_queue(pool)
     }

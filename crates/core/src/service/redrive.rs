@@ -115,6 +115,7 @@ impl Lineup {
             e.version += 1;
             e.updated_at = self.now();
             e.reason = Some(format!("redriven from the dead letters (redrive {count})"));
+            e.purge_at = None;
             // Message first: a waiting eval always has one.
             match self.send_eval_message(&e.pool_id, &EvalMessage::of(&e)).await {
                 Ok(()) => {}

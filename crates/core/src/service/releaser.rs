@@ -18,6 +18,8 @@ pub struct ReleaseSummary {
     pub allocs_released: usize,
     pub workers_removed: usize,
     pub replicas_removed: u64,
+    /// Finished evals and released allocs purged past the retention (embedded store).
+    pub history_purged: u64,
     pub pools_purged: usize,
     /// Messages of waiting evals re-sent by the reconciler (`reconcile.rs`).
     pub messages_resent: usize,
@@ -35,6 +37,7 @@ impl ReleaseSummary {
         self.allocs_released += o.allocs_released;
         self.workers_removed += o.workers_removed;
         self.replicas_removed += o.replicas_removed;
+        self.history_purged += o.history_purged;
         self.pools_purged += o.pools_purged;
         self.messages_resent += o.messages_resent;
         self.pipelines_swept += o.pipelines_swept;
@@ -155,6 +158,7 @@ impl Lineup {
         }
 
         sum.replicas_removed += self.store.delete_expired_replicas(id, now).await?;
+        sum.history_purged += self.store.purge_history(id, now, now - self.settings.history_retention_ms()).await?;
         if pool.status == PoolStatus::Active && pool.limits.counting {
             // A cap set by a process that died before it had counted the live allocs:
             // finish it (each step is idempotent), or the pool would place nothing.
