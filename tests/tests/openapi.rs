@@ -48,7 +48,10 @@ async fn schemathesis_finds_nothing() {
     let st = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/st");
     assert!(st.exists(), "{} not found: run `make test` (it installs schemathesis into .venv)", st.display());
     let auth = format!("Authorization: Bearer {}", app.token);
+    // Its example database and reports go to a directory of its own, not the tree.
+    let scratch = tempfile::tempdir().unwrap();
     let out = tokio::process::Command::from(Command::new(st))
+        .current_dir(scratch.path())
         .arg("run")
         .arg(format!("{}/openapi.json", app.endpoint))
         .args(["-H", &auth])
