@@ -8,7 +8,7 @@ use clap::Subcommand;
 use lineup_client::{Client, SubmitEval};
 use serde_json::json;
 
-use crate::{print_json, table, CliError};
+use crate::{print_json, render, table, CliError};
 
 #[derive(Subcommand)]
 pub enum EvalCmd {
@@ -100,11 +100,7 @@ pub async fn run(c: &Client, cmd: &EvalCmd, as_json: bool) -> Result<ExitCode, C
             }
             let sub = c.submit_eval(pool, &req).await?;
             if !*wait {
-                if as_json {
-                    print_json(&sub)
-                } else {
-                    println!("{}", sub.eval_id)
-                }
+                render(as_json, &sub, || println!("{}", sub.eval_id));
                 return Ok(ExitCode::SUCCESS);
             }
             let end = tokio::time::Instant::now() + Duration::from_secs(*timeout);
@@ -118,45 +114,25 @@ pub async fn run(c: &Client, cmd: &EvalCmd, as_json: bool) -> Result<ExitCode, C
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             };
-            if as_json {
-                print_json(&ev)
-            } else {
-                table::evals(std::slice::from_ref(&ev))
-            }
+            render(as_json, &ev, || table::evals(std::slice::from_ref(&ev)));
             let ok = ev.status == "complete" && ev.exit_code == Some(0);
             return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
         EvalCmd::Show { pool, eval } => {
             let ev = c.eval(pool, eval).await?;
-            if as_json {
-                print_json(&ev)
-            } else {
-                table::eval_detail(&ev)
-            }
+            render(as_json, &ev, || table::eval_detail(&ev));
         }
         EvalCmd::Cancel { pool, eval } => {
             let ev = c.cancel_eval(pool, eval).await?;
-            if as_json {
-                print_json(&ev)
-            } else {
-                println!("eval {} {}", ev.eval_id, ev.status)
-            }
+            render(as_json, &ev, || println!("eval {} {}", ev.eval_id, ev.status));
         }
         EvalCmd::List { pool, status, limit } => {
             let evs = c.evals(pool, status.as_deref(), *limit).await?;
-            if as_json {
-                print_json(&json!({ "evals": evs }))
-            } else {
-                table::evals(&evs)
-            }
+            render(as_json, &json!({ "evals": evs }), || table::evals(&evs));
         }
         EvalCmd::DeadLetters { pool } => {
             let evs = c.dead_letters(pool).await?;
-            if as_json {
-                print_json(&json!({ "evals": evs }))
-            } else {
-                table::evals(&evs)
-            }
+            render(as_json, &json!({ "evals": evs }), || table::evals(&evs));
         }
         EvalCmd::Watch { pool, eval } => return crate::events::watch_eval(c, pool, eval, as_json).await,
         EvalCmd::Redrive { pool, all, evals } => {

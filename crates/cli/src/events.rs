@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use lineup_client::{Client, EventView, StreamItem};
 
-use crate::{print_json, table, CliError};
+use crate::{render, table, CliError};
 
 /// Waited before connecting again after the stream ended (the server restarting, say).
 const RECONNECT: Duration = Duration::from_secs(1);
@@ -102,9 +102,5 @@ pub async fn watch_eval(c: &Client, pool: &str, eval: &str, as_json: bool) -> Re
 }
 
 fn show(ev: &lineup_client::EvalView, as_json: bool) {
-    if as_json {
-        print_json(ev)
-    } else {
-        table::evals(std::slice::from_ref(ev))
-    }
+    render(as_json, ev, || table::evals(std::slice::from_ref(ev)));
 }

@@ -256,6 +256,15 @@ fn client(cli: &Cli) -> Result<Client, CliError> {
     Ok(Client::new(&endpoint, &token))
 }
 
+/// `v` as JSON with `--output json`, else what `human` prints.
+fn render<T: serde::Serialize>(as_json: bool, v: &T, human: impl FnOnce()) {
+    if as_json {
+        print_json(v)
+    } else {
+        human()
+    }
+}
+
 fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }

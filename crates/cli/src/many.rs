@@ -3,7 +3,7 @@
 //! Progress comes from the event stream (subscribed before the first submit, so no
 //! change is missed); when the stream ends or lost events, each unfinished eval is read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lineup_client::{Client, EvalView, StreamItem, SubmitEval};
 use serde_json::json;
 
-use crate::{print_json, table, CliError};
+use crate::{print_json, render, table, CliError};
 
 pub const MAX_COUNT: u32 = 10_000;
 
@@ -52,11 +52,7 @@ pub async fn submit(
         ids.push(c.submit_eval(pool, &r).await?.eval_id);
     }
     let Some(mut stream) = stream.take() else {
-        if as_json {
-            print_json(&json!({ "eval_ids": ids }))
-        } else {
-            ids.iter().for_each(|id| println!("{id}"))
-        }
+        render(as_json, &json!({ "eval_ids": ids }), || ids.iter().for_each(|id| println!("{id}")));
         return Ok(ExitCode::SUCCESS);
     };
 
@@ -66,7 +62,7 @@ pub async fn submit(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let mine: HashMap<String, ()> = ids.iter().map(|id| (id.clone(), ())).collect();
+    let mine: HashSet<&String> = ids.iter().collect();
     let mut ended = Ended::default();
     let mut last_line = String::new();
     let end = tokio::time::Instant::now() + timeout;
@@ -99,7 +95,7 @@ pub async fn submit(
             ))
         })?;
         match next {
-            Some(Ok(StreamItem::Event(e))) if mine.contains_key(&e.id) => ended.note(&e.id, &e.state),
+            Some(Ok(StreamItem::Event(e))) if mine.contains(&e.id) => ended.note(&e.id, &e.state),
             Some(Ok(StreamItem::Event(_))) => {}
             Some(Ok(StreamItem::Lost { .. })) => recheck = true,
             Some(Err(_)) | None => {

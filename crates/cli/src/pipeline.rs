@@ -10,7 +10,7 @@ use clap::Subcommand;
 use lineup_client::{Client, PipelineView};
 use serde_json::{json, Value};
 
-use crate::{print_json, table, CliError};
+use crate::{render, table, CliError};
 
 #[derive(Subcommand)]
 pub enum PipelineCmd {
@@ -88,38 +88,22 @@ pub async fn run(c: &Client, cmd: &PipelineCmd, as_json: bool) -> Result<ExitCod
             if *wait {
                 return watch(c, pool, &p.pipeline_id, *timeout, as_json).await;
             }
-            if as_json {
-                print_json(&p)
-            } else {
-                println!("{}", p.pipeline_id)
-            }
+            render(as_json, &p, || println!("{}", p.pipeline_id));
         }
         PipelineCmd::Show { pool, pipeline, wait, timeout } => {
             if *wait {
                 return watch(c, pool, pipeline, *timeout, as_json).await;
             }
             let p = c.pipeline(pool, pipeline).await?;
-            if as_json {
-                print_json(&p)
-            } else {
-                table::pipeline(&p)
-            }
+            render(as_json, &p, || table::pipeline(&p));
         }
         PipelineCmd::List { pool, status, limit } => {
             let ps = c.pipelines(pool, status.as_deref(), *limit).await?;
-            if as_json {
-                print_json(&json!({ "pipelines": ps }))
-            } else {
-                table::pipelines(&ps)
-            }
+            render(as_json, &json!({ "pipelines": ps }), || table::pipelines(&ps));
         }
         PipelineCmd::Cancel { pool, pipeline } => {
             let p = c.cancel_pipeline(pool, pipeline).await?;
-            if as_json {
-                print_json(&p)
-            } else {
-                println!("pipeline {} {}", p.pipeline_id, p.status)
-            }
+            render(as_json, &p, || println!("pipeline {} {}", p.pipeline_id, p.status));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -164,10 +148,6 @@ async fn watch(c: &Client, pool: &str, id: &str, timeout: u64, as_json: bool) ->
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let Some(p) = shown else { return Ok(ExitCode::FAILURE) };
-    if as_json {
-        print_json(&p)
-    } else {
-        println!("pipeline {} {}", p.pipeline_id, p.status);
-    }
+    render(as_json, &p, || println!("pipeline {} {}", p.pipeline_id, p.status));
     Ok(if p.status == "complete" { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use lineup_client::Client;
 use serde_json::json;
 
-use crate::{print_json, table, top, CliError};
+use crate::{render, table, top, CliError};
 
 #[derive(Subcommand)]
 pub enum PoolCmd {
@@ -76,11 +76,7 @@ pub async fn run(c: &Client, cmd: &PoolCmd, as_json: bool) -> Result<ExitCode, C
                 body.insert("coefficients".into(), json!(c));
             }
             let pool = c.create_pool_with(&serde_json::Value::Object(body)).await?;
-            if as_json {
-                print_json(&pool)
-            } else {
-                println!("{}", pool.pool_id)
-            }
+            render(as_json, &pool, || println!("{}", pool.pool_id));
         }
         PoolCmd::Update { pool, max_running, no_max_running, coefficients } => {
             let mut body = serde_json::Map::new();
@@ -98,19 +94,11 @@ pub async fn run(c: &Client, cmd: &PoolCmd, as_json: bool) -> Result<ExitCode, C
                 ));
             }
             let p = c.change_pool(pool, &serde_json::Value::Object(body)).await?;
-            if as_json {
-                print_json(&p)
-            } else {
-                table::pools(&[p])
-            }
+            render(as_json, &p, || table::pools(std::slice::from_ref(&p)));
         }
         PoolCmd::Health { pool, level, ttl } => {
             let p = c.push_health(pool, *level, *ttl).await?;
-            if as_json {
-                print_json(&p)
-            } else {
-                table::pools(&[p])
-            }
+            render(as_json, &p, || table::pools(std::slice::from_ref(&p)));
         }
         PoolCmd::Top { pool, interval, count } => {
             if !interval.is_finite() || *interval < 0.1 {
@@ -120,27 +108,15 @@ pub async fn run(c: &Client, cmd: &PoolCmd, as_json: bool) -> Result<ExitCode, C
         }
         PoolCmd::List => {
             let pools = c.pools().await?;
-            if as_json {
-                print_json(&json!({ "pools": pools }))
-            } else {
-                table::pools(&pools)
-            }
+            render(as_json, &json!({ "pools": pools }), || table::pools(&pools));
         }
         PoolCmd::Show { pool } => {
             let p = c.pool(pool).await?;
-            if as_json {
-                print_json(&p)
-            } else {
-                table::pools(&[p])
-            }
+            render(as_json, &p, || table::pools(std::slice::from_ref(&p)));
         }
         PoolCmd::Disband { pool } => {
             let p = c.disband_pool(pool).await?;
-            if as_json {
-                print_json(&p)
-            } else {
-                println!("pool {} disbanded", p.pool_id)
-            }
+            render(as_json, &p, || println!("pool {} disbanded", p.pool_id));
         }
     }
     Ok(ExitCode::SUCCESS)

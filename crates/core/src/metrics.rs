@@ -77,17 +77,16 @@ pub fn submitted(pool: &PoolId) {
 
 /// One entry per placed eval: its wait since submit, for a first attempt (a retry's
 /// record does not keep when it became waiting again: reasons rewrite it).
-pub fn placed(pool: &PoolId, waited_ms: impl IntoIterator<Item = Option<i64>>) {
-    let h = histogram!(PLACEMENT_LATENCY, by_pool(pool));
-    let mut n = 0;
-    for ms in waited_ms {
-        if let Some(ms) = ms {
-            h.record(ms.max(0) as f64 / 1000.0);
-        }
-        n += 1;
+pub fn placed(pool: &PoolId, waited_ms: Vec<Option<i64>>) {
+    // Every pass calls this; one with nothing placed records nothing (and builds no label).
+    if waited_ms.is_empty() {
+        return;
     }
-    if n > 0 {
-        counter!(PLACED, by_pool(pool)).increment(n);
+    let labels = by_pool(pool);
+    counter!(PLACED, labels.clone()).increment(waited_ms.len() as u64);
+    let h = histogram!(PLACEMENT_LATENCY, labels);
+    for ms in waited_ms.into_iter().flatten() {
+        h.record(ms.max(0) as f64 / 1000.0);
     }
 }
 

@@ -211,6 +211,31 @@ impl Lineup {
     }
 }
 
+/// Runs `f` on every item, at most `limit` at once; the results in the order they
+/// finish. A task that panicked is a backend error naming `what`.
+pub(crate) async fn bounded<I, T, F, Fut>(items: I, limit: usize, what: &'static str, f: F) -> Vec<Result<T>>
+where
+    I: IntoIterator,
+    F: Fn(I::Item) -> Fut,
+    Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut pending = items.into_iter();
+    let mut out = Vec::new();
+    loop {
+        while tasks.len() < limit {
+            let Some(item) = pending.next() else { break };
+            tasks.spawn(f(item));
+        }
+        match tasks.join_next().await {
+            None => return out,
+            Some(Ok(r)) => out.push(r),
+            Some(Err(join)) => out.push(Err(Error::backend(what, join))),
+        }
+    }
+}
+
 pub(crate) fn require_admin(p: &Principal) -> Result<()> {
     match p {
         Principal::Admin => Ok(()),

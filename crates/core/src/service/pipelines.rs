@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 
-use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::{require_admin, Lineup};
@@ -333,22 +332,14 @@ impl Lineup {
             });
             evals.push(e);
         }
-        let mut tasks = JoinSet::new();
-        let mut pending = evals.into_iter();
-        let mut result = Ok(());
-        loop {
-            while tasks.len() < CREATE_CONCURRENCY {
-                let Some(e) = pending.next() else { break };
-                let l = self.clone();
-                tasks.spawn(async move { l.enqueue(&e).await.map(|_| ()) });
-            }
-            match tasks.join_next().await {
-                None => break,
-                Some(Ok(Ok(()))) => {}
-                Some(Ok(Err(e))) => result = result.and(Err(e)),
-                Some(Err(join)) => result = result.and(Err(Error::backend("start step", join))),
-            }
-        }
+        let result = super::bounded(evals, CREATE_CONCURRENCY, "start step", |e| {
+            let l = self.clone();
+            async move { l.enqueue(&e).await.map(|_| ()) }
+        })
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>>>()
+        .map(|_| ());
         if result.is_ok() {
             info!(pool = %p.pool_id, pipeline = %p.pipeline_id, step = %spec.name, evals = spec.count, "step started");
         }

@@ -8,7 +8,6 @@
 
 use std::collections::HashSet;
 
-use tokio::task::JoinSet;
 use tracing::info;
 
 use super::{require_admin, Lineup};
@@ -67,21 +66,20 @@ impl Lineup {
             }
         };
 
-        let mut tasks = JoinSet::new();
-        let mut pending = evals.into_iter();
-        let mut failure = None;
-        loop {
-            while tasks.len() < CONCURRENCY {
-                let Some(e) = pending.next() else { break };
-                let (l, by) = (self.clone(), out.redrive_id.clone());
-                tasks.spawn(async move { (e.eval_id.clone(), l.redrive_one(e, &by).await) });
+        let done = super::bounded(evals, CONCURRENCY, "redrive", |e| {
+            let (l, by) = (self.clone(), out.redrive_id.clone());
+            async move {
+                let id = e.eval_id.clone();
+                l.redrive_one(e, &by).await.map(|r| (id, r))
             }
-            match tasks.join_next().await {
-                None => break,
-                Some(Ok((_, Ok(Ok(e))))) => out.redriven.push(e),
-                Some(Ok((id, Ok(Err(why))))) => out.skipped.push((id, why)),
-                Some(Ok((_, Err(e)))) => failure = failure.or(Some(e)),
-                Some(Err(join)) => failure = failure.or(Some(Error::backend("redrive", join))),
+        })
+        .await;
+        let mut failure = None;
+        for r in done {
+            match r {
+                Ok((_, Ok(e))) => out.redriven.push(e),
+                Ok((id, Err(why))) => out.skipped.push((id, why)),
+                Err(e) => failure = failure.or(Some(e)),
             }
         }
         // Those already redriven stay redriven; a call again redrives the rest.
