@@ -8,6 +8,7 @@
 //! - `items.rs`: the DynamoDB items (attribute names from the Go original: `pool`,
 //!   `wrk`, `cap`, `ttl`, `rpl`, `alloc`) and their conversion to the core's model.
 //! - `store.rs`: `Store`; multi-record writes are one `TransactWriteItems`.
+//! - `placing.rs`: placements as transactions, a scheduler's batch in as few as it takes.
 //! - `limits.rs`: a pool's `max_running`: the counted claim, and setting a cap in fenced steps.
 //! - `queues.rs`: `Queues` over SQS, batched.
 //! - `calls.rs`: an SDK interceptor that counts calls by operation.
@@ -19,6 +20,7 @@ mod direct;
 mod items;
 mod limits;
 mod pipelines;
+mod placing;
 mod probe;
 mod queues;
 pub mod retry;

@@ -33,17 +33,19 @@ use crate::AwsBackend;
 pub const VERSION_IS: &str = "(#lv = :lv OR attribute_not_exists(#lv))";
 
 impl AwsBackend {
-    /// The pool side of a capped claim: fewer than `limit` counted, limits at `version`,
-    /// no count in progress; then one more counted.
-    pub(crate) fn count_in_pool(&self, pool: &PoolId, version: u64, limit: u32) -> Result<TransactWriteItem> {
+    /// The pool side of `k` capped claims: room for `k` more under `limit`, limits at
+    /// `version`, no count in progress; then `k` more counted.
+    pub(crate) fn count_in_pool(&self, pool: &PoolId, version: u64, limit: u32, k: u32) -> Result<TransactWriteItem> {
+        // `run + k <= limit`, written as `run <= limit - k` (a caller never asks for
+        // more than the limit: `place_batched` splits such a batch).
         let u = build(
             Update::builder()
                 .table_name(&self.tables.pools)
                 .set_key(Some(key(pool, None)))
-                .update_expression("SET #run = if_not_exists(#run, :zero) + :one")
+                .update_expression("SET #run = if_not_exists(#run, :zero) + :k")
                 .condition_expression(format!(
                     "attribute_exists(#p) AND {VERSION_IS} AND attribute_not_exists(#counting) \
-                     AND (attribute_not_exists(#run) OR #run < :limit)"
+                     AND (attribute_not_exists(#run) OR #run <= :room)"
                 ))
                 .set_expression_attribute_names(names(&[
                     ("#p", "pool"),
@@ -52,9 +54,9 @@ impl AwsBackend {
                     ("#counting", "counting"),
                 ]))
                 .expression_attribute_values(":zero", n(0))
-                .expression_attribute_values(":one", n(1))
+                .expression_attribute_values(":k", n(k))
                 .expression_attribute_values(":lv", n(version))
-                .expression_attribute_values(":limit", n(limit))
+                .expression_attribute_values(":room", n(i64::from(limit) - i64::from(k)))
                 .build(),
         )?;
         Ok(TransactWriteItem::builder().update(u).build())

@@ -145,6 +145,52 @@ impl AwsBackend {
     }
 
     /// Batch writes, 25 per request, retrying what comes back unprocessed.
+    /// Strongly consistent reads of `keys` (duplicates read once), 100 to a
+    /// `BatchGetItem`, unprocessed keys retried with a backoff. Missing items are
+    /// simply not in the answer.
+    pub(crate) async fn batch_get(&self, table: &str, mut keys: Vec<Item>) -> Result<Vec<Item>> {
+        // A batch may not name one key twice. (Sorted by the key's attributes in
+        // order: a map's own order differs from one map to another.)
+        let id = |k: &Item| {
+            let mut v: Vec<String> = k.iter().map(|(n, a)| format!("{n}={a:?}")).collect();
+            v.sort();
+            v.join(",")
+        };
+        keys.sort_by_cached_key(id);
+        keys.dedup_by(|a, b| id(a) == id(b));
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(100) {
+            let mut req = HashMap::from([(
+                table.to_owned(),
+                build(KeysAndAttributes::builder().set_keys(Some(chunk.to_vec())).consistent_read(true).build())?,
+            )]);
+            for attempt in 0..8u32 {
+                let r = self
+                    .ddb
+                    .batch_get_item()
+                    .set_request_items(Some(req))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err(format!("batch get from {table}"), e))?;
+                out.extend(r.responses.unwrap_or_default().remove(table).unwrap_or_default());
+                match r.unprocessed_keys {
+                    Some(u) if !u.is_empty() => {
+                        req = u;
+                        tokio::time::sleep(std::time::Duration::from_millis(20 << attempt)).await;
+                    }
+                    _ => {
+                        req = HashMap::new();
+                        break;
+                    }
+                }
+            }
+            if !req.is_empty() {
+                return Err(Error::Backend(format!("batch get from {table}: keys still unprocessed after retries")));
+            }
+        }
+        Ok(out)
+    }
+
     async fn batch_write(&self, table: &str, mut reqs: Vec<WriteRequest>) -> Result<()> {
         while !reqs.is_empty() {
             let rest = reqs.split_off(reqs.len().min(25));
@@ -338,7 +384,7 @@ impl AwsBackend {
         Ok(TransactWriteItem::builder().condition_check(check).build())
     }
 
-    fn put_eval(&self, e: &Eval, expected: Option<u64>) -> Result<TransactWriteItem> {
+    pub(crate) fn put_eval(&self, e: &Eval, expected: Option<u64>) -> Result<TransactWriteItem> {
         let mut put = Put::builder().table_name(&self.tables.evals).set_item(Some(to_item(&EvalItem::from(e))?));
         put = match expected {
             Some(v) => put
@@ -786,43 +832,8 @@ impl Store for AwsBackend {
     }
 
     async fn get_evals(&self, pool: &PoolId, ids: &[EvalId]) -> Result<Vec<Eval>> {
-        let mut out = Vec::with_capacity(ids.len());
-        let mut unique: Vec<&EvalId> = ids.iter().collect();
-        unique.sort();
-        unique.dedup();
-        for chunk in unique.chunks(100) {
-            let keys: Vec<Item> = chunk.iter().map(|id| key(pool, Some(("eval", id.as_str())))).collect();
-            let mut req = HashMap::from([(
-                self.tables.evals.clone(),
-                build(KeysAndAttributes::builder().set_keys(Some(keys)).consistent_read(true).build())?,
-            )]);
-            for attempt in 0..8u32 {
-                let r = self
-                    .ddb
-                    .batch_get_item()
-                    .set_request_items(Some(req))
-                    .send()
-                    .await
-                    .map_err(|e| sdk_err("batch get evals", e))?;
-                for i in r.responses.unwrap_or_default().remove(&self.tables.evals).unwrap_or_default() {
-                    out.push(eval_from_item(i)?);
-                }
-                match r.unprocessed_keys {
-                    Some(u) if !u.is_empty() => {
-                        req = u;
-                        tokio::time::sleep(std::time::Duration::from_millis(20 << attempt)).await;
-                    }
-                    _ => {
-                        req = HashMap::new();
-                        break;
-                    }
-                }
-            }
-            if !req.is_empty() {
-                return Err(Error::Backend("batch get evals: keys still unprocessed after retries".into()));
-            }
-        }
-        Ok(out)
+        let keys = ids.iter().map(|id| key(pool, Some(("eval", id.as_str())))).collect();
+        self.batch_get(&self.tables.evals, keys).await?.into_iter().map(eval_from_item).collect()
     }
 
     async fn list_evals(&self, pool: &PoolId, status: Option<EvalStatus>, limit: usize) -> Result<Vec<Eval>> {
@@ -889,6 +900,12 @@ impl Store for AwsBackend {
         }
     }
 
+    async fn get_allocs(&self, pool: &PoolId, ids: &[AllocId]) -> Result<Vec<Alloc>> {
+        let keys = ids.iter().map(|id| key(pool, Some(("alloc", id.as_str())))).collect();
+        let items = self.batch_get(&self.tables.allocs, keys).await?;
+        Ok(Self::items::<AllocItem>(items)?.into_iter().map(Alloc::from).collect())
+    }
+
     async fn live_allocs(&self, pool: &PoolId, worker: Option<&WorkerId>) -> Result<Vec<Alloc>> {
         // The sparse by_ttl index holds exactly the live allocs.
         let mut q = self.by_pool(&self.tables.allocs, pool).index_name(BY_TTL);
@@ -908,56 +925,11 @@ impl Store for AwsBackend {
     }
 
     async fn place(&self, a: &Alloc, e: &Eval, expected: u64, claim: Claim, now: Millis) -> Result<()> {
-        // The worker's `lv` fence: a claim made against limits older than the worker
-        // has seen loses (see `set_max_running` in limits.rs).
-        let claim_worker = build(
-            Update::builder()
-                .table_name(&self.tables.workers)
-                .set_key(Some(key(&a.pool_id, Some(("wrk", a.worker_id.as_str())))))
-                .update_expression("SET #c = #c - :size")
-                .condition_expression("#c >= :size AND #t > :now AND (attribute_not_exists(#lv) OR #lv <= :lv)")
-                .set_expression_attribute_names(names(&[("#c", "cap"), ("#t", "ttl"), ("#lv", "lv")]))
-                .expression_attribute_values(":size", n(a.size))
-                .expression_attribute_values(":now", n(now))
-                .expression_attribute_values(":lv", n(claim.version))
-                .build(),
-        )?;
-        let put_alloc = build(
-            Put::builder()
-                .table_name(&self.tables.allocs)
-                .set_item(Some(to_item(&AllocItem::from(a))?))
-                .condition_expression("attribute_not_exists(#a)")
-                .expression_attribute_names("#a", "alloc")
-                .build(),
-        )?;
-        let mut items = vec![
-            TransactWriteItem::builder().update(claim_worker).build(),
-            TransactWriteItem::builder().put(put_alloc).build(),
-            self.put_eval(e, Some(expected))?,
-        ];
-        // Only a capped pool's placements touch the pool item: an uncapped hot pool
-        // does not pay for a counter it does not need.
-        if let Some(limit) = claim.limit {
-            items.push(self.count_in_pool(&a.pool_id, claim.version, limit)?);
-        }
-        match self.transact(items, "place").await {
-            Ok(()) => Ok(()),
-            Err(TxError::Cancelled(r)) => Err(Error::Conflict(
-                if TxError::failed(&r, 0) {
-                    "worker has not enough free capacity, is not live, or has seen newer pool limits"
-                } else if TxError::failed(&r, 1) {
-                    "alloc id exists"
-                } else if TxError::failed(&r, 2) {
-                    "eval changed"
-                } else if TxError::failed(&r, 3) {
-                    "the pool's running limit is reached or its limits changed"
-                } else {
-                    "transaction cancelled"
-                }
-                .into(),
-            )),
-            Err(TxError::Other(e)) => Err(e),
-        }
+        self.place_alone(a, e, expected, claim, now).await
+    }
+
+    async fn place_many(&self, items: &[(Alloc, Eval, u64)], claim: Claim, now: Millis) -> Result<Vec<Result<()>>> {
+        self.place_batched(items, claim, now).await
     }
 
     async fn release(&self, a: &Alloc, eval: Option<(&Eval, u64)>, expired_by: Option<Millis>) -> Result<()> {

@@ -172,6 +172,16 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- allocs
     async fn get_alloc(&self, pool: &PoolId, alloc: &AllocId) -> Result<Option<Alloc>>;
+
+    /// The allocs of `ids` that exist, in any order (a poll checks what it hands out
+    /// in one read where the store can batch).
+    async fn get_allocs(&self, pool: &PoolId, ids: &[AllocId]) -> Result<Vec<Alloc>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(self.get_alloc(pool, id).await?);
+        }
+        Ok(out)
+    }
     /// Live allocs of the pool, or of one worker.
     async fn live_allocs(&self, pool: &PoolId, worker: Option<&WorkerId>) -> Result<Vec<Alloc>>;
     /// Live allocs whose TTL has passed.

@@ -137,6 +137,9 @@ impl Store for MeteredStore {
     async fn get_alloc(&self, pool: &PoolId, alloc: &AllocId) -> Result<Option<Alloc>> {
         m(self.backend, "get_alloc", self.inner.get_alloc(pool, alloc)).await
     }
+    async fn get_allocs(&self, pool: &PoolId, ids: &[AllocId]) -> Result<Vec<Alloc>> {
+        m(self.backend, "get_allocs", self.inner.get_allocs(pool, ids)).await
+    }
     async fn live_allocs(&self, pool: &PoolId, worker: Option<&WorkerId>) -> Result<Vec<Alloc>> {
         m(self.backend, "live_allocs", self.inner.live_allocs(pool, worker)).await
     }

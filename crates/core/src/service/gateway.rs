@@ -116,6 +116,7 @@ impl Lineup {
     pub async fn disband_pool(&self, who: &Principal, pool: &PoolId) -> Result<Pool> {
         require_admin(who)?;
         let p = self.store.disband_pool(pool, self.now()).await?;
+        self.forget_pool(pool);
         crate::fault!("disband.after_mark");
         self.queues.delete_queue(&self.pool_queue(pool)).await?;
         for e in self.store.unfinished_evals(pool).await? {
@@ -206,7 +207,14 @@ impl Lineup {
         let mut datasets = req.datasets.iter().map(|d| validate::dataset(d)).collect::<Result<Vec<_>>>()?;
         datasets.sort();
         datasets.dedup();
-        self.active_pool(pool).await?;
+        // A pool read at most once a second per process (as the scheduler reads it),
+        // not one per heartbeat: a pool disbanded elsewhere is noticed a second late,
+        // and its workers' queues are gone already.
+        match self.fresh_pool(pool, false).await? {
+            None => return Err(Error::not_found(format!("pool {pool}"))),
+            Some(p) if p.status == PoolStatus::Disbanded => return Err(Error::Disbanded(pool.to_string())),
+            Some(_) => {}
+        }
         let now = self.now();
         let hb = Heartbeat {
             pool: pool.clone(),
@@ -269,14 +277,26 @@ impl Lineup {
         }
         self.queues.delete(&queue, &receipts).await?;
         // Don't hand out work that was cancelled or released meanwhile.
-        let mut live = Vec::with_capacity(out.len());
-        for a in out {
-            match self.store.get_alloc(pool, &a.alloc_id).await? {
-                Some(al) if al.state == AllocState::Live && !al.stop => live.push(a),
-                _ => debug!(alloc = %a.alloc_id, "skipping alloc no longer live"),
+        let ids: Vec<AllocId> = out.iter().map(|a| a.alloc_id.clone()).collect();
+        let live: std::collections::HashSet<AllocId> = if ids.is_empty() {
+            Default::default()
+        } else {
+            self.store
+                .get_allocs(pool, &ids)
+                .await?
+                .into_iter()
+                .filter(|a| a.state == AllocState::Live && !a.stop)
+                .map(|a| a.alloc_id)
+                .collect()
+        };
+        out.retain(|a| {
+            let keep = live.contains(&a.alloc_id);
+            if !keep {
+                debug!(alloc = %a.alloc_id, "skipping alloc no longer live");
             }
-        }
-        Ok(live)
+            keep
+        });
+        Ok(out)
     }
 
     // ---- evals

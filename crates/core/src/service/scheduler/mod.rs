@@ -168,16 +168,21 @@ impl Lineup {
     /// version it was planned against, and a lost claim reads the pool again), so one
     /// read a second per pool will do rather than one per pass.
     pub(super) async fn current_pool(&self, pool: &Pool, reread: bool) -> Result<Pool> {
+        Ok(self.fresh_pool(&pool.pool_id, reread).await?.unwrap_or_else(|| pool.clone()))
+    }
+
+    /// `current_pool` by id: `None` if there is no such pool.
+    pub(in crate::service) async fn fresh_pool(&self, pool: &crate::id::PoolId, reread: bool) -> Result<Option<Pool>> {
         let now = tokio::time::Instant::now();
         if !reread {
-            let cached = self.pool_reads.lock().ok().and_then(|m| m.get(&pool.pool_id).cloned());
+            let cached = self.pool_reads.lock().ok().and_then(|m| m.get(pool).cloned());
             if let Some((p, _)) = cached.filter(|(_, at)| now.duration_since(*at) < POOL_FRESH) {
-                return Ok(p);
+                return Ok(Some(p));
             }
         }
-        let p = self.store.get_pool(&pool.pool_id).await?.unwrap_or_else(|| pool.clone());
-        if let Ok(mut m) = self.pool_reads.lock() {
-            m.insert(pool.pool_id.clone(), (p.clone(), now));
+        let p = self.store.get_pool(pool).await?;
+        if let (Some(p), Ok(mut m)) = (&p, self.pool_reads.lock()) {
+            m.insert(pool.clone(), (p.clone(), now));
         }
         Ok(p)
     }

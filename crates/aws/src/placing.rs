@@ -1,0 +1,243 @@
+//! Placements as transactions: one placement alone (`place_alone`), and a scheduler's
+//! batch in as few `TransactWriteItems` as DynamoDB allows (`place_batched`), so that a
+//! pass of ten placements is one call, not ten.
+//!
+//! A batch transaction holds, per worker, one claim for the sum of its placements'
+//! sizes (a transaction may touch an item once), and per placement its alloc put and
+//! its eval put; a capped pool's count moves once, by the number of placements. The
+//! store's contract is per placement (`Store::place_many`: each atomic alone, in
+//! order), so a cancellation is read item by item: a placement whose eval or alloc
+//! condition failed is a `Conflict` and leaves the batch, which is tried again without
+//! it; a worker whose claim failed has its placements tried one by one, in order (the
+//! first ones may fit where all of them did not); a failed pool count, or a
+//! cancellation that names nothing (transient causes past their retries), sends the
+//! whole batch one by one. Cost is unchanged (2 write units per item either way); only
+//! the number of calls falls.
+
+use std::collections::{BTreeMap, HashSet};
+
+use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
+use lineup_core::backend::Claim;
+use lineup_core::*;
+
+use crate::items::*;
+use crate::store::{build, names, TxError};
+use crate::AwsBackend;
+
+/// Placements per transaction: 2 items each plus one claim per worker and a pool
+/// count stay within DynamoDB's 100 items.
+const PER_TX: usize = 32;
+/// The items of one transaction may total 4 MB; a batch is cut well below it (an
+/// eval item is about its payload plus 1 KB).
+const TX_BYTES: usize = 3 << 20;
+
+/// What the `i`th item of a batch transaction is, to read its cancellation reason.
+#[derive(Clone, Copy)]
+enum Part {
+    /// The claim on a worker, for the placements on it.
+    Worker(usize),
+    /// Placement `i`'s alloc or eval put.
+    Own(usize),
+    /// The capped pool's count.
+    Pool,
+}
+
+impl AwsBackend {
+    /// The worker side of a claim of `size`: enough free, lease not run out, and the
+    /// `lv` fence (a claim made against limits older than the worker has seen loses;
+    /// see `set_max_running` in limits.rs).
+    fn claim_worker(&self, a: &Alloc, size: u32, now: Millis, claim: Claim) -> Result<TransactWriteItem> {
+        let u = build(
+            Update::builder()
+                .table_name(&self.tables.workers)
+                .set_key(Some(key(&a.pool_id, Some(("wrk", a.worker_id.as_str())))))
+                .update_expression("SET #c = #c - :size")
+                .condition_expression("#c >= :size AND #t > :now AND (attribute_not_exists(#lv) OR #lv <= :lv)")
+                .set_expression_attribute_names(names(&[("#c", "cap"), ("#t", "ttl"), ("#lv", "lv")]))
+                .expression_attribute_values(":size", n(size))
+                .expression_attribute_values(":now", n(now))
+                .expression_attribute_values(":lv", n(claim.version))
+                .build(),
+        )?;
+        Ok(TransactWriteItem::builder().update(u).build())
+    }
+
+    fn put_alloc(&self, a: &Alloc) -> Result<TransactWriteItem> {
+        let put = build(
+            Put::builder()
+                .table_name(&self.tables.allocs)
+                .set_item(Some(to_item(&AllocItem::from(a))?))
+                .condition_expression("attribute_not_exists(#a)")
+                .expression_attribute_names("#a", "alloc")
+                .build(),
+        )?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    /// One placement, one transaction: the claim, the alloc, the eval (and a capped
+    /// pool's count).
+    pub(crate) async fn place_alone(
+        &self,
+        a: &Alloc,
+        e: &Eval,
+        expected: u64,
+        claim: Claim,
+        now: Millis,
+    ) -> Result<()> {
+        let mut items =
+            vec![self.claim_worker(a, a.size, now, claim)?, self.put_alloc(a)?, self.put_eval(e, Some(expected))?];
+        // Only a capped pool's placements touch the pool item: an uncapped hot pool
+        // does not pay for a counter it does not need.
+        if let Some(limit) = claim.limit {
+            items.push(self.count_in_pool(&a.pool_id, claim.version, limit, 1)?);
+        }
+        match self.transact(items, "place").await {
+            Ok(()) => Ok(()),
+            Err(TxError::Cancelled(r)) => Err(Error::Conflict(
+                if TxError::failed(&r, 0) {
+                    "worker has not enough free capacity, is not live, or has seen newer pool limits"
+                } else if TxError::failed(&r, 1) {
+                    "alloc id exists"
+                } else if TxError::failed(&r, 2) {
+                    "eval changed"
+                } else if TxError::failed(&r, 3) {
+                    "the pool's running limit is reached or its limits changed"
+                } else {
+                    "transaction cancelled"
+                }
+                .into(),
+            )),
+            Err(TxError::Other(e)) => Err(e),
+        }
+    }
+
+    /// `Store::place_many` in batch transactions (see the module doc).
+    pub(crate) async fn place_batched(
+        &self,
+        items: &[(Alloc, Eval, u64)],
+        claim: Claim,
+        now: Millis,
+    ) -> Result<Vec<Result<()>>> {
+        let mut out: Vec<Option<Result<()>>> = items.iter().map(|_| None).collect();
+        for chunk in chunks(items, claim) {
+            let mut pending = chunk;
+            let mut alone: Vec<usize> = Vec::new();
+            while pending.len() > 1 {
+                let (tx, parts) = self.batch_tx(items, &pending, claim, now)?;
+                let reasons = match self.transact(tx, "place batch").await {
+                    Ok(()) => {
+                        for i in pending.drain(..) {
+                            out[i] = Some(Ok(()));
+                        }
+                        break;
+                    }
+                    Err(TxError::Cancelled(r)) => r,
+                    Err(TxError::Other(e)) => {
+                        // Unknown whether it applied (a lost response past every retry):
+                        // each reports the failure, and the scheduler defers them.
+                        let why = e.to_string();
+                        for i in pending.drain(..) {
+                            out[i] = Some(Err(Error::backend("place batch", &why)));
+                        }
+                        break;
+                    }
+                };
+                let mut lost_workers = HashSet::new();
+                let mut whole = true;
+                for (j, part) in parts.iter().enumerate() {
+                    if !TxError::failed(&reasons, j) {
+                        continue;
+                    }
+                    match *part {
+                        Part::Own(i) => {
+                            whole = false;
+                            out[i] = Some(Err(Error::Conflict("alloc id exists or eval changed".into())));
+                        }
+                        Part::Worker(i) => {
+                            whole = false;
+                            lost_workers.insert(items[i].0.worker_id.clone());
+                        }
+                        Part::Pool => {}
+                    }
+                }
+                if whole {
+                    alone.append(&mut pending);
+                    break;
+                }
+                pending.retain(|&i| out[i].is_none());
+                let (lost, rest): (Vec<usize>, Vec<usize>) =
+                    pending.iter().partition(|&&i| lost_workers.contains(&items[i].0.worker_id));
+                alone.extend(lost);
+                pending = rest;
+            }
+            alone.extend(pending);
+            alone.sort_unstable();
+            for i in alone {
+                let (a, e, v) = &items[i];
+                out[i] = Some(self.place_alone(a, e, *v, claim, now).await);
+            }
+        }
+        Ok(out.into_iter().map(|r| r.unwrap_or_else(|| Err(Error::Conflict("not placed".into())))).collect())
+    }
+
+    /// One transaction for the placements `which` (indices into `items`), and what
+    /// each of its items is.
+    fn batch_tx(
+        &self,
+        items: &[(Alloc, Eval, u64)],
+        which: &[usize],
+        claim: Claim,
+        now: Millis,
+    ) -> Result<(Vec<TransactWriteItem>, Vec<Part>)> {
+        let mut by_worker: BTreeMap<&str, (usize, u32)> = BTreeMap::new();
+        for &i in which {
+            let a = &items[i].0;
+            by_worker.entry(a.worker_id.as_str()).or_insert((i, 0)).1 += a.size;
+        }
+        let mut tx = Vec::with_capacity(by_worker.len() + 2 * which.len() + 1);
+        let mut parts = Vec::with_capacity(tx.capacity());
+        for (first, size) in by_worker.into_values() {
+            tx.push(self.claim_worker(&items[first].0, size, now, claim)?);
+            parts.push(Part::Worker(first));
+        }
+        for &i in which {
+            let (a, e, expected) = &items[i];
+            tx.push(self.put_alloc(a)?);
+            tx.push(self.put_eval(e, Some(*expected))?);
+            parts.extend([Part::Own(i), Part::Own(i)]);
+        }
+        if let Some(limit) = claim.limit {
+            tx.push(self.count_in_pool(&items[which[0]].0.pool_id, claim.version, limit, which.len() as u32)?);
+            parts.push(Part::Pool);
+        }
+        Ok((tx, parts))
+    }
+}
+
+/// The batch cut into transactions: at most `PER_TX` placements and `TX_BYTES`, never
+/// more than a capped pool's limit, and never one eval or alloc twice (a transaction
+/// may touch an item once; a repeat starts the next chunk).
+fn chunks(items: &[(Alloc, Eval, u64)], claim: Claim) -> Vec<Vec<usize>> {
+    let most = claim.limit.map_or(PER_TX, |l| PER_TX.min(l.max(1) as usize));
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut cur: Vec<usize> = Vec::new();
+    let mut bytes = 0;
+    let mut seen: HashSet<(&str, &str)> = HashSet::new();
+    for (i, (a, e, _)) in items.iter().enumerate() {
+        let size = 1024 + e.payload.as_ref().map_or(0, |p| p.to_string().len());
+        let id = (e.eval_id.as_str(), a.alloc_id.as_str());
+        let repeat = seen.iter().any(|(ev, al)| *ev == id.0 || *al == id.1);
+        if !cur.is_empty() && (cur.len() >= most || bytes + size > TX_BYTES || repeat) {
+            out.push(std::mem::take(&mut cur));
+            bytes = 0;
+            seen.clear();
+        }
+        cur.push(i);
+        bytes += size;
+        seen.insert(id);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
