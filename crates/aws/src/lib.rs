@@ -11,6 +11,7 @@
 //! - `placing.rs`: placements as transactions, a scheduler's batch in as few as it takes.
 //! - `limits.rs`: a pool's `max_running`: the counted claim, and setting a cap in fenced steps.
 //! - `queues.rs`: `Queues` over SQS, batched.
+//! - `original.rs`: the Go original's step-by-step writes, for `make bench` to measure beside.
 //! - `calls.rs`: an SDK interceptor that counts calls by operation.
 //! - `retry.rs`: backoff for throttling, 5xx and transaction conflicts.
 //! - `probe.rs`: health checks that read a CloudWatch metric.
@@ -19,6 +20,7 @@ mod calls;
 mod direct;
 mod items;
 mod limits;
+mod original;
 mod pipelines;
 mod placing;
 mod probe;

@@ -1,10 +1,21 @@
-//! The AWS scenario: the AWS backend over moto, 100 evals on 10 workers, the
-//! scheduler's calls counted by operation, in two shapes measured in the same run:
-//! Lineup's (10 messages per receive, one candidate query and one batch read per
-//! receive, one `TransactWriteItems` per placement, sends grouped by worker) and the Go
-//! original's (one message per receive, a read and a candidate query per eval, claim
-//! then put then write the eval, one send and one delete per eval). Calls, not time:
-//! moto is far slower than AWS. Idle long polls (empty receives) are left out.
+//! The AWS scenario: the whole lifecycle of 100 evals on 10 workers over moto, every
+//! AWS call counted by operation and every DynamoDB unit metered (moto's partition
+//! mode with budgets too large to bind), in two shapes measured in the same run:
+//!
+//! - **Lineup's**: the gateway's submit, poll, heartbeat and complete, and the
+//!   scheduler's passes (batched receive, one candidate query and one batch read per
+//!   receive, one `TransactWriteItems` per pass, sends grouped by worker);
+//! - **the Go original's**: put the eval and send; one message per receive, a read and
+//!   a candidate query per eval, claim then put then write the eval, one send and one
+//!   delete per eval; workers reading their SQS queue one message at a time; a
+//!   heartbeat that writes the worker and each alloc; a completion that reads the
+//!   alloc, then releases it, gives the capacity back and marks the eval, each a plain
+//!   write (`lineup_aws::AwsBackend::place_in_steps` and its neighbours).
+//!
+//! The lifecycle: submit, place and deliver, poll, one heartbeat per alloc (each
+//! worker heartbeats once, listing the allocs it runs, as the agent does), complete.
+//! Calls and units, not time: moto is far slower than AWS. Idle long polls (empty
+//! receives) are left out.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,12 +24,13 @@ use std::time::Duration;
 
 use lineup_aws::{create_tables, AwsBackend};
 use lineup_conformance::moto::Moto;
-use lineup_conformance::{complete, new_eval, ADMIN};
+use lineup_conformance::{complete, hb_req, new_eval, ADMIN};
 use lineup_core::service::{PoolScheduler, SchedulerOptions};
 use lineup_core::*;
 
 const EVALS: usize = 100;
 const WORKERS: usize = 10;
+pub const PHASES: [&str; 5] = ["submit", "place + deliver", "poll", "heartbeat", "complete"];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -26,12 +38,30 @@ pub enum Shape {
     Original,
 }
 
-/// Calls per placement by operation, for one shape.
-pub struct Counted {
-    pub schedule: BTreeMap<String, f64>,
-    /// Lineup's shape only: the gateway's calls per eval for submit, and for poll + complete.
-    pub submit: BTreeMap<String, f64>,
-    pub worker: BTreeMap<String, f64>,
+/// One shape's lifecycle, per placement.
+pub struct Lifecycle {
+    /// Calls by operation, per phase (`PHASES`).
+    pub phases: Vec<BTreeMap<String, f64>>,
+    /// DynamoDB write and read units, as metered.
+    pub wcu: f64,
+    pub rcu: f64,
+    /// Requests through API Gateway to the gateway function.
+    pub gateway: f64,
+}
+
+impl Lifecycle {
+    pub fn calls(&self) -> f64 {
+        self.phases.iter().map(total).sum()
+    }
+
+    pub fn sqs(&self) -> f64 {
+        self.phases.iter().flat_map(|p| p.iter()).filter(|(op, _)| op.starts_with("SQS.")).map(|(_, n)| n).sum()
+    }
+
+    /// Dollars per million placements at `PRICES`: DynamoDB, SQS, API Gateway + Lambda requests.
+    pub fn dollars(&self) -> (f64, f64, f64) {
+        (self.wcu * WRU + self.rcu * RRU, self.sqs() * SQS, self.gateway * (HTTP_API + LAMBDA))
+    }
 }
 
 pub fn total(m: &BTreeMap<String, f64>) -> f64 {
@@ -54,8 +84,13 @@ fn per_eval(m: BTreeMap<String, u64>, idle_receives: u64) -> BTreeMap<String, f6
         .collect()
 }
 
-pub async fn measure(shape: Shape) -> Result<Counted, String> {
-    let moto = Moto::shared();
+/// A moto server metering DynamoDB units, with budgets that never bind.
+pub fn meter() -> Moto {
+    Moto::partitioned("wcu=1000000000,rcu=1000000000")
+}
+
+/// Runs one shape's lifecycle against `moto` (see the module doc).
+pub async fn measure(moto: &Moto, shape: Shape) -> Result<Lifecycle, String> {
     let prefix = format!("b{}", PoolId::generate());
     // Each role on its own clients, as the functions are, so each share is exact.
     let gateway_b = Arc::new(AwsBackend::for_emulator(&moto.endpoint, &prefix).await);
@@ -69,65 +104,122 @@ pub async fn measure(shape: Shape) -> Result<Counted, String> {
     let pool = gw.create_pool(&ADMIN, Strategy::Spread).await.map_err(err)?;
     let mut workers = Vec::new();
     for _ in 0..WORKERS {
-        workers.push(gw.register_worker(&ADMIN, &pool.pool_id, 10).await.map_err(err)?.worker.worker_id);
+        workers.push(gw.register_worker(&ADMIN, &pool.pool_id, 10).await.map_err(err)?.worker);
     }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    let late = |what: &str, n: usize| {
+        if tokio::time::Instant::now() > deadline {
+            Err(format!("only {n} {what}"))
+        } else {
+            Ok(())
+        }
+    };
+    let mut phases = Vec::new();
+    let mut gateway = 0usize;
+    moto.units(true);
+
+    // ---- submit
     gateway_b.calls().reset();
     for _ in 0..EVALS {
-        gw.submit_eval(&ADMIN, &pool.pool_id, new_eval(1, None)).await.map_err(err)?;
+        match shape {
+            Shape::Lineup => {
+                gw.submit_eval(&ADMIN, &pool.pool_id, new_eval(1, None)).await.map_err(err)?;
+            }
+            Shape::Original => {
+                let e = Eval::queued(pool.pool_id.clone(), 1, None, None, Priority::DEFAULT, None, gw.now());
+                gateway_b.original_put_eval(&e).await.map_err(err)?;
+                let body = serde_json::to_string(&EvalMessage::of(&e)).map_err(|e| e.to_string())?;
+                gw.queues.send(&settings.pool_queue(&pool.pool_id), &[body]).await.map_err(err)?;
+            }
+        }
+        gateway += 1;
     }
-    let submit = gateway_b.calls().snapshot();
-    sched_b.calls().reset();
+    phases.push(per_eval(gateway_b.calls().snapshot(), 0));
 
-    let mut placed = 0;
-    let mut idle = 0u64;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    match shape {
-        Shape::Lineup => {
-            let opts = SchedulerOptions { wait: Duration::from_secs(1), ..Default::default() };
-            let mut ps = PoolScheduler::new(sched.clone(), pool.clone(), opts);
-            while placed < EVALS {
-                if tokio::time::Instant::now() > deadline {
-                    return Err(format!("only {placed} placed"));
-                }
+    // ---- place + deliver
+    sched_b.calls().reset();
+    let (mut placed, mut idle) = (0, 0u64);
+    let opts = SchedulerOptions { wait: Duration::from_secs(1), ..Default::default() };
+    let mut ps = (shape == Shape::Lineup).then(|| PoolScheduler::new(sched.clone(), pool.clone(), opts));
+    while placed < EVALS {
+        late("placed", placed)?;
+        match &mut ps {
+            Some(ps) => {
                 let pass = ps.step(Duration::from_secs(1)).await.map_err(err)?;
-                if pass.received == 0 && pass.placed == 0 {
-                    idle += 1;
-                }
+                idle += u64::from(pass.received == 0);
                 placed += pass.placed;
             }
-        }
-        Shape::Original => {
-            while placed < EVALS {
-                if tokio::time::Instant::now() > deadline {
-                    return Err(format!("only {placed} placed"));
-                }
-                if original_step(&sched, &sched_b, &settings, &pool).await.map_err(err)? {
-                    placed += 1;
-                } else {
-                    idle += 1;
-                }
-            }
+            None if original_step(&sched, &sched_b, &settings, &pool).await.map_err(err)? => placed += 1,
+            None => idle += 1,
         }
     }
-    let schedule = sched_b.calls().snapshot();
+    phases.push(per_eval(sched_b.calls().snapshot(), idle));
 
-    // The workers' side (Lineup's gateway either way): poll and complete everything.
+    // ---- poll: every alloc reaches its worker
     gateway_b.calls().reset();
-    let mut done = 0;
-    while done < EVALS {
-        if tokio::time::Instant::now() > deadline {
-            return Err(format!("only {done} completed"));
+    let mut running: Vec<Vec<AllocId>> = vec![Vec::new(); WORKERS];
+    let (mut got, mut idle) = (0, 0u64);
+    while got < EVALS {
+        late("delivered", got)?;
+        for (i, w) in workers.iter().enumerate() {
+            let ids = match shape {
+                Shape::Lineup => {
+                    gateway += 1;
+                    let msgs =
+                        gw.poll(&ADMIN, &pool.pool_id, &w.worker_id, Duration::from_secs(1), 10).await.map_err(err)?;
+                    msgs.into_iter().map(|m| m.alloc_id).collect()
+                }
+                Shape::Original => original_poll(&gw, &settings, w).await.map_err(err)?,
+            };
+            idle += u64::from(ids.is_empty());
+            got += ids.len();
+            running[i].extend(ids);
         }
-        for w in &workers {
-            for a in gw.poll(&ADMIN, &pool.pool_id, w, Duration::from_secs(1), 10).await.map_err(err)? {
-                gw.finish_alloc(&ADMIN, &pool.pool_id, &a.alloc_id, complete(0)).await.map_err(err)?;
-                done += 1;
+    }
+    phases.push(per_eval(gateway_b.calls().snapshot(), idle));
+
+    // ---- heartbeat: each worker once, listing what it runs
+    gateway_b.calls().reset();
+    for (w, allocs) in workers.iter().zip(&running) {
+        gateway += 1;
+        match shape {
+            Shape::Lineup => {
+                let stop = gw.heartbeat(&ADMIN, &pool.pool_id, &w.worker_id, hb_req(&[], allocs)).await.map_err(err)?;
+                if !stop.is_empty() {
+                    return Err(format!("heartbeat told {} allocs to stop", stop.len()));
+                }
+            }
+            Shape::Original => {
+                let ttl = gw.now() + settings.worker_ttl_ms();
+                gateway_b.heartbeat_in_steps(w, allocs, ttl).await.map_err(err)?;
             }
         }
     }
-    let worker = gateway_b.calls().snapshot();
+    phases.push(per_eval(gateway_b.calls().snapshot(), 0));
+
+    // ---- complete
+    gateway_b.calls().reset();
+    for a in running.iter().flatten() {
+        gateway += 1;
+        match shape {
+            Shape::Lineup => {
+                gw.finish_alloc(&ADMIN, &pool.pool_id, a, complete(0)).await.map_err(err)?;
+            }
+            Shape::Original => gateway_b.complete_in_steps(&pool.pool_id, a, gw.now()).await.map_err(err)?,
+        }
+    }
+    phases.push(per_eval(gateway_b.calls().snapshot(), 0));
+
+    let (wcu, rcu) = metered(&moto.units(false));
     let _ = lineup_aws::delete_tables(gateway_b.dynamodb(), gateway_b.tables()).await;
-    Ok(Counted { schedule: per_eval(schedule, idle), submit: per_eval(submit, 0), worker: per_eval(worker, 0) })
+    let per = EVALS as f64;
+    Ok(Lifecycle { phases, wcu: wcu / per, rcu: rcu / per, gateway: gateway as f64 / per })
+}
+
+/// Total write and read units in a meter reading.
+fn metered(units: &serde_json::Value) -> (f64, f64) {
+    let parts = units["partitions"].as_object().into_iter().flat_map(|m| m.values());
+    parts.fold((0.0, 0.0), |(w, r), v| (w + v["wcu"].as_f64().unwrap_or(0.0), r + v["rcu"].as_f64().unwrap_or(0.0)))
 }
 
 /// One eval the Go original's way. False if the receive was empty.
@@ -157,31 +249,26 @@ async fn original_step(l: &Lineup, b: &AwsBackend, settings: &Settings, pool: &P
     Ok(true)
 }
 
-/// On-demand prices, us-east-1 (2026), dollars per million: DynamoDB write and read
-/// request units, SQS requests.
+/// A worker of the original: one message per receive from its own queue, then deleted.
+async fn original_poll(l: &Lineup, settings: &Settings, w: &Worker) -> Result<Vec<AllocId>> {
+    let queue = settings.worker_queue(&w.pool_id, &w.worker_id);
+    let Some(m) = l.queues.receive(&queue, 1, Duration::from_secs(1), Duration::from_secs(30)).await?.pop() else {
+        return Ok(Vec::new());
+    };
+    l.queues.delete(&queue, &[m.receipt]).await?;
+    let a: AllocMessage = serde_json::from_str(&m.body).map_err(|e| Error::backend("decode", e))?;
+    Ok(vec![a.alloc_id])
+}
+
+/// On-demand prices, us-east-1, as published on the AWS pricing pages (read
+/// 2026-12-03), dollars per million: DynamoDB write and read request units, SQS
+/// standard requests (first 64 KB), API Gateway HTTP API requests (first 300 M),
+/// Lambda requests (duration not included).
+pub const PRICES: &str =
+    "us-east-1 on-demand (read 2026-12-03): DynamoDB $0.625/M WRU, $0.125/M RRU; SQS $0.40/M requests; \
+     API Gateway HTTP API $1.00/M; Lambda $0.20/M requests (duration not included)";
 const WRU: f64 = 0.625;
 const RRU: f64 = 0.125;
 const SQS: f64 = 0.40;
-
-/// Dollars per million placements for calls per placement `m`, items under 1 KB:
-/// `TransactWriteItems` of a placement writes 3 items at 2 WRU each; a plain write is
-/// 1 WRU; `GetItem` and `BatchGetItem` (strongly consistent) 1 RRU per item, one eval
-/// each per placement; a `Query` on an index (eventually consistent, under 4 KB) 0.5 RRU;
-/// every SQS request one request.
-pub fn dollars_per_million(m: &BTreeMap<String, f64>) -> (f64, f64) {
-    let mut ddb = 0.0;
-    let mut sqs = 0.0;
-    for (op, calls) in m {
-        match op.as_str() {
-            "DynamoDB.TransactWriteItems" => ddb += calls * 6.0 * WRU,
-            "DynamoDB.UpdateItem" | "DynamoDB.PutItem" | "DynamoDB.DeleteItem" => ddb += calls * WRU,
-            "DynamoDB.GetItem" => ddb += calls * RRU,
-            // One eval per placement, however many calls carried them.
-            "DynamoDB.BatchGetItem" => ddb += RRU,
-            "DynamoDB.Query" => ddb += calls * 0.5 * RRU,
-            op if op.starts_with("SQS.") => sqs += calls * SQS,
-            _ => {}
-        }
-    }
-    (ddb, sqs)
-}
+const HTTP_API: f64 = 1.00;
+const LAMBDA: f64 = 0.20;

@@ -191,36 +191,45 @@ async fn wait_queued_zero(admin: &Client, pool: &str, limit: Duration) -> Durati
 }
 
 async fn aws_scenario(rows: &mut Vec<(String, f64, &'static str, String)>) {
-    let lineup = match aws::measure(aws::Shape::Lineup).await {
+    let moto = aws::meter();
+    let lineup = match aws::measure(&moto, aws::Shape::Lineup).await {
         Ok(c) => c,
         Err(e) => return println!("aws: failed: {e}"),
     };
-    let original = match aws::measure(aws::Shape::Original).await {
+    let original = match aws::measure(&moto, aws::Shape::Original).await {
         Ok(c) => c,
         Err(e) => return println!("aws: original's shape failed: {e}"),
     };
     println!();
-    println!("AWS calls per placement (moto, 100 evals on 10 workers, idle long polls excluded)");
-    println!("{:<32} {:>10} {:>12}", "scheduler operation", "lineup", "original");
-    let ops: std::collections::BTreeSet<&String> = lineup.schedule.keys().chain(original.schedule.keys()).collect();
-    for op in ops {
-        let get = |m: &std::collections::BTreeMap<String, f64>| m.get(op).copied().unwrap_or(0.0);
-        println!("{op:<32} {:>10.2} {:>12.2}", get(&lineup.schedule), get(&original.schedule));
-    }
-    let (l, o) = (aws::total(&lineup.schedule), aws::total(&original.schedule));
-    println!("{:<32} {l:>10.2} {o:>12.2}", "total");
-    println!("lineup, per eval: submit {:.2} {:?}", aws::total(&lineup.submit), lineup.submit);
-    println!("lineup, per eval: poll + complete {:.2} {:?}", aws::total(&lineup.worker), lineup.worker);
-    report(rows, "aws_calls_per_placement", l, "calls", "<= 2.5");
-    report(rows, "aws_calls_per_placement_original_shape", o, "calls", "");
-    report(rows, "aws_original_over_lineup", o / l, "x", "");
-    let (ld, ls) = aws::dollars_per_million(&lineup.schedule);
-    let (od, os) = aws::dollars_per_million(&original.schedule);
-    report(rows, "aws_scheduler_dollars_per_million_placements", ld + ls, "$", "");
-    report(rows, "aws_scheduler_dollars_per_million_placements_original_shape", od + os, "$", "");
     println!(
-        "scheduler $/M placements: lineup DynamoDB {ld:.2} + SQS {ls:.2}; original DynamoDB {od:.2} + SQS {os:.2}"
+        "AWS calls per placement over the whole lifecycle (moto, 100 evals on 10 workers, idle long polls excluded)"
     );
+    println!("{:<18} {:<32} {:>8} {:>9}", "phase", "operation", "lineup", "original");
+    for (i, phase) in aws::PHASES.iter().enumerate() {
+        let (l, o) = (&lineup.phases[i], &original.phases[i]);
+        let ops: std::collections::BTreeSet<&String> = l.keys().chain(o.keys()).collect();
+        for op in ops {
+            let get = |m: &std::collections::BTreeMap<String, f64>| m.get(op).copied().unwrap_or(0.0);
+            println!("{phase:<18} {op:<32} {:>8.2} {:>9.2}", get(l), get(o));
+        }
+        println!("{phase:<18} {:<32} {:>8.2} {:>9.2}", "(phase total)", aws::total(l), aws::total(o));
+    }
+    println!("{:<51} {:>8.2} {:>9.2}", "total calls", lineup.calls(), original.calls());
+    println!("{:<51} {:>8.2} {:>9.2}", "DynamoDB write units (metered)", lineup.wcu, original.wcu);
+    println!("{:<51} {:>8.2} {:>9.2}", "DynamoDB read units (metered)", lineup.rcu, original.rcu);
+    println!("{:<51} {:>8.2} {:>9.2}", "gateway requests (API Gateway + Lambda)", lineup.gateway, original.gateway);
+    let (ld, ls, lg) = lineup.dollars();
+    let (od, os, og) = original.dollars();
+    println!("{:<51} {:>8.2} {:>9.2}", "$ per million placements: DynamoDB", ld, od);
+    println!("{:<51} {:>8.2} {:>9.2}", "$ per million placements: SQS", ls, os);
+    println!("{:<51} {:>8.2} {:>9.2}", "$ per million placements: API Gateway + Lambda", lg, og);
+    println!("{:<51} {:>8.2} {:>9.2}", "$ per million placements", ld + ls + lg, od + os + og);
+    println!("prices: {}", aws::PRICES);
+    report(rows, "aws_lifecycle_calls_per_placement", lineup.calls(), "calls", "<= 6");
+    report(rows, "aws_lifecycle_calls_per_placement_original_shape", original.calls(), "calls", "printed beside");
+    report(rows, "aws_scheduler_calls_per_placement", aws::total(&lineup.phases[1]), "calls", "");
+    report(rows, "aws_lifecycle_dollars_per_million_placements", ld + ls + lg, "$", "< original's");
+    report(rows, "aws_lifecycle_dollars_per_million_placements_original_shape", od + os + og, "$", "");
 }
 
 #[tokio::main]

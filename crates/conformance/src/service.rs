@@ -338,9 +338,19 @@ pub async fn service_disband_in_flight(b: Backend) {
     l.finish_alloc(&ADMIN, &pool.pool_id, &allocs[0].alloc_id, complete(0)).await.unwrap();
     assert_eq!(l.eval(&ADMIN, &pool.pool_id, &allocs[0].eval_id).await.unwrap().status, EvalStatus::Cancelled);
     // The other alloc expires; still cancelled, capacity back.
+    // A submit that raced the disband: its message sent before the queue went, its
+    // record written after disband's sweep. A store that checks the pool refuses it;
+    // otherwise the releaser cancels the straggler.
+    let straggler = Eval::queued(pool.pool_id.clone(), 1, None, None, Priority::DEFAULT, None, l.now());
+    let refused = matches!(l.store.insert_eval(&straggler).await, Err(Error::Disbanded(_)));
+    assert_eq!(refused, l.store.insert_checks_pool());
     clock.advance_secs(31);
     l.release_pass().await.unwrap();
     assert_eq!(l.eval(&ADMIN, &pool.pool_id, &allocs[1].eval_id).await.unwrap().status, EvalStatus::Cancelled);
+    if !refused {
+        let e = l.eval(&ADMIN, &pool.pool_id, &straggler.eval_id).await.unwrap();
+        assert_eq!(e.status, EvalStatus::Cancelled, "{e:?}");
+    }
     assert_capacity_conserved(l.store.as_ref(), &pool.pool_id).await;
     // Records go after POOL_TTL.
     clock.advance_secs(l.settings.pool_ttl + 1);

@@ -117,11 +117,21 @@ pub trait Store: Send + Sync + 'static {
     }
 
     // ---- evals
-    /// Inserts a new eval, atomically with the check that its pool is active. If the
-    /// eval has an idempotency key already used in this pool, or its id exists already
-    /// (a pipeline step's evals have ids fixed in advance, so starting a step twice
-    /// creates each once), nothing is written and the existing eval is returned.
+    /// Inserts a new eval, atomically with the check that its pool is active where
+    /// `insert_checks_pool`. If the eval has an idempotency key already used in this
+    /// pool, or its id exists already (a pipeline step's evals have ids fixed in
+    /// advance, so starting a step twice creates each once), nothing is written and the
+    /// existing eval is returned.
     async fn insert_eval(&self, eval: &Eval) -> Result<Option<Eval>>;
+
+    /// Whether `insert_eval` refuses a disbanded pool itself. A store where that check
+    /// would put every submit of a pool on one item (DynamoDB: the pool item, a hot
+    /// key) leaves it to the pool's queue, which the submit sends to first and disband
+    /// deletes first; an eval written in the moment between is cancelled by the
+    /// releaser, which sweeps a disbanded pool's unfinished evals until its purge.
+    fn insert_checks_pool(&self) -> bool {
+        true
+    }
     /// `insert_eval` and the eval's first message on `queue`, in one transaction, for a
     /// store that holds the queues too (the embedded one): the message and the record
     /// appear together, so a scheduler never receives a message whose eval it cannot

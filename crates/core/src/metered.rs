@@ -96,6 +96,9 @@ impl Store for MeteredStore {
         crate::metrics::backend_call(self.backend, "insert_eval_with_message", r.as_ref().err());
         Some(r)
     }
+    fn insert_checks_pool(&self) -> bool {
+        self.inner.insert_checks_pool()
+    }
     async fn get_eval(&self, pool: &PoolId, eval: &EvalId) -> Result<Option<Eval>> {
         m(self.backend, "get_eval", self.inner.get_eval(pool, eval)).await
     }
