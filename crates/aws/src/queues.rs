@@ -41,6 +41,41 @@ fn secs_up(d: Duration) -> i32 {
 }
 
 impl AwsBackend {
+    /// One `ReceiveMessage` of at most 10.
+    async fn receive_once(
+        &self,
+        name: &str,
+        url: &str,
+        max: usize,
+        wait: Duration,
+        visibility: Duration,
+    ) -> Result<Vec<Received>> {
+        let r = self
+            .sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(max.clamp(1, 10) as i32)
+            .wait_time_seconds(secs_up(wait).min(20))
+            .visibility_timeout(secs_up(visibility))
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .map_err(|e| map_err(name, "receive from", e))?;
+        Ok(r.messages
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| {
+                let count = m
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(1);
+                Some(Received { receipt: m.receipt_handle?, body: m.body.unwrap_or_default(), receive_count: count })
+            })
+            .collect())
+    }
+
     fn learn_prefix(&self, name: &str, url: &str) {
         if let Some(prefix) = url.strip_suffix(name) {
             let mut p = self.queue_prefix.write().unwrap_or_else(|e| e.into_inner());
@@ -165,32 +200,22 @@ impl Queues for AwsBackend {
         Ok(())
     }
 
+    /// SQS hands out at most 10 messages a receive: a larger `max` takes several, the
+    /// first waiting up to `wait`, each next one only after a full one (a deep queue),
+    /// without waiting. So a scheduler pass over a deep queue plans, claims and
+    /// delivers a hundred evals at a time, and an idle queue still costs one long poll.
     async fn receive(&self, name: &str, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<Received>> {
         let url = self.url(name).await?;
-        let r = self
-            .sqs
-            .receive_message()
-            .queue_url(url)
-            .max_number_of_messages(max.clamp(1, 10) as i32)
-            .wait_time_seconds(secs_up(wait).min(20))
-            .visibility_timeout(secs_up(visibility))
-            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-            .send()
-            .await
-            .map_err(|e| map_err(name, "receive from", e))?;
-        Ok(r.messages
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|m| {
-                let count = m
-                    .attributes
-                    .as_ref()
-                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(1);
-                Some(Received { receipt: m.receipt_handle?, body: m.body.unwrap_or_default(), receive_count: count })
-            })
-            .collect())
+        let mut out = self.receive_once(name, &url, max.min(10), wait, visibility).await?;
+        while out.len() < max && out.len() % 10 == 0 && !out.is_empty() {
+            let more = self.receive_once(name, &url, (max - out.len()).min(10), Duration::ZERO, visibility).await?;
+            let full = more.len() == 10;
+            out.extend(more);
+            if !full {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     async fn delete(&self, name: &str, receipts: &[String]) -> Result<()> {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod admission;
-mod aws;
+use lineup_bench::lifecycle as aws;
 mod partitions;
 mod pipelines;
 

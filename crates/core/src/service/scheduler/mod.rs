@@ -44,7 +44,8 @@ use crate::plan::{self, Blocked, Snapshot};
 
 #[derive(Debug, Clone)]
 pub struct SchedulerOptions {
-    /// Messages per receive (SQS allows 10).
+    /// Messages per pass, at most: one plan, one commit, one delivery per worker. (SQS
+    /// hands out 10 a receive; its `Queues` takes more only while the queue is deep.)
     pub batch: usize,
     /// Long-poll wait per receive.
     pub wait: Duration,
@@ -63,7 +64,7 @@ pub struct SchedulerOptions {
 impl Default for SchedulerOptions {
     fn default() -> Self {
         SchedulerOptions {
-            batch: 10,
+            batch: 100,
             wait: Duration::from_secs(5),
             visibility: Duration::from_secs(30),
             recheck: Duration::from_secs(5),
