@@ -99,9 +99,14 @@ async fn one_pool(moto: &Moto, cap: Option<u32>) -> Result<Run, String> {
     let mut refused = 0;
     while submitted < EVALS {
         // A client's retry of a 5xx (throttled past the backend's retries).
+        // (The SDK's retry quota runs dry under sustained throttling; then a throttled
+        // write fails at once, and the client backs off.)
         match l.submit_eval(&ADMIN, &pool.pool_id, new_eval(1, None)).await {
             Ok(_) => submitted += 1,
-            Err(Error::Backend(_)) if refused < 100 => refused += 1,
+            Err(Error::Backend(_)) if refused < 2_000 => {
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             Err(e) => return Err(e.to_string()),
         }
     }

@@ -275,27 +275,35 @@ impl Lineup {
                 Err(e) => warn!(queue = %queue, error = %e, "dropping malformed alloc message"),
             }
         }
-        self.queues.delete(&queue, &receipts).await?;
-        // Don't hand out work that was cancelled or released meanwhile.
+        // Don't hand out work that was cancelled or released meanwhile. Checked before
+        // the delete, and only as a courtesy: if the read fails (a throttled key), all
+        // is handed out, since a heartbeat stops what was cancelled and completing a
+        // released alloc changes nothing. Failing the poll instead would lose the
+        // messages just deleted, or hand them out twice after a failed delete.
         let ids: Vec<AllocId> = out.iter().map(|a| a.alloc_id.clone()).collect();
-        let live: std::collections::HashSet<AllocId> = if ids.is_empty() {
-            Default::default()
+        let live: Option<std::collections::HashSet<AllocId>> = if ids.is_empty() {
+            None
         } else {
-            self.store
-                .get_allocs(pool, &ids)
-                .await?
-                .into_iter()
-                .filter(|a| a.state == AllocState::Live && !a.stop)
-                .map(|a| a.alloc_id)
-                .collect()
-        };
-        out.retain(|a| {
-            let keep = live.contains(&a.alloc_id);
-            if !keep {
-                debug!(alloc = %a.alloc_id, "skipping alloc no longer live");
+            match self.store.get_allocs(pool, &ids).await {
+                Ok(allocs) => Some(
+                    allocs.into_iter().filter(|a| a.state == AllocState::Live && !a.stop).map(|a| a.alloc_id).collect(),
+                ),
+                Err(e) => {
+                    warn!(pool = %pool, worker = %worker, error = %e, "checking polled allocs failed; handing out all");
+                    None
+                }
             }
-            keep
-        });
+        };
+        self.queues.delete(&queue, &receipts).await?;
+        if let Some(live) = live {
+            out.retain(|a| {
+                let keep = live.contains(&a.alloc_id);
+                if !keep {
+                    debug!(alloc = %a.alloc_id, "skipping alloc no longer live");
+                }
+                keep
+            });
+        }
         Ok(out)
     }
 
