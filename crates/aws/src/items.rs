@@ -376,6 +376,9 @@ pub struct KeyItem {
     /// `k#{key}`: never a valid eval id, so it cannot collide with one.
     pub eval: String,
     pub target: EvalId,
+    /// Epoch seconds: the table's TTL attribute. Absent on keys written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purge_at: Option<i64>,
 }
 
 pub fn key_sk(key: &str) -> String {

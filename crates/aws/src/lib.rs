@@ -39,6 +39,9 @@ pub use direct::DirectQueue;
 pub use probe::CloudWatchProbe;
 pub use tables::{create_tables, delete_tables, Tables};
 
+/// `Settings::history_retention`'s default, seconds.
+const DEFAULT_RETENTION: i64 = 7 * 24 * 3600;
+
 /// How to reach AWS (or an emulator).
 #[derive(Debug, Clone, Default)]
 pub struct AwsOptions {
@@ -64,6 +67,10 @@ pub struct AwsBackend {
     /// `https://sqs.REGION.amazonaws.com/ACCOUNT/`: a queue's URL is this plus its name,
     /// learned from the first URL SQS gives us, so sends need no `GetQueueUrl`.
     pub(crate) queue_prefix: Arc<RwLock<Option<String>>>,
+    /// `Settings::history_retention`, seconds: how long released allocs and
+    /// idempotency keys are kept (`set_history_retention`; evals carry their own
+    /// `purge_at`).
+    pub(crate) retention: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl AwsBackend {
@@ -121,7 +128,19 @@ impl AwsBackend {
             tables: Tables::new(table_prefix),
             calls,
             queue_prefix: Arc::default(),
+            retention: Arc::new(std::sync::atomic::AtomicI64::new(DEFAULT_RETENTION)),
         }
+    }
+
+    /// How long released allocs and idempotency keys are kept, in seconds (the
+    /// deployment's `LINEUP_HISTORY_RETENTION`; 7 days unless set).
+    pub fn set_history_retention(&self, secs: u64) {
+        let secs = i64::try_from(secs).unwrap_or(i64::MAX / 2);
+        self.retention.store(secs, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn retention_secs(&self) -> i64 {
+        self.retention.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// AWS calls made so far, by operation.

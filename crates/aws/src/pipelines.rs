@@ -22,6 +22,9 @@ struct PipelineItem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ikey: Option<String>,
     body: String,
+    /// Once it ended: epoch seconds, the table's TTL attribute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    purge_at: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -30,6 +33,9 @@ struct PipelineKeyItem {
     /// `k#{key}`: never a valid pipeline id.
     pipeline: String,
     target: PipelineId,
+    /// The key is remembered for the retention after the submit (as an eval's key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    purge_at: Option<i64>,
 }
 
 fn item_of(p: &Pipeline) -> Result<Item> {
@@ -42,6 +48,7 @@ fn item_of(p: &Pipeline) -> Result<Item> {
         created: p.created_at,
         ikey: p.idempotency_key.clone(),
         body,
+        purge_at: p.purge_at.map(|ms| purge_at(ms, 0)),
     })
 }
 
@@ -63,14 +70,19 @@ impl AwsBackend {
         )?;
         let mut items = vec![self.pool_is_active(&p.pool_id)?, TransactWriteItem::builder().put(put).build()];
         if let Some(k) = &p.idempotency_key {
-            let claim =
-                PipelineKeyItem { pool: p.pool_id.clone(), pipeline: format!("k#{k}"), target: p.pipeline_id.clone() };
+            let claim = PipelineKeyItem {
+                pool: p.pool_id.clone(),
+                pipeline: format!("k#{k}"),
+                target: p.pipeline_id.clone(),
+                purge_at: Some(purge_at(p.created_at, self.retention_secs())),
+            };
             let put = build(
                 Put::builder()
                     .table_name(t)
                     .set_item(Some(to_item(&claim)?))
-                    .condition_expression("attribute_not_exists(#k)")
-                    .set_expression_attribute_names(names(&[("#k", "pipeline")]))
+                    .condition_expression("attribute_not_exists(#k) OR #pa <= :now")
+                    .set_expression_attribute_names(names(&[("#k", "pipeline"), ("#pa", "purge_at")]))
+                    .expression_attribute_values(":now", n(p.created_at / 1000))
                     .build(),
             )?;
             items.push(TransactWriteItem::builder().put(put).build());

@@ -749,13 +749,20 @@ impl Store for AwsBackend {
         // in every submit would make that item as hot as the pool's submit rate, and
         // cost 2 write units besides. Without a key, one plain put (1 write unit).
         let Some(k) = &e.idempotency_key else { return self.put_new_eval(e).await };
-        let claim = KeyItem { pool: e.pool_id.clone(), eval: key_sk(k), target: e.eval_id.clone() };
+        // A key is remembered for the retention after its submit (as an API's
+        // idempotency keys usually are, for a window): then DynamoDB's TTL removes its
+        // item, and until it does, an expired one is as good as absent.
+        let expires = purge_at(e.created_at, self.retention_secs());
+        let claim =
+            KeyItem { pool: e.pool_id.clone(), eval: key_sk(k), target: e.eval_id.clone(), purge_at: Some(expires) };
         let put = build(
             Put::builder()
                 .table_name(&self.tables.evals)
                 .set_item(Some(to_item(&claim)?))
-                .condition_expression("attribute_not_exists(#e)")
+                .condition_expression("attribute_not_exists(#e) OR #pa <= :now")
                 .expression_attribute_names("#e", "eval")
+                .expression_attribute_names("#pa", "purge_at")
+                .expression_attribute_values(":now", n(e.created_at / 1000))
                 .build(),
         )?;
         let items = vec![self.put_eval(e, None)?, TransactWriteItem::builder().put(put).build()];
@@ -817,6 +824,9 @@ impl Store for AwsBackend {
         let Some(i) = self.get(&self.tables.evals, key(pool, Some(("eval", &key_sk(k))))).await? else {
             return Ok(None);
         };
+        // An expired key whose eval is still kept answers with it (a key is remembered
+        // at least for the retention); once the eval is gone, a new submit may take
+        // the key over (its put is conditioned on the old one having expired).
         let claim: KeyItem = from_item(i)?;
         self.get_eval(pool, &claim.target).await
     }
@@ -935,7 +945,7 @@ impl Store for AwsBackend {
             ]))
             .expression_attribute_values(":rel", s("released"))
             .expression_attribute_values(":live", s("live"))
-            .expression_attribute_values(":pa", n(purge_at(a.ttl.max(0), DAY)));
+            .expression_attribute_values(":pa", n(purge_at(a.ttl.max(0), self.retention_secs())));
         // Counted or not as the caller read it: a cap set meanwhile may have counted
         // it, and then the pool's count must come down with it (a conflict re-reads).
         let counted = if a.counted {

@@ -52,6 +52,7 @@ async fn open_backend(settings: &Settings, opts: &DevOptions) -> Result<Backends
         BackendChoice::Aws { endpoint, table_prefix, init } => {
             let prefix = table_prefix.clone().unwrap_or_else(|| settings.deployment.clone());
             let b = crate::aws_backend(endpoint.as_deref(), &prefix).await;
+            b.set_history_retention(settings.history_retention);
             if *init {
                 lineup_aws::create_tables(b.dynamodb(), b.tables()).await?;
             }

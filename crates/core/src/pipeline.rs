@@ -114,6 +114,9 @@ pub struct Pipeline {
     pub version: u64,
     pub created_at: Millis,
     pub updated_at: Millis,
+    /// Once it ended: when it (and its step evals, stamped then) may be purged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purge_at: Option<Millis>,
 }
 
 impl Pipeline {
@@ -133,6 +136,7 @@ impl Pipeline {
             version: 1,
             created_at: now,
             updated_at: now,
+            purge_at: None,
         }
     }
 

@@ -214,6 +214,7 @@ impl Deps {
         functions: FunctionSettings,
         admin_hash: &str,
     ) -> Deps {
+        backend.set_history_retention(settings.history_retention);
         let b = std::sync::Arc::new(backend.clone());
         let store = std::sync::Arc::new(lineup_core::metered::MeteredStore { inner: b.clone(), backend: "dynamodb" });
         let queues = std::sync::Arc::new(lineup_core::metered::MeteredQueues { inner: b, backend: "sqs" });

@@ -34,12 +34,12 @@ pub(crate) fn insert_job(tx: &Connection, p: &Pipeline) -> Result<Option<Pipelin
     }
     let body = body(p)?;
     tx.prepare_cached(
-        "INSERT INTO pipelines (pool_id, pipeline_id, status, version, idempotency_key, created_at, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO pipelines (pool_id, pipeline_id, status, version, idempotency_key, created_at, body, purge_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )
     .and_then(|mut st| {
-        let (id, status) = (p.pipeline_id.as_str(), p.status.as_str());
-        st.execute(params![p.pool_id.as_str(), id, status, p.version as i64, p.idempotency_key, p.created_at, body])
+        let (id, status, key) = (p.pipeline_id.as_str(), p.status.as_str(), &p.idempotency_key);
+        st.execute(params![p.pool_id.as_str(), id, status, p.version as i64, key, p.created_at, body, p.purge_at])
     })
     .map_err(db("insert pipeline"))?;
     Ok(None)
@@ -50,11 +50,12 @@ pub(crate) fn update_job(tx: &Connection, p: &Pipeline, expected: u64) -> Result
     let body = body(p)?;
     let n = tx
         .prepare_cached(
-            "UPDATE pipelines SET status=?3, version=?4, body=?5 WHERE pool_id=?1 AND pipeline_id=?2 AND version=?6",
+            "UPDATE pipelines SET status=?3, version=?4, body=?5, purge_at=?7
+             WHERE pool_id=?1 AND pipeline_id=?2 AND version=?6",
         )
         .and_then(|mut st| {
             let (id, status) = (p.pipeline_id.as_str(), p.status.as_str());
-            st.execute(params![p.pool_id.as_str(), id, status, p.version as i64, body, expected as i64])
+            st.execute(params![p.pool_id.as_str(), id, status, p.version as i64, body, expected as i64, p.purge_at])
         })
         .map_err(db("update pipeline"))?;
     if n == 1 {

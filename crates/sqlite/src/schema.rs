@@ -140,6 +140,7 @@ const ADDED: &[(&str, &str, &str)] = &[
     ("evals", "continuation", "TEXT"),
     ("evals", "redrive", "TEXT"),
     ("evals", "purge_at", "INTEGER"),
+    ("pipelines", "purge_at", "INTEGER"),
 ];
 
 pub fn create(conn: &Connection) -> Result<(), Error> {
@@ -159,7 +160,8 @@ pub fn create(conn: &Connection) -> Result<(), Error> {
     // Indexes on added columns, once they exist: the releaser's purge of what expired.
     conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS evals_purge ON evals (pool_id, purge_at) WHERE purge_at IS NOT NULL;
-         CREATE INDEX IF NOT EXISTS allocs_released_ttl ON allocs (pool_id, ttl) WHERE state = 'released';",
+         CREATE INDEX IF NOT EXISTS allocs_released_ttl ON allocs (pool_id, ttl) WHERE state = 'released';
+         CREATE INDEX IF NOT EXISTS pipelines_purge ON pipelines (pool_id, purge_at) WHERE purge_at IS NOT NULL;",
     )
     .map_err(|e| Error::backend("create purge indexes", e))?;
     Ok(())

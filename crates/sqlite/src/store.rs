@@ -642,7 +642,11 @@ impl Store for SqliteBackend {
                         params![p, released_before],
                     )
                     .map_err(db("purge allocs"))?;
-                Ok(evals + allocs)
+                // An ended pipeline's step evals carry its `purge_at`: they went above.
+                let pipelines = c
+                    .execute("DELETE FROM pipelines WHERE pool_id=?1 AND purge_at<=?2", params![p, now])
+                    .map_err(db("purge pipelines"))?;
+                Ok(evals + allocs + pipelines)
             })
             .await?;
         Ok(n as u64)

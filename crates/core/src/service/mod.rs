@@ -21,6 +21,7 @@ mod backoff;
 mod finish;
 mod gateway;
 mod health;
+mod history;
 mod limits;
 mod pipelines;
 mod reconcile;
@@ -191,10 +192,16 @@ impl Lineup {
     /// When a finished eval is purged: the retention after its last change; never for a
     /// pipeline's step (its pipeline reads it; pipelines are not purged yet).
     pub(crate) fn purge_at(&self, finished: &crate::model::Eval) -> Option<crate::Millis> {
-        // Whole seconds: DynamoDB's TTL attribute holds seconds, and the record must
-        // read back exactly as written.
-        let at = finished.updated_at + self.settings.history_retention_ms();
-        finished.step.is_none().then(|| (at + 999).div_euclid(1000) * 1000)
+        // A pipeline's step is kept while its pipeline runs (it reads its steps' evals);
+        // it gets its pipeline's once that ends (`history.rs`).
+        finished.step.is_none().then(|| self.retained_until(finished.updated_at))
+    }
+
+    /// `changed` plus the retention, in whole seconds: DynamoDB's TTL attribute holds
+    /// seconds, and the record must read back exactly as written.
+    pub(crate) fn retained_until(&self, changed: crate::Millis) -> crate::Millis {
+        let at = changed + self.settings.history_retention_ms();
+        (at + 999).div_euclid(1000) * 1000
     }
 
     fn pool_queue(&self, pool: &PoolId) -> String {

@@ -130,6 +130,7 @@ impl Lineup {
             next.status = PipelineStatus::Cancelled;
             next.version += 1;
             next.updated_at = self.now();
+            self.mark_ended(&mut next);
             match self.store.update_pipeline(&next, p.version).await {
                 Ok(()) => {
                     info!(pool = %pool, pipeline = %id, "pipeline cancelled");
@@ -149,6 +150,7 @@ impl Lineup {
                     self.cancel_loop(e, "pipeline cancelled").await?;
                 }
             }
+            self.stamp_steps(&p).await;
         }
         let p = self.advance_from(p).await?;
         self.view(p).await
@@ -181,6 +183,7 @@ impl Lineup {
     async fn may_advance(&self, eval: &Eval, step: &StepRef) -> Result<Option<Pipeline>> {
         let Some(p) = self.store.get_pipeline(&eval.pool_id, &step.pipeline_id).await? else { return Ok(None) };
         if p.status != PipelineStatus::Running {
+            self.stamp_straggler(eval, &p).await;
             return Ok(None);
         }
         if eval.status != EvalStatus::Complete {
@@ -278,11 +281,13 @@ impl Lineup {
             }
             next.version += 1;
             next.updated_at = self.now();
+            self.mark_ended(&mut next);
             crate::fault!("pipeline.before_record");
             match self.store.update_pipeline(&next, p.version).await {
                 Ok(()) => {
                     if next.status != p.status {
                         info!(pool = %pool, pipeline = %id, status = next.status.as_str(), "pipeline ended");
+                        self.stamp_steps(&next).await;
                     }
                     debug!(pool = %pool, pipeline = %id, started = ?adv.start, "pipeline advanced");
                     p = next;
