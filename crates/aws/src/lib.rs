@@ -7,6 +7,8 @@
 //!   and tests. `infra/template.yaml` declares the same (a test keeps them together).
 //! - `items.rs`: the DynamoDB items (attribute names from the Go original: `pool`,
 //!   `wrk`, `cap`, `ttl`, `rpl`, `alloc`) and their conversion to the core's model.
+//! - `ddb.rs`: DynamoDB requests: consistent reads, paginated queries, batches retried
+//!   until processed, transactions and their cancellation reasons (`TxError`).
 //! - `store.rs`: `Store`; multi-record writes are one `TransactWriteItems`.
 //! - `placing.rs`: placements as transactions, a scheduler's batch in as few as it takes.
 //! - `limits.rs`: a pool's `max_running`: the counted claim, and setting a cap in fenced steps.
@@ -17,6 +19,7 @@
 //! - `probe.rs`: health checks that read a CloudWatch metric.
 
 mod calls;
+mod ddb;
 mod direct;
 mod items;
 mod limits;

@@ -25,8 +25,8 @@ use lineup_core::admission::{Coefficients, Pushed};
 use lineup_core::*;
 use tracing::info;
 
+use crate::ddb::{build, ccf, names};
 use crate::items::*;
-use crate::store::{build, ccf, names};
 use crate::AwsBackend;
 
 /// The pool item's limits version is `:lv` (pools written before versions had none: 0).

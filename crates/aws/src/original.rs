@@ -7,8 +7,8 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 use lineup_core::*;
 
+use crate::ddb::{ccf, names};
 use crate::items::*;
-use crate::store::{ccf, names};
 use crate::{sdk_err, AwsBackend};
 
 impl AwsBackend {

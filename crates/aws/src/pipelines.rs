@@ -8,8 +8,8 @@ use lineup_core::pipeline::{Pipeline, PipelineStatus};
 use lineup_core::*;
 use serde::{Deserialize, Serialize};
 
+use crate::ddb::{build, names, TxError};
 use crate::items::*;
-use crate::store::{build, names, TxError};
 use crate::{sdk_err, AwsBackend};
 
 #[derive(Serialize, Deserialize)]
@@ -164,7 +164,7 @@ impl AwsBackend {
             .await;
         match r {
             Ok(_) => Ok(()),
-            Err(e) if crate::store::ccf(&e) => {
+            Err(e) if crate::ddb::ccf(&e) => {
                 // A retried put whose first response was lost finds its own write.
                 match self.get_pipeline_item(&p.pool_id, &p.pipeline_id).await? {
                     Some(now) if now == *p => Ok(()),

@@ -20,8 +20,8 @@ use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
 use lineup_core::backend::Claim;
 use lineup_core::*;
 
+use crate::ddb::{build, names, TxError};
 use crate::items::*;
-use crate::store::{build, names, TxError};
 use crate::AwsBackend;
 
 /// Placements per transaction: 2 items each plus one claim per worker and a pool

@@ -4,121 +4,23 @@
 //! GSIs are eventually consistent and used only where a stale answer is harmless
 //! (candidates are re-checked by the conditional claim). Every query paginates.
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_dynamodb::types::{
-    ConditionCheck, DeleteRequest, KeysAndAttributes, Put, PutRequest, Select, TransactWriteItem, Update, WriteRequest,
-};
+use aws_sdk_dynamodb::types::{ConditionCheck, Put, PutRequest, TransactWriteItem, Update, WriteRequest};
 use lineup_core::backend::{Claim, Heartbeat};
 use lineup_core::pipeline::{Pipeline, PipelineStatus};
 use lineup_core::*;
 
+use crate::ddb::{build, ccf, names, TxError};
 use crate::items::*;
-
-/// Registration re-reads the pool's limits version this often before giving up.
-const MAX_REGISTER_TRIES: usize = 5;
 use crate::tables::{BY_CAP, BY_CREATED, BY_STATUS, BY_TTL};
 use crate::{sdk_err, AwsBackend};
 
-/// What a cancelled transaction says, item by item: `Some("ConditionalCheckFailed")`, …
-pub(crate) enum TxError {
-    Cancelled(Vec<Option<String>>),
-    Other(Error),
-}
-
-impl TxError {
-    pub(crate) fn failed(reasons: &[Option<String>], i: usize) -> bool {
-        reasons.get(i).and_then(|r| r.as_deref()) == Some("ConditionalCheckFailed")
-    }
-
-    /// Cancelled for conflicts or throttling only: nothing was wrong with the request.
-    pub(crate) fn transient(reasons: &[Option<String>]) -> bool {
-        reasons.iter().any(|r| r.as_deref().is_some_and(crate::retry::transient_reason))
-            && reasons.iter().all(|r| r.as_deref().is_none_or(|r| r == "None" || crate::retry::transient_reason(r)))
-    }
-}
-
-pub(crate) fn names(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
-    Some(pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect())
-}
-
-pub(crate) fn build<T, E: std::error::Error>(r: std::result::Result<T, E>) -> Result<T> {
-    r.map_err(|e| sdk_err("build request", e))
-}
-
-pub(crate) fn ccf<E, R: std::fmt::Debug>(e: &SdkError<E, R>) -> bool
-where
-    E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + 'static,
-{
-    e.as_service_error().and_then(|s| s.code()) == Some("ConditionalCheckFailedException")
-}
+/// Registration re-reads the pool's limits version this often before giving up.
+const MAX_REGISTER_TRIES: usize = 5;
 
 impl AwsBackend {
-    pub(crate) async fn get(&self, table: &str, key: Item) -> Result<Option<Item>> {
-        let r = self
-            .ddb
-            .get_item()
-            .table_name(table)
-            .set_key(Some(key))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| sdk_err(format!("get from {table}"), e))?;
-        Ok(r.item)
-    }
-
-    /// Every page of a query.
-    async fn query_all(&self, q: QueryFluentBuilder, context: &str) -> Result<Vec<Item>> {
-        let mut out = Vec::new();
-        let mut start = None;
-        loop {
-            let r = q.clone().set_exclusive_start_key(start).send().await.map_err(|e| sdk_err(context, e))?;
-            out.extend(r.items.unwrap_or_default());
-            match r.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => return Ok(out),
-            }
-        }
-    }
-
-    /// Pages until `limit` items.
-    pub(crate) async fn query_limit(&self, q: QueryFluentBuilder, limit: usize, context: &str) -> Result<Vec<Item>> {
-        let mut out = Vec::new();
-        let mut start = None;
-        loop {
-            let page = (limit - out.len()).min(1000) as i32;
-            let r =
-                q.clone().limit(page).set_exclusive_start_key(start).send().await.map_err(|e| sdk_err(context, e))?;
-            out.extend(r.items.unwrap_or_default());
-            match r.last_evaluated_key {
-                Some(k) if !k.is_empty() && out.len() < limit => start = Some(k),
-                _ => {
-                    out.truncate(limit);
-                    return Ok(out);
-                }
-            }
-        }
-    }
-
-    async fn count_all(&self, q: QueryFluentBuilder, context: &str) -> Result<u64> {
-        let q = q.select(Select::Count);
-        let mut total = 0u64;
-        let mut start = None;
-        loop {
-            let r = q.clone().set_exclusive_start_key(start).send().await.map_err(|e| sdk_err(context, e))?;
-            total += r.count.max(0) as u64;
-            match r.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => return Ok(total),
-            }
-        }
-    }
-
     /// Items of `pool` whose `ttl` has passed, through the table's `by_ttl` index
     /// (read consistently: it is a local index).
     fn expired(&self, table: &str, pool: &PoolId, now: Millis) -> QueryFluentBuilder {
@@ -142,122 +44,6 @@ impl AwsBackend {
             .expression_attribute_names("#p", "pool")
             .expression_attribute_values(":p", s(pool.as_str()))
             .consistent_read(true)
-    }
-
-    /// Batch writes, 25 per request, retrying what comes back unprocessed.
-    /// Strongly consistent reads of `keys` (duplicates read once), 100 to a
-    /// `BatchGetItem`, unprocessed keys retried with a backoff. Missing items are
-    /// simply not in the answer.
-    pub(crate) async fn batch_get(&self, table: &str, mut keys: Vec<Item>) -> Result<Vec<Item>> {
-        // A batch may not name one key twice. (Sorted by the key's attributes in
-        // order: a map's own order differs from one map to another.)
-        let id = |k: &Item| {
-            let mut v: Vec<String> = k.iter().map(|(n, a)| format!("{n}={a:?}")).collect();
-            v.sort();
-            v.join(",")
-        };
-        keys.sort_by_cached_key(id);
-        keys.dedup_by(|a, b| id(a) == id(b));
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(100) {
-            let mut req = HashMap::from([(
-                table.to_owned(),
-                build(KeysAndAttributes::builder().set_keys(Some(chunk.to_vec())).consistent_read(true).build())?,
-            )]);
-            for attempt in 0..8u32 {
-                let r = self
-                    .ddb
-                    .batch_get_item()
-                    .set_request_items(Some(req))
-                    .send()
-                    .await
-                    .map_err(|e| sdk_err(format!("batch get from {table}"), e))?;
-                out.extend(r.responses.unwrap_or_default().remove(table).unwrap_or_default());
-                match r.unprocessed_keys {
-                    Some(u) if !u.is_empty() => {
-                        req = u;
-                        tokio::time::sleep(std::time::Duration::from_millis(20 << attempt)).await;
-                    }
-                    _ => {
-                        req = HashMap::new();
-                        break;
-                    }
-                }
-            }
-            if !req.is_empty() {
-                return Err(Error::Backend(format!("batch get from {table}: keys still unprocessed after retries")));
-            }
-        }
-        Ok(out)
-    }
-
-    async fn batch_write(&self, table: &str, mut reqs: Vec<WriteRequest>) -> Result<()> {
-        while !reqs.is_empty() {
-            let rest = reqs.split_off(reqs.len().min(25));
-            let mut batch = HashMap::from([(table.to_owned(), reqs)]);
-            for attempt in 0..8u32 {
-                let r = self
-                    .ddb
-                    .batch_write_item()
-                    .set_request_items(Some(batch))
-                    .send()
-                    .await
-                    .map_err(|e| sdk_err(format!("batch write {table}"), e))?;
-                match r.unprocessed_items {
-                    Some(u) if !u.is_empty() => {
-                        batch = u;
-                        tokio::time::sleep(std::time::Duration::from_millis(20 << attempt)).await;
-                    }
-                    _ => {
-                        batch = HashMap::new();
-                        break;
-                    }
-                }
-            }
-            if !batch.is_empty() {
-                return Err(Error::Backend(format!("batch write {table}: items still unprocessed after retries")));
-            }
-            reqs = rest;
-        }
-        Ok(())
-    }
-
-    async fn batch_delete(&self, table: &str, keys: Vec<Item>) -> Result<()> {
-        let reqs = keys
-            .into_iter()
-            .map(|k| {
-                build(DeleteRequest::builder().set_key(Some(k)).build())
-                    .map(|d| WriteRequest::builder().delete_request(d).build())
-            })
-            .collect::<Result<Vec<_>>>()?;
-        self.batch_write(table, reqs).await
-    }
-
-    /// One `TransactWriteItems`, retried after a backoff while DynamoDB cancels it for
-    /// transient reasons alone: a conflict or throttling (see `retry.rs`).
-    pub(crate) async fn transact(
-        &self,
-        items: Vec<TransactWriteItem>,
-        context: &str,
-    ) -> std::result::Result<(), TxError> {
-        let mut attempt = 0;
-        loop {
-            let r = self.ddb.transact_write_items().set_transact_items(Some(items.clone())).send().await;
-            let reasons = match r {
-                Ok(_) => return Ok(()),
-                Err(e) => match e.as_service_error() {
-                    Some(TransactWriteItemsError::TransactionCanceledException(c)) => {
-                        c.cancellation_reasons().iter().map(|r| r.code().map(str::to_owned)).collect::<Vec<_>>()
-                    }
-                    _ => return Err(TxError::Other(sdk_err(context, e))),
-                },
-            };
-            if !TxError::transient(&reasons) || attempt + 1 >= crate::retry::CONFLICT_TRIES {
-                return Err(TxError::Cancelled(reasons));
-            }
-            tokio::time::sleep(crate::retry::backoff(attempt)).await;
-            attempt += 1;
-        }
     }
 
     /// A heartbeat's alloc renewals: each `ttl` moved on if the alloc is this worker's,
@@ -345,15 +131,6 @@ impl AwsBackend {
 
     pub(crate) async fn pool_or_not_found(&self, pool: &PoolId) -> Result<Pool> {
         self.get_pool(pool).await?.ok_or_else(|| Error::not_found(format!("pool {pool}")))
-    }
-
-    /// A transaction whose cancellation is an answer, not an error: `false`.
-    pub(crate) async fn transact_ok(&self, items: Vec<TransactWriteItem>, context: &str) -> Result<bool> {
-        match self.transact(items, context).await {
-            Ok(()) => Ok(true),
-            Err(TxError::Cancelled(_)) => Ok(false),
-            Err(TxError::Other(e)) => Err(e),
-        }
     }
 
     /// `pool_is_active`, and its limits still at `version`.

@@ -275,35 +275,26 @@ impl Lineup {
                 Err(e) => warn!(queue = %queue, error = %e, "dropping malformed alloc message"),
             }
         }
-        // Don't hand out work that was cancelled or released meanwhile. Checked before
-        // the delete, and only as a courtesy: if the read fails (a throttled key), all
-        // is handed out, since a heartbeat stops what was cancelled and completing a
-        // released alloc changes nothing. Failing the poll instead would lose the
-        // messages just deleted, or hand them out twice after a failed delete.
+        // Don't hand out work that was cancelled or released meanwhile (an alloc whose
+        // lease ran out before its worker polled has been retried elsewhere: running
+        // it would run the job twice at once). Checked before the delete: if the read
+        // fails, the poll fails and the messages come back after their visibility
+        // timeout, rather than being deleted and lost to the worker.
         let ids: Vec<AllocId> = out.iter().map(|a| a.alloc_id.clone()).collect();
-        let live: Option<std::collections::HashSet<AllocId>> = if ids.is_empty() {
-            None
+        let live: std::collections::HashSet<AllocId> = if ids.is_empty() {
+            Default::default()
         } else {
-            match self.store.get_allocs(pool, &ids).await {
-                Ok(allocs) => Some(
-                    allocs.into_iter().filter(|a| a.state == AllocState::Live && !a.stop).map(|a| a.alloc_id).collect(),
-                ),
-                Err(e) => {
-                    warn!(pool = %pool, worker = %worker, error = %e, "checking polled allocs failed; handing out all");
-                    None
-                }
-            }
+            let allocs = self.store.get_allocs(pool, &ids).await?;
+            allocs.into_iter().filter(|a| a.state == AllocState::Live && !a.stop).map(|a| a.alloc_id).collect()
         };
         self.queues.delete(&queue, &receipts).await?;
-        if let Some(live) = live {
-            out.retain(|a| {
-                let keep = live.contains(&a.alloc_id);
-                if !keep {
-                    debug!(alloc = %a.alloc_id, "skipping alloc no longer live");
-                }
-                keep
-            });
-        }
+        out.retain(|a| {
+            let keep = live.contains(&a.alloc_id);
+            if !keep {
+                debug!(alloc = %a.alloc_id, "skipping alloc no longer live");
+            }
+            keep
+        });
         Ok(out)
     }
 
