@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use lambda_runtime::LambdaEvent;
 use lineup_aws::{AwsBackend, AwsOptions};
-use lineup_core::service::{ScheduleSummary, SchedulerOptions};
+use lineup_core::service::{ScheduleSummary, SchedulerOptions, Shard};
 use lineup_core::{Lineup, Settings, SystemClock};
 use serde::Deserialize;
 use serde_json::Value;
@@ -34,6 +34,8 @@ pub enum LambdaError {
     WrongRole { invoked: String, running: &'static str },
     #[error("configuration: {0}")]
     Config(String),
+    #[error("event: {0}")]
+    Event(String),
     #[error(transparent)]
     Core(#[from] lineup_core::Error),
 }
@@ -48,6 +50,7 @@ fn diagnostic(e: &LambdaError) -> lambda_runtime::Diagnostic {
     let error_type = match e {
         LambdaError::UnknownRole(_) | LambdaError::WrongRole { .. } => "Lineup.Dispatch",
         LambdaError::Config(_) => "Lineup.Config",
+        LambdaError::Event(_) => "Lineup.Event",
         LambdaError::Core(c) if c.code() == "invalid_config" => "Lineup.Config",
         LambdaError::Core(c) => c.code(),
     };
@@ -234,6 +237,26 @@ pub fn schedule_budget(deadline_ms: u64, now_ms: u64, margin: Duration, max: Dur
     left.saturating_sub(margin)
 }
 
+/// The shard an invocation schedules, from its event: an EventBridge rule whose target
+/// input is `{"shard": k, "shards": n}` (one rule per shard, so `n` invocations split
+/// the pools between them: docs/DEPLOY.md); a scheduled event without them (the
+/// template's one rule) schedules every pool.
+pub fn shard_of(event: &Value) -> Result<Option<Shard>, LambdaError> {
+    let (Some(k), Some(n)) = (event.get("shard"), event.get("shards")) else {
+        return match event.get("shard").or(event.get("shards")) {
+            Some(_) => Err(LambdaError::Event("\"shard\" and \"shards\" go together".into())),
+            None => Ok(None),
+        };
+    };
+    let num = |v: &Value| v.as_u64().and_then(|v| u32::try_from(v).ok());
+    match (num(k), num(n)) {
+        (Some(k), Some(n)) => Shard::new(k, n)
+            .map(Some)
+            .ok_or_else(|| LambdaError::Event(format!("shard {k} of {n}: the shard must be below the count"))),
+        _ => Err(LambdaError::Event(format!("shard {k} of {n}: both must be whole numbers"))),
+    }
+}
+
 /// The schedule handler: an EventBridge event in, a summary out.
 pub async fn schedule(event: LambdaEvent<Value>, deps: &Deps) -> Result<ScheduleSummary, LambdaError> {
     check_invocation(&event.context.invoked_function_arn, Role::Schedule)?;
@@ -252,6 +275,7 @@ pub async fn schedule(event: LambdaEvent<Value>, deps: &Deps) -> Result<Schedule
     );
     let opts = SchedulerOptions {
         wait: Duration::from_secs(deps.functions.schedule_wait.min(20)),
+        shard: shard_of(&event.payload)?,
         ..SchedulerOptions::default()
     };
     let sum = deps.lineup.schedule_until(tokio::time::Instant::now() + budget, &opts).await?;
@@ -348,5 +372,25 @@ mod tests {
         assert_eq!(schedule_budget(600_000, 1_795_407_291_973, m, Duration::from_secs(10)), Duration::from_secs(5));
         // The cap wins over a far deadline.
         assert_eq!(schedule_budget(1_000_000, 0, m, Duration::from_secs(60)), Duration::from_secs(55));
+    }
+
+    #[test]
+    fn a_shard_comes_from_the_rules_input() {
+        use serde_json::json;
+        assert_eq!(shard_of(&json!({"shard": 2, "shards": 4})).unwrap(), Shard::new(2, 4));
+        // EventBridge's own scheduled event: every pool.
+        let scheduled = json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
+        assert_eq!(shard_of(&scheduled).unwrap(), None);
+        for bad in [
+            json!({"shard": 4, "shards": 4}),
+            json!({"shard": 0, "shards": 0}),
+            json!({"shard": -1, "shards": 4}),
+            json!({"shard": "1", "shards": 4}),
+            json!({"shard": 1}),
+            json!({"shards": 4}),
+        ] {
+            let e = shard_of(&bad).unwrap_err();
+            assert_eq!(diagnostic(&e).error_type, "Lineup.Event", "{bad}: {e}");
+        }
     }
 }

@@ -9,6 +9,8 @@ use lineup_aws::{create_tables, AwsBackend};
 use lineup_conformance::deployment::Deployment;
 use lineup_conformance::moto::Moto;
 use lineup_core::auth;
+use lineup_core::service::Shard;
+use lineup_core::PoolId;
 use lineup_lambda::*;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -133,6 +135,14 @@ async fn original_story_through_the_three_handlers() {
     );
     let sum = schedule(event, &sched).await.unwrap();
     assert_eq!((sum.pools, sum.placed, sum.errors), (1, 1, 0), "{sum:?}");
+    // Fanned out (one EventBridge rule per shard, its input naming the shard): of two
+    // shards' invocations, only the one that owns the pool schedules it.
+    let owner = (0..2).find(|k| Shard::new(*k, 2).unwrap().owns(&PoolId::parse(&pool).unwrap())).unwrap();
+    for k in 0..2 {
+        let ctx = ctx("arn:aws:lambda:us-east-1:123456789012:function:lineup-schedule", budget);
+        let sum = schedule(LambdaEvent::new(json!({"shard": k, "shards": 2}), ctx), &sched).await.unwrap();
+        assert_eq!(sum.pools, usize::from(k == owner), "shard {k}: {sum:?}");
+    }
 
     // The alloc is in the worker's queue.
     let (st, polled) =

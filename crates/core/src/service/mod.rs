@@ -42,7 +42,7 @@ pub use pipelines::{PipelineView, StepView, MAX_PIPELINE_BYTES};
 pub use reconcile::{RECONCILE_EVERY_MS, RESEND_AFTER_MS, RESEND_GRACE_MS};
 pub use redrive::{RedriveOutcome, MAX_REDRIVE};
 pub use releaser::ReleaseSummary;
-pub use scheduler::{alloc_message, PassSummary, PoolScheduler, ScheduleSummary, SchedulerOptions, HOLD};
+pub use scheduler::{alloc_message, PassSummary, PoolScheduler, ScheduleSummary, SchedulerOptions, Shard, HOLD};
 
 use crate::auth::{self, Principal};
 use crate::backend::{Queues, Store};

@@ -48,8 +48,8 @@ impl ScheduleSummary {
 }
 
 impl Lineup {
-    /// Schedules every active pool concurrently until `deadline` (the schedule Lambda
-    /// passes its own deadline minus a safety margin). No pass starts a long poll that
+    /// Schedules every active pool (of `opts.shard`, if given) concurrently until
+    /// `deadline` (the schedule Lambda passes its own deadline minus a safety margin). No pass starts a long poll that
     /// would outlast the deadline. Overlapping calls are safe.
     ///
     /// The pool list is read again every `opts.pool_refresh`: one invocation runs for
@@ -66,7 +66,8 @@ impl Lineup {
         loop {
             match self.store.list_pools().await {
                 Ok(pools) => {
-                    for pool in pools.into_iter().filter(|p| p.status == PoolStatus::Active) {
+                    let mine = |p: &Pool| opts.shard.is_none_or(|s| s.owns(&p.pool_id));
+                    for pool in pools.into_iter().filter(|p| p.status == PoolStatus::Active && mine(p)) {
                         if started.insert(pool.pool_id.clone()) {
                             sum.pools += 1;
                             tasks.spawn(self.clone().schedule_pool_until(pool, deadline, opts.clone()));

@@ -59,6 +59,33 @@ pub struct SchedulerOptions {
     pub hold_max: usize,
     /// How often `schedule_until` looks for pools created since it started.
     pub pool_refresh: Duration,
+    /// Only the pools of this shard (`schedule_until`): concurrent invocations split
+    /// the pools between them. `None`: every pool.
+    pub shard: Option<Shard>,
+}
+
+/// One of `count` disjoint parts of the pools: a pool belongs to the shard its id
+/// hashes to (FNV-1a, the same in every process and release), so every pool is
+/// scheduled by exactly one of `count` invocations, whichever pools exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Shard {
+    /// `index` of `count`; `None` unless `index < count`.
+    pub fn new(index: u32, count: u32) -> Option<Shard> {
+        (index < count).then_some(Shard { index, count })
+    }
+
+    pub fn owns(&self, pool: &crate::id::PoolId) -> bool {
+        let h = pool
+            .as_str()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        h % u64::from(self.count.max(1)) == u64::from(self.index)
+    }
 }
 
 impl Default for SchedulerOptions {
@@ -70,6 +97,7 @@ impl Default for SchedulerOptions {
             recheck: Duration::from_secs(5),
             hold_max: 1_000,
             pool_refresh: Duration::from_secs(5),
+            shard: None,
         }
     }
 }
@@ -342,4 +370,25 @@ pub fn alloc_message(pool: &Pool, eval: &Eval, alloc: &Alloc) -> Result<String> 
         state: eval.continuation.as_ref().and_then(|c| c.state.clone()),
     };
     serde_json::to_string(&m).map_err(|e| Error::backend("encode alloc message", e))
+}
+
+#[cfg(test)]
+mod shard_tests {
+    use super::Shard;
+    use crate::id::PoolId;
+
+    #[test]
+    fn every_pool_has_exactly_one_shard_and_shards_are_even() {
+        let pools: Vec<PoolId> = (0..4_000).map(|_| PoolId::generate()).collect();
+        let n = 8;
+        let mut per = vec![0usize; n as usize];
+        for p in &pools {
+            let owners: Vec<u32> = (0..n).filter(|k| Shard::new(*k, n).unwrap().owns(p)).collect();
+            assert_eq!(owners.len(), 1, "{p}");
+            per[owners[0] as usize] += 1;
+        }
+        // 500 expected each; ids made one after another must not bunch up.
+        assert!(per.iter().all(|c| (400..600).contains(c)), "{per:?}");
+        assert!(Shard::new(8, 8).is_none() && Shard::new(0, 0).is_none());
+    }
 }
