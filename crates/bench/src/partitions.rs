@@ -119,14 +119,20 @@ async fn one_pool(moto: &Moto, cap: Option<u32>) -> Result<Run, String> {
         let (l, pool, done, stop) = (l.clone(), pool.pool_id.clone(), done.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let Ok(allocs) = l.poll(&ADMIN, &pool, &w, Duration::from_secs(1), 10).await else { continue };
+                // Throttled past the SDK's retries (its retry quota runs dry under
+                // sustained throttling, and then a call fails at once): back off and
+                // try again, as the agent does.
+                let Ok(allocs) = l.poll(&ADMIN, &pool, &w, Duration::from_secs(1), 10).await else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
                 for a in allocs {
-                    // Throttled past the SDK's retries: try again (the alloc is ours till its TTL).
-                    for _ in 0..20 {
+                    for _ in 0..300 {
                         if l.finish_alloc(&ADMIN, &pool, &a.alloc_id, complete(0)).await.is_ok() {
                             done.fetch_add(1, Ordering::Relaxed);
                             break;
                         }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
             }

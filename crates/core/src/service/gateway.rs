@@ -278,14 +278,24 @@ impl Lineup {
         // Don't hand out work that was cancelled or released meanwhile (an alloc whose
         // lease ran out before its worker polled has been retried elsewhere: running
         // it would run the job twice at once). Checked before the delete: if the read
-        // fails, the poll fails and the messages come back after their visibility
-        // timeout, rather than being deleted and lost to the worker.
+        // fails (a throttled key), the poll fails and the messages are made visible
+        // again at once for the worker's next poll, rather than deleted and lost.
         let ids: Vec<AllocId> = out.iter().map(|a| a.alloc_id.clone()).collect();
         let live: std::collections::HashSet<AllocId> = if ids.is_empty() {
             Default::default()
         } else {
-            let allocs = self.store.get_allocs(pool, &ids).await?;
-            allocs.into_iter().filter(|a| a.state == AllocState::Live && !a.stop).map(|a| a.alloc_id).collect()
+            match self.store.get_allocs(pool, &ids).await {
+                Ok(allocs) => {
+                    allocs.into_iter().filter(|a| a.state == AllocState::Live && !a.stop).map(|a| a.alloc_id).collect()
+                }
+                Err(e) => {
+                    let back: Vec<(String, Duration)> = receipts.into_iter().map(|r| (r, Duration::ZERO)).collect();
+                    if let Err(v) = self.queues.change_visibility(&queue, &back, false).await {
+                        debug!(queue = %queue, error = %v, "messages come back after their visibility timeout");
+                    }
+                    return Err(e);
+                }
+            }
         };
         self.queues.delete(&queue, &receipts).await?;
         out.retain(|a| {
