@@ -108,20 +108,10 @@ impl AwsBackend {
         }
     }
 
-    /// Batch writes, 25 per request, retrying what comes back unprocessed.
-    /// Strongly consistent reads of `keys` (duplicates read once), 100 to a
-    /// `BatchGetItem`, unprocessed keys retried with a backoff. Missing items are
-    /// simply not in the answer.
-    pub(crate) async fn batch_get(&self, table: &str, mut keys: Vec<Item>) -> Result<Vec<Item>> {
-        // A batch may not name one key twice. (Sorted by the key's attributes in
-        // order: a map's own order differs from one map to another.)
-        let id = |k: &Item| {
-            let mut v: Vec<String> = k.iter().map(|(n, a)| format!("{n}={a:?}")).collect();
-            v.sort();
-            v.join(",")
-        };
-        keys.sort_by_cached_key(id);
-        keys.dedup_by(|a, b| id(a) == id(b));
+    /// Strongly consistent reads of `keys` (distinct: a batch may not name one twice),
+    /// 100 to a `BatchGetItem`, unprocessed keys retried with a backoff. Missing items
+    /// are simply not in the answer.
+    pub(crate) async fn batch_get(&self, table: &str, keys: Vec<Item>) -> Result<Vec<Item>> {
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(100) {
             let mut req = HashMap::from([(
@@ -155,6 +145,7 @@ impl AwsBackend {
         Ok(out)
     }
 
+    /// Batch writes, 25 per request, retrying what comes back unprocessed.
     pub(crate) async fn batch_write(&self, table: &str, mut reqs: Vec<WriteRequest>) -> Result<()> {
         while !reqs.is_empty() {
             let rest = reqs.split_off(reqs.len().min(25));

@@ -609,7 +609,7 @@ impl Store for AwsBackend {
     }
 
     async fn get_evals(&self, pool: &PoolId, ids: &[EvalId]) -> Result<Vec<Eval>> {
-        let keys = ids.iter().map(|id| key(pool, Some(("eval", id.as_str())))).collect();
+        let keys = unique(ids).map(|id| key(pool, Some(("eval", id.as_str())))).collect();
         self.batch_get(&self.tables.evals, keys).await?.into_iter().map(eval_from_item).collect()
     }
 
@@ -678,7 +678,7 @@ impl Store for AwsBackend {
     }
 
     async fn get_allocs(&self, pool: &PoolId, ids: &[AllocId]) -> Result<Vec<Alloc>> {
-        let keys = ids.iter().map(|id| key(pool, Some(("alloc", id.as_str())))).collect();
+        let keys = unique(ids).map(|id| key(pool, Some(("alloc", id.as_str())))).collect();
         let items = self.batch_get(&self.tables.allocs, keys).await?;
         Ok(Self::items::<AllocItem>(items)?.into_iter().map(Alloc::from).collect())
     }
@@ -800,4 +800,12 @@ impl Store for AwsBackend {
             Err(TxError::Other(e)) => Err(e),
         }
     }
+}
+
+/// `ids` without repeats (a `BatchGetItem` may not name one key twice).
+fn unique<T: Ord>(ids: &[T]) -> impl Iterator<Item = &T> {
+    let mut v: Vec<&T> = ids.iter().collect();
+    v.sort();
+    v.dedup();
+    v.into_iter()
 }

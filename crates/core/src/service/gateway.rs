@@ -27,6 +27,15 @@ pub struct HeartbeatRequest {
     pub allocs: Vec<AllocId>,
 }
 
+/// The pool as read, if it is there and active: `NotFound` or `Disbanded` otherwise.
+fn active(id: &PoolId, p: Option<Pool>) -> Result<Pool> {
+    match p {
+        None => Err(Error::not_found(format!("pool {id}"))),
+        Some(p) if p.status == PoolStatus::Disbanded => Err(Error::Disbanded(id.to_string())),
+        Some(p) => Ok(p),
+    }
+}
+
 /// The eval an idempotency key named, if it was submitted with the same values; a
 /// key reused for something else is the caller's mistake, not a replay.
 fn same_submission(existing: Eval, new: &NewEval) -> Result<SubmitOutcome> {
@@ -137,11 +146,7 @@ impl Lineup {
     }
 
     pub(super) async fn active_pool(&self, pool: &PoolId) -> Result<Pool> {
-        let p = self.active_or_any_pool(pool).await?;
-        if p.status == PoolStatus::Disbanded {
-            return Err(Error::Disbanded(pool.to_string()));
-        }
-        Ok(p)
+        active(pool, self.store.get_pool(pool).await?)
     }
 
     // ---- workers
@@ -210,11 +215,7 @@ impl Lineup {
         // A pool read at most once a second per process (as the scheduler reads it),
         // not one per heartbeat: a pool disbanded elsewhere is noticed a second late,
         // and its workers' queues are gone already.
-        match self.fresh_pool(pool, false).await? {
-            None => return Err(Error::not_found(format!("pool {pool}"))),
-            Some(p) if p.status == PoolStatus::Disbanded => return Err(Error::Disbanded(pool.to_string())),
-            Some(_) => {}
-        }
+        active(pool, self.fresh_pool(pool, false).await?)?;
         let now = self.now();
         let hb = Heartbeat {
             pool: pool.clone(),
