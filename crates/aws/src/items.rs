@@ -32,13 +32,14 @@ pub fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-/// A table key: `pool` plus an optional range attribute.
-pub fn key(pool: &PoolId, range: Option<(&str, &str)>) -> Item {
-    let mut k = HashMap::from([("pool".to_owned(), s(pool.as_str()))]);
-    if let Some((name, v)) = range {
-        k.insert(name.to_owned(), s(v));
-    }
-    k
+/// The pools table's key.
+pub fn pool_key(pool: &PoolId) -> Item {
+    HashMap::from([("pool".to_owned(), s(pool.as_str()))])
+}
+
+/// Any other table's key: the record's own id in its pool (`keys.rs`).
+pub fn rec_key(pool: &PoolId, local: &str) -> Item {
+    HashMap::from([("id".to_owned(), s(crate::keys::id(pool, local)))])
 }
 
 /// Seconds since the epoch, for the DynamoDB TTL attribute `purge_at`.
@@ -74,6 +75,15 @@ pub struct PoolItem {
     /// The health checks as JSON text (their thresholds are a map keyed by level).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checks: Option<String>,
+    /// The pool's index shards (`keys.rs`), fixed at creation; absent: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sh: Option<u32>,
+}
+
+impl PoolItem {
+    pub fn shards(&self) -> u32 {
+        self.sh.unwrap_or(1).clamp(1, crate::keys::MAX_SHARDS)
+    }
 }
 
 impl From<&Pool> for PoolItem {
@@ -92,6 +102,7 @@ impl From<&Pool> for PoolItem {
             coef: (l.coefficients != Coefficients::default()).then_some(l.coefficients),
             pushed: l.pushed,
             checks: (!l.checks.is_empty()).then(|| serde_json::to_string(&l.checks).unwrap_or_default()),
+            sh: None,
         }
     }
 }
@@ -119,6 +130,9 @@ impl From<PoolItem> for Pool {
 
 #[derive(Serialize, Deserialize)]
 pub struct WorkerItem {
+    pub id: String,
+    /// Index partition (`by_cap`), spread by worker id.
+    pub ps: String,
     pub pool: PoolId,
     pub wrk: WorkerId,
     pub capacity: u32,
@@ -134,9 +148,11 @@ pub struct WorkerItem {
     pub lv: u64,
 }
 
-impl From<&Worker> for WorkerItem {
-    fn from(w: &Worker) -> Self {
+impl WorkerItem {
+    pub fn new(w: &Worker, shards: u32) -> Self {
         WorkerItem {
+            id: crate::keys::id(&w.pool_id, w.worker_id.as_str()),
+            ps: crate::keys::ps(&w.pool_id, w.worker_id.as_str(), shards),
             pool: w.pool_id.clone(),
             wrk: w.worker_id.clone(),
             capacity: w.capacity,
@@ -167,6 +183,9 @@ impl From<WorkerItem> for Worker {
 
 #[derive(Serialize, Deserialize)]
 pub struct ReplicaItem {
+    pub id: String,
+    /// Index partition (`by_ttl`), spread by dataset: a dataset's replicas are one query.
+    pub ps: String,
     pub pool: PoolId,
     /// `{dataset}:{worker}`, the original's key.
     pub rpl: String,
@@ -184,6 +203,9 @@ impl From<ReplicaItem> for Replica {
 
 #[derive(Serialize, Deserialize)]
 pub struct AllocItem {
+    pub id: String,
+    /// Index partition (`by_ttl`), spread by alloc id.
+    pub ps: String,
     pub pool: PoolId,
     pub alloc: AllocId,
     pub wrk: WorkerId,
@@ -205,10 +227,12 @@ pub struct AllocItem {
     pub counted: bool,
 }
 
-impl From<&Alloc> for AllocItem {
-    fn from(a: &Alloc) -> Self {
+impl AllocItem {
+    pub fn new(a: &Alloc, shards: u32) -> Self {
         let live = a.state == AllocState::Live;
         AllocItem {
+            id: crate::keys::id(&a.pool_id, a.alloc_id.as_str()),
+            ps: crate::keys::ps(&a.pool_id, a.alloc_id.as_str(), shards),
             pool: a.pool_id.clone(),
             alloc: a.alloc_id.clone(),
             wrk: a.worker_id.clone(),
@@ -246,6 +270,9 @@ impl From<AllocItem> for Alloc {
 
 #[derive(Serialize, Deserialize)]
 pub struct EvalItem {
+    pub id: String,
+    /// Index partition (`by_created`), spread by eval id.
+    pub ps: String,
     pub pool: PoolId,
     pub eval: EvalId,
     pub size: u32,
@@ -274,7 +301,7 @@ pub struct EvalItem {
     pub ikey: Option<String>,
     pub created: Millis,
     pub updated: Millis,
-    /// `{pool}#{status}`: the `by_status` index's partition.
+    /// `{pool}#{status}#{shard}`: the `by_status` index's partition.
     pub pst: String,
     /// The pipeline step, as JSON text (its inputs are any JSON, kept exact).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -290,13 +317,17 @@ pub struct EvalItem {
     pub purge_at: Option<i64>,
 }
 
-pub fn pst(pool: &PoolId, status: EvalStatus) -> String {
-    format!("{pool}#{}", status.as_str())
+/// The `by_status` partition of `pool`'s evals in `status` and shard `k`.
+pub fn pst(pool: &PoolId, status: EvalStatus, k: u32) -> String {
+    format!("{pool}#{}#{k}", status.as_str())
 }
 
-impl From<&Eval> for EvalItem {
-    fn from(e: &Eval) -> Self {
+impl EvalItem {
+    pub fn new(e: &Eval, shards: u32) -> Self {
+        let k = lineup_core::id::bucket(e.eval_id.as_str(), shards);
         EvalItem {
+            id: crate::keys::id(&e.pool_id, e.eval_id.as_str()),
+            ps: crate::keys::shard_key(&e.pool_id, k),
             pool: e.pool_id.clone(),
             eval: e.eval_id.clone(),
             size: e.size,
@@ -314,7 +345,7 @@ impl From<&Eval> for EvalItem {
             ikey: e.idempotency_key.clone(),
             created: e.created_at,
             updated: e.updated_at,
-            pst: pst(&e.pool_id, e.status),
+            pst: pst(&e.pool_id, e.status, k),
             step: e.step.as_ref().and_then(|st| serde_json::to_string(st).ok()),
             cont: e.continuation.as_ref().and_then(|c| serde_json::to_string(c).ok()),
             redrive: e.redrive.as_ref().and_then(|r| serde_json::to_string(r).ok()),
@@ -372,6 +403,7 @@ impl TryFrom<EvalItem> for Eval {
 /// An idempotency key's claim, stored in the evals table beside the evals.
 #[derive(Serialize, Deserialize)]
 pub struct KeyItem {
+    pub id: String,
     pub pool: PoolId,
     /// `k#{key}`: never a valid eval id, so it cannot collide with one.
     pub eval: String,

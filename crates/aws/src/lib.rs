@@ -7,6 +7,8 @@
 //!   and tests. `infra/template.yaml` declares the same (a test keeps them together).
 //! - `items.rs`: the DynamoDB items (attribute names from the Go original: `pool`,
 //!   `wrk`, `cap`, `ttl`, `rpl`, `alloc`) and their conversion to the core's model.
+//! - `keys.rs`: the key design: records keyed by their own id, a pool's records listed
+//!   through index shards (`{pool}#{k}`), queried concurrently.
 //! - `ddb.rs`: DynamoDB requests: consistent reads, paginated queries, batches retried
 //!   until processed, transactions and their cancellation reasons (`TxError`).
 //! - `store.rs`: `Store`; multi-record writes are one `TransactWriteItems`.
@@ -22,6 +24,7 @@ mod calls;
 mod ddb;
 mod direct;
 mod items;
+mod keys;
 mod limits;
 mod original;
 mod pipelines;
@@ -39,6 +42,7 @@ use aws_sdk_dynamodb::config::Credentials;
 
 pub use calls::CallCounter;
 pub use direct::DirectQueue;
+pub use keys::MAX_SHARDS;
 pub use probe::CloudWatchProbe;
 pub use tables::{create_tables, delete_tables, Tables};
 
@@ -74,6 +78,10 @@ pub struct AwsBackend {
     /// idempotency keys are kept (`set_history_retention`; evals carry their own
     /// `purge_at`).
     pub(crate) retention: Arc<std::sync::atomic::AtomicI64>,
+    /// The index shards new pools get (`keys.rs`, `set_index_shards`).
+    pub(crate) new_pool_shards: Arc<std::sync::atomic::AtomicU32>,
+    /// Pools' shard counts, read once from their items.
+    pub(crate) shard_cache: Arc<keys::ShardCache>,
 }
 
 impl AwsBackend {
@@ -132,6 +140,8 @@ impl AwsBackend {
             calls,
             queue_prefix: Arc::default(),
             retention: Arc::new(std::sync::atomic::AtomicI64::new(DEFAULT_RETENTION)),
+            new_pool_shards: Arc::new(std::sync::atomic::AtomicU32::new(1)),
+            shard_cache: Arc::default(),
         }
     }
 

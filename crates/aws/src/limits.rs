@@ -29,6 +29,10 @@ use crate::ddb::{build, ccf, names};
 use crate::items::*;
 use crate::AwsBackend;
 
+/// How long a global secondary index usually takes to show a write ("typically within
+/// a fraction of a second", DynamoDB's guide); `set_max_running` waits it out.
+const INDEX_SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The pool item's limits version is `:lv` (pools written before versions had none: 0).
 pub const VERSION_IS: &str = "(#lv = :lv OR attribute_not_exists(#lv))";
 
@@ -41,7 +45,7 @@ impl AwsBackend {
         let u = build(
             Update::builder()
                 .table_name(&self.tables.pools)
-                .set_key(Some(key(pool, None)))
+                .set_key(Some(pool_key(pool)))
                 .update_expression("SET #run = if_not_exists(#run, :zero) + :k")
                 .condition_expression(format!(
                     "attribute_exists(#p) AND {VERSION_IS} AND attribute_not_exists(#counting) \
@@ -78,7 +82,7 @@ impl AwsBackend {
         let u = build(
             Update::builder()
                 .table_name(&self.tables.pools)
-                .set_key(Some(key(pool, None)))
+                .set_key(Some(pool_key(pool)))
                 .update_expression(update)
                 .condition_expression(condition)
                 .set_expression_attribute_names(names(&[("#p", "pool"), ("#run", "run")]))
@@ -99,7 +103,7 @@ impl AwsBackend {
             .ddb
             .update_item()
             .table_name(&self.tables.pools)
-            .set_key(Some(key(pool, None)))
+            .set_key(Some(pool_key(pool)))
             .condition_expression(format!("attribute_exists(#p) AND {VERSION_IS}"))
             .expression_attribute_names("#p", "pool")
             .expression_attribute_names("#lv", "lv")
@@ -127,14 +131,20 @@ impl AwsBackend {
             Err(e) => return Err(crate::sdk_err("set max_running", e)),
         }
         if count {
+            // Workers and allocs are listed through eventually consistent indexes
+            // (keys.rs): each listing waits out their usual lag behind what was written
+            // before the step it follows. An alloc the count still misses is placed
+            // over the cap until it ends (uncounted, it does not bring `run` down).
+            tokio::time::sleep(INDEX_SETTLE).await;
             self.fence_workers(pool, version).await?;
+            tokio::time::sleep(INDEX_SETTLE).await;
             let counted = self.count_live_allocs(pool).await?;
             // Step 4, only if no newer change came meanwhile (it counts for itself).
             let r = self
                 .ddb
                 .update_item()
                 .table_name(&self.tables.pools)
-                .set_key(Some(key(pool, None)))
+                .set_key(Some(pool_key(pool)))
                 .update_expression("REMOVE #counting")
                 .condition_expression("#lv = :nv")
                 .expression_attribute_names("#counting", "counting")
@@ -159,7 +169,7 @@ impl AwsBackend {
                 .ddb
                 .update_item()
                 .table_name(&self.tables.workers)
-                .set_key(Some(key(pool, Some(("wrk", w.as_str())))))
+                .set_key(Some(rec_key(pool, w.as_str())))
                 .update_expression("SET #lv = :nv")
                 .condition_expression("attribute_exists(#w) AND (attribute_not_exists(#lv) OR #lv < :nv)")
                 .expression_attribute_names("#w", "wrk")
@@ -184,7 +194,7 @@ impl AwsBackend {
             let mark = build(
                 Update::builder()
                     .table_name(&self.tables.allocs)
-                    .set_key(Some(key(pool, Some(("alloc", a.alloc_id.as_str())))))
+                    .set_key(Some(rec_key(pool, a.alloc_id.as_str())))
                     .update_expression("SET #cnt = :yes")
                     .condition_expression("#st = :live AND attribute_not_exists(#cnt)")
                     .set_expression_attribute_names(names(&[("#cnt", "counted"), ("#st", "state")]))
@@ -214,7 +224,7 @@ impl AwsBackend {
             .ddb
             .update_item()
             .table_name(&self.tables.pools)
-            .set_key(Some(key(pool, None)))
+            .set_key(Some(pool_key(pool)))
             .condition_expression("attribute_exists(#p)")
             .expression_attribute_names("#p", "pool")
             .expression_attribute_names("#coef", "coef")

@@ -17,7 +17,7 @@ impl AwsBackend {
         self.ddb
             .put_item()
             .table_name(&self.tables.evals)
-            .set_item(Some(to_item(&EvalItem::from(e))?))
+            .set_item(Some(to_item(&EvalItem::new(e, self.shards(&e.pool_id).await?))?))
             .send()
             .await
             .map_err(|e| sdk_err("put eval", e))?;
@@ -30,7 +30,7 @@ impl AwsBackend {
         self.ddb
             .update_item()
             .table_name(&self.tables.workers)
-            .set_key(Some(key(&a.pool_id, Some(("wrk", a.worker_id.as_str())))))
+            .set_key(Some(rec_key(&a.pool_id, a.worker_id.as_str())))
             .update_expression("SET #c = #c - :size")
             .condition_expression("#c >= :size AND #t > :now")
             .set_expression_attribute_names(names(&[("#c", "cap"), ("#t", "ttl")]))
@@ -42,7 +42,7 @@ impl AwsBackend {
         self.ddb
             .put_item()
             .table_name(&self.tables.allocs)
-            .set_item(Some(to_item(&AllocItem::from(a))?))
+            .set_item(Some(to_item(&AllocItem::new(a, self.shards(&a.pool_id).await?))?))
             .send()
             .await
             .map_err(|e| sdk_err("put alloc", e))?;
@@ -53,7 +53,7 @@ impl AwsBackend {
         self.ddb
             .put_item()
             .table_name(&self.tables.evals)
-            .set_item(Some(to_item(&EvalItem::from(e))?))
+            .set_item(Some(to_item(&EvalItem::new(e, self.shards(&e.pool_id).await?))?))
             .condition_expression("#v = :v")
             .set_expression_attribute_names(names(&[("#v", "version")]))
             .expression_attribute_values(":v", n(expected))
@@ -68,7 +68,7 @@ impl AwsBackend {
         self.ddb
             .update_item()
             .table_name(&self.tables.workers)
-            .set_key(Some(key(&w.pool_id, Some(("wrk", w.worker_id.as_str())))))
+            .set_key(Some(rec_key(&w.pool_id, w.worker_id.as_str())))
             .update_expression("SET #t = :t")
             .set_expression_attribute_names(names(&[("#t", "ttl")]))
             .expression_attribute_values(":t", n(ttl))
@@ -79,7 +79,7 @@ impl AwsBackend {
             self.ddb
                 .update_item()
                 .table_name(&self.tables.allocs)
-                .set_key(Some(key(&w.pool_id, Some(("alloc", a.as_str())))))
+                .set_key(Some(rec_key(&w.pool_id, a.as_str())))
                 .update_expression("SET #t = :t, #e = :t")
                 .set_expression_attribute_names(names(&[("#t", "ttl"), ("#e", "exp")]))
                 .expression_attribute_values(":t", n(ttl))
@@ -94,10 +94,11 @@ impl AwsBackend {
     /// capacity back (`UpdateItem`), mark the eval complete (`UpdateItem`).
     pub async fn complete_in_steps(&self, pool: &PoolId, alloc: &AllocId, now: Millis) -> Result<()> {
         let a = lineup_core::Store::get_alloc(self, pool, alloc).await?.ok_or_else(|| Error::not_found("alloc"))?;
+        let k = lineup_core::id::bucket(a.eval_id.as_str(), self.shards(pool).await?);
         self.ddb
             .update_item()
             .table_name(&self.tables.allocs)
-            .set_key(Some(key(pool, Some(("alloc", alloc.as_str())))))
+            .set_key(Some(rec_key(pool, alloc.as_str())))
             .update_expression("SET #st = :rel REMOVE #t")
             .set_expression_attribute_names(names(&[("#st", "state"), ("#t", "ttl")]))
             .expression_attribute_values(":rel", AttributeValue::S("released".into()))
@@ -107,7 +108,7 @@ impl AwsBackend {
         self.ddb
             .update_item()
             .table_name(&self.tables.workers)
-            .set_key(Some(key(pool, Some(("wrk", a.worker_id.as_str())))))
+            .set_key(Some(rec_key(pool, a.worker_id.as_str())))
             .update_expression("SET #c = #c + :size")
             .set_expression_attribute_names(names(&[("#c", "cap")]))
             .expression_attribute_values(":size", n(a.size))
@@ -117,7 +118,7 @@ impl AwsBackend {
         self.ddb
             .update_item()
             .table_name(&self.tables.evals)
-            .set_key(Some(key(pool, Some(("eval", a.eval_id.as_str())))))
+            .set_key(Some(rec_key(pool, a.eval_id.as_str())))
             .update_expression("SET #s = :done, #pst = :pst, #x = :zero, #u = :now ADD #v :one")
             .set_expression_attribute_names(names(&[
                 ("#s", "status"),
@@ -127,7 +128,7 @@ impl AwsBackend {
                 ("#v", "version"),
             ]))
             .expression_attribute_values(":done", AttributeValue::S("complete".into()))
-            .expression_attribute_values(":pst", AttributeValue::S(pst(pool, EvalStatus::Complete)))
+            .expression_attribute_values(":pst", AttributeValue::S(pst(pool, EvalStatus::Complete, k)))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":one", n(1))

@@ -1,6 +1,7 @@
-//! Pipelines in DynamoDB: one item each in the pipelines table (`pool` + `pipeline`),
-//! the record as JSON text in `body` beside the attributes a listing filters on; an
-//! idempotency key is an item `pipeline = "k#{key}"` naming its pipeline, claimed in
+//! Pipelines in DynamoDB: one item each in the pipelines table (keyed by its own id,
+//! `keys.rs`; listed newest first through the `by_created` index's shards), the record
+//! as JSON text in `body` beside the attributes a listing filters on; an idempotency
+//! key is an item `pipeline = "k#{key}"` naming its pipeline (not indexed), claimed in
 //! the same transaction as the pipeline is written. Writes are conditioned on `version`.
 
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
@@ -10,10 +11,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::ddb::{build, names, TxError};
 use crate::items::*;
+use crate::tables::BY_CREATED;
 use crate::{sdk_err, AwsBackend};
 
 #[derive(Serialize, Deserialize)]
 struct PipelineItem {
+    id: String,
+    /// Index partition (`by_created`), spread by pipeline id.
+    ps: String,
     pool: PoolId,
     pipeline: PipelineId,
     status: PipelineStatus,
@@ -29,6 +34,7 @@ struct PipelineItem {
 
 #[derive(Serialize, Deserialize)]
 struct PipelineKeyItem {
+    id: String,
     pool: PoolId,
     /// `k#{key}`: never a valid pipeline id.
     pipeline: String,
@@ -38,9 +44,11 @@ struct PipelineKeyItem {
     purge_at: Option<i64>,
 }
 
-fn item_of(p: &Pipeline) -> Result<Item> {
+fn item_of(p: &Pipeline, shards: u32) -> Result<Item> {
     let body = serde_json::to_string(p).map_err(|e| Error::backend("encode pipeline", e))?;
     to_item(&PipelineItem {
+        id: crate::keys::id(&p.pool_id, p.pipeline_id.as_str()),
+        ps: crate::keys::ps(&p.pool_id, p.pipeline_id.as_str(), shards),
         pool: p.pool_id.clone(),
         pipeline: p.pipeline_id.clone(),
         status: p.status,
@@ -60,10 +68,11 @@ fn pipeline_of(i: Item) -> Result<Pipeline> {
 impl AwsBackend {
     pub(crate) async fn insert_pipeline_item(&self, p: &Pipeline) -> Result<Option<Pipeline>> {
         let t = &self.tables.pipelines;
+        let shards = self.shards(&p.pool_id).await?;
         let put = build(
             Put::builder()
                 .table_name(t)
-                .set_item(Some(item_of(p)?))
+                .set_item(Some(item_of(p, shards)?))
                 .condition_expression("attribute_not_exists(#k)")
                 .set_expression_attribute_names(names(&[("#k", "pipeline")]))
                 .build(),
@@ -71,6 +80,7 @@ impl AwsBackend {
         let mut items = vec![self.pool_is_active(&p.pool_id)?, TransactWriteItem::builder().put(put).build()];
         if let Some(k) = &p.idempotency_key {
             let claim = PipelineKeyItem {
+                id: crate::keys::id(&p.pool_id, &format!("k#{k}")),
                 pool: p.pool_id.clone(),
                 pipeline: format!("k#{k}"),
                 target: p.pipeline_id.clone(),
@@ -115,7 +125,7 @@ impl AwsBackend {
 
     async fn pipeline_by_key(&self, pool: &PoolId, k: &str) -> Result<Option<Pipeline>> {
         let sk = format!("k#{k}");
-        let Some(i) = self.get(&self.tables.pipelines, key(pool, Some(("pipeline", &sk)))).await? else {
+        let Some(i) = self.get(&self.tables.pipelines, rec_key(pool, &sk)).await? else {
             return Ok(None);
         };
         let claim: PipelineKeyItem = from_item(i)?;
@@ -123,40 +133,46 @@ impl AwsBackend {
     }
 
     pub(crate) async fn get_pipeline_item(&self, pool: &PoolId, id: &PipelineId) -> Result<Option<Pipeline>> {
-        match self.get(&self.tables.pipelines, key(pool, Some(("pipeline", id.as_str())))).await? {
+        match self.get(&self.tables.pipelines, rec_key(pool, id.as_str())).await? {
             Some(i) => Ok(Some(pipeline_of(i)?)),
             None => Ok(None),
         }
     }
 
-    /// Newest first: pipeline ids start with their creation time. Key claims (`k#…`)
-    /// have no `body` and are filtered out.
+    /// Newest first, each shard's newest merged (key claims are not indexed).
     pub(crate) async fn list_pipeline_items(
         &self,
         pool: &PoolId,
         status: Option<PipelineStatus>,
         limit: usize,
     ) -> Result<Vec<Pipeline>> {
-        let mut q = self
-            .by_pool(&self.tables.pipelines, pool)
-            .scan_index_forward(false)
-            .expression_attribute_names("#b", "body");
-        q = match status {
-            Some(st) => q
-                .filter_expression("attribute_exists(#b) AND #s = :s")
-                .expression_attribute_names("#s", "status")
-                .expression_attribute_values(":s", to_attr(&st)?),
-            None => q.filter_expression("attribute_exists(#b)"),
+        let st = status.map(|st| to_attr(&st)).transpose()?;
+        let q = |k| {
+            let q = self
+                .index_query(&self.tables.pipelines, BY_CREATED, &crate::keys::shard_key(pool, k))
+                .scan_index_forward(false);
+            match &st {
+                Some(st) => q
+                    .filter_expression("#s = :s")
+                    .expression_attribute_names("#s", "status")
+                    .expression_attribute_values(":s", st.clone()),
+                None => q,
+            }
         };
-        self.query_limit(q, limit, "list pipelines").await?.into_iter().map(pipeline_of).collect()
+        let items = self.query_shards_limit(pool, q, limit, "list pipelines").await?;
+        let mut ps = items.into_iter().map(pipeline_of).collect::<Result<Vec<_>>>()?;
+        ps.sort_by(|a, b| (b.created_at, &b.pipeline_id).cmp(&(a.created_at, &a.pipeline_id)));
+        ps.truncate(limit);
+        Ok(ps)
     }
 
     pub(crate) async fn update_pipeline_item(&self, p: &Pipeline, expected: u64) -> Result<()> {
+        let shards = self.shards(&p.pool_id).await?;
         let r = self
             .ddb
             .put_item()
             .table_name(&self.tables.pipelines)
-            .set_item(Some(item_of(p)?))
+            .set_item(Some(item_of(p, shards)?))
             .condition_expression("#v = :v")
             .set_expression_attribute_names(names(&[("#v", "version")]))
             .expression_attribute_values(":v", n(expected))

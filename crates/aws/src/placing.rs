@@ -50,7 +50,7 @@ impl AwsBackend {
         let u = build(
             Update::builder()
                 .table_name(&self.tables.workers)
-                .set_key(Some(key(&a.pool_id, Some(("wrk", a.worker_id.as_str())))))
+                .set_key(Some(rec_key(&a.pool_id, a.worker_id.as_str())))
                 .update_expression("SET #c = #c - :size")
                 .condition_expression("#c >= :size AND #t > :now AND (attribute_not_exists(#lv) OR #lv <= :lv)")
                 .set_expression_attribute_names(names(&[("#c", "cap"), ("#t", "ttl"), ("#lv", "lv")]))
@@ -62,11 +62,11 @@ impl AwsBackend {
         Ok(TransactWriteItem::builder().update(u).build())
     }
 
-    fn put_alloc(&self, a: &Alloc) -> Result<TransactWriteItem> {
+    fn put_alloc(&self, a: &Alloc, shards: u32) -> Result<TransactWriteItem> {
         let put = build(
             Put::builder()
                 .table_name(&self.tables.allocs)
-                .set_item(Some(to_item(&AllocItem::from(a))?))
+                .set_item(Some(to_item(&AllocItem::new(a, shards))?))
                 .condition_expression("attribute_not_exists(#a)")
                 .expression_attribute_names("#a", "alloc")
                 .build(),
@@ -84,8 +84,12 @@ impl AwsBackend {
         claim: Claim,
         now: Millis,
     ) -> Result<()> {
-        let mut items =
-            vec![self.claim_worker(a, a.size, now, claim)?, self.put_alloc(a)?, self.put_eval(e, Some(expected))?];
+        let shards = self.shards(&a.pool_id).await?;
+        let mut items = vec![
+            self.claim_worker(a, a.size, now, claim)?,
+            self.put_alloc(a, shards)?,
+            self.put_eval(e, Some(expected), shards)?,
+        ];
         // Only a capped pool's placements touch the pool item: an uncapped hot pool
         // does not pay for a counter it does not need.
         if let Some(limit) = claim.limit {
@@ -119,11 +123,13 @@ impl AwsBackend {
         now: Millis,
     ) -> Result<Vec<Result<()>>> {
         let mut out: Vec<Option<Result<()>>> = items.iter().map(|_| None).collect();
+        let Some((first, _, _)) = items.first() else { return Ok(Vec::new()) };
+        let shards = self.shards(&first.pool_id).await?;
         for chunk in chunks(items, claim) {
             let mut pending = chunk;
             let mut alone: Vec<usize> = Vec::new();
             while pending.len() > 1 {
-                let (tx, parts) = self.batch_tx(items, &pending, claim, now)?;
+                let (tx, parts) = self.batch_tx(items, &pending, claim, now, shards)?;
                 let reasons = match self.transact(tx, "place batch").await {
                     Ok(()) => {
                         for i in pending.drain(..) {
@@ -188,6 +194,7 @@ impl AwsBackend {
         which: &[usize],
         claim: Claim,
         now: Millis,
+        shards: u32,
     ) -> Result<(Vec<TransactWriteItem>, Vec<Part>)> {
         let mut by_worker: BTreeMap<&str, (usize, u32)> = BTreeMap::new();
         for &i in which {
@@ -202,8 +209,8 @@ impl AwsBackend {
         }
         for &i in which {
             let (a, e, expected) = &items[i];
-            tx.push(self.put_alloc(a)?);
-            tx.push(self.put_eval(e, Some(*expected))?);
+            tx.push(self.put_alloc(a, shards)?);
+            tx.push(self.put_eval(e, Some(*expected), shards)?);
             parts.extend([Part::Own(i), Part::Own(i)]);
         }
         if let Some(limit) = claim.limit {

@@ -1,8 +1,10 @@
 //! `Store` over DynamoDB. The writes that move capacity are single
 //! `TransactWriteItems`; a cancelled transaction is read from its cancellation
-//! reasons. Reads of records are strongly consistent; the `by_cap` and `by_status`
-//! GSIs are eventually consistent and used only where a stale answer is harmless
-//! (candidates are re-checked by the conditional claim). Every query paginates.
+//! reasons. Records are keyed by their own id (`keys.rs`) and read strongly
+//! consistent; a pool's records are listed through global secondary indexes, which are
+//! eventually consistent, so every listing is used where a stale answer is harmless or
+//! re-checked: candidates by the conditional claim, expired allocs by the release's
+//! lease condition, expired workers by a consistent re-read. Every query paginates.
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
@@ -14,6 +16,7 @@ use lineup_core::*;
 
 use crate::ddb::{build, ccf, names, TxError};
 use crate::items::*;
+use crate::keys::shard_key;
 use crate::tables::{BY_CAP, BY_CREATED, BY_STATUS, BY_TTL};
 use crate::{sdk_err, AwsBackend};
 
@@ -21,29 +24,41 @@ use crate::{sdk_err, AwsBackend};
 const MAX_REGISTER_TRIES: usize = 5;
 
 impl AwsBackend {
-    /// Items of `pool` whose `ttl` has passed, through the table's `by_ttl` index
-    /// (read consistently: it is a local index).
-    fn expired(&self, table: &str, pool: &PoolId, now: Millis) -> QueryFluentBuilder {
+    /// Items of `pool` in `table` whose `ttl` has passed, through its `by_ttl` index
+    /// (eventually consistent: the caller re-checks what it acts on).
+    async fn expired(&self, table: &str, pool: &PoolId, now: Millis, context: &str) -> Result<Vec<Item>> {
+        self.query_shards(pool, |k| self.expired_query(table, pool, k, now), context).await
+    }
+
+    fn expired_query(&self, table: &str, pool: &PoolId, k: u32, now: Millis) -> QueryFluentBuilder {
         self.ddb
             .query()
             .table_name(table)
             .index_name(BY_TTL)
             .key_condition_expression("#p = :p AND #t <= :now")
-            .expression_attribute_names("#p", "pool")
+            .expression_attribute_names("#p", "ps")
             .expression_attribute_names("#t", "ttl")
-            .expression_attribute_values(":p", s(pool.as_str()))
+            .expression_attribute_values(":p", s(shard_key(pool, k)))
             .expression_attribute_values(":now", n(now))
-            .consistent_read(true)
     }
 
-    pub(crate) fn by_pool(&self, table: &str, pool: &PoolId) -> QueryFluentBuilder {
+    /// `pool`'s evals in `status`, shard `k` (`by_status`, oldest first).
+    fn status_query(&self, pool: &PoolId, status: EvalStatus, k: u32) -> QueryFluentBuilder {
         self.ddb
             .query()
-            .table_name(table)
-            .key_condition_expression("#p = :p")
-            .expression_attribute_names("#p", "pool")
-            .expression_attribute_values(":p", s(pool.as_str()))
-            .consistent_read(true)
+            .table_name(&self.tables.evals)
+            .index_name(BY_STATUS)
+            .key_condition_expression("#k = :k")
+            .expression_attribute_names("#k", "pst")
+            .expression_attribute_values(":k", s(pst(pool, status, k)))
+    }
+
+    /// The pool item, whose shard count is remembered on the way.
+    pub(crate) async fn get_pool_item(&self, pool: &PoolId) -> Result<Option<PoolItem>> {
+        let Some(i) = self.get(&self.tables.pools, pool_key(pool)).await? else { return Ok(None) };
+        let item: PoolItem = from_item(i)?;
+        self.remember_shards(pool, item.shards());
+        Ok(Some(item))
     }
 
     /// A heartbeat's alloc renewals: each `ttl` moved on if the alloc is this worker's,
@@ -58,7 +73,7 @@ impl AwsBackend {
         let extend = |a: &AllocId| {
             Update::builder()
                 .table_name(&self.tables.allocs)
-                .set_key(Some(key(&hb.pool, Some(("alloc", a.as_str())))))
+                .set_key(Some(rec_key(&hb.pool, a.as_str())))
                 .update_expression("SET #t = :t, #e = :t")
                 .condition_expression("#w = :w AND #st = :live AND #stop = :no AND #t > :now")
                 .set_expression_attribute_names(names(&[
@@ -138,7 +153,7 @@ impl AwsBackend {
         let check = build(
             ConditionCheck::builder()
                 .table_name(&self.tables.pools)
-                .set_key(Some(key(pool, None)))
+                .set_key(Some(pool_key(pool)))
                 .condition_expression(format!("#s = :active AND {}", crate::limits::VERSION_IS))
                 .set_expression_attribute_names(names(&[("#s", "status"), ("#lv", "lv")]))
                 .expression_attribute_values(":active", s("active"))
@@ -152,7 +167,7 @@ impl AwsBackend {
         let check = build(
             ConditionCheck::builder()
                 .table_name(&self.tables.pools)
-                .set_key(Some(key(pool, None)))
+                .set_key(Some(pool_key(pool)))
                 .condition_expression("#s = :active")
                 .set_expression_attribute_names(names(&[("#s", "status")]))
                 .expression_attribute_values(":active", s("active"))
@@ -161,8 +176,9 @@ impl AwsBackend {
         Ok(TransactWriteItem::builder().condition_check(check).build())
     }
 
-    pub(crate) fn put_eval(&self, e: &Eval, expected: Option<u64>) -> Result<TransactWriteItem> {
-        let mut put = Put::builder().table_name(&self.tables.evals).set_item(Some(to_item(&EvalItem::from(e))?));
+    /// `e` written whole, conditioned on its version (or on being new); `shards`: its pool's.
+    pub(crate) fn put_eval(&self, e: &Eval, expected: Option<u64>, shards: u32) -> Result<TransactWriteItem> {
+        let mut put = Put::builder().table_name(&self.tables.evals).set_item(Some(to_item(&EvalItem::new(e, shards))?));
         put = match expected {
             Some(v) => put
                 .condition_expression("#v = :v")
@@ -177,11 +193,12 @@ impl AwsBackend {
 
     /// A new eval without an idempotency key: one conditional `PutItem`.
     async fn put_new_eval(&self, e: &Eval) -> Result<Option<Eval>> {
+        let shards = self.shards(&e.pool_id).await?;
         let r = self
             .ddb
             .put_item()
             .table_name(&self.tables.evals)
-            .set_item(Some(to_item(&EvalItem::from(e))?))
+            .set_item(Some(to_item(&EvalItem::new(e, shards))?))
             .condition_expression("attribute_not_exists(#e)")
             .expression_attribute_names("#e", "eval")
             .send()
@@ -209,11 +226,13 @@ impl AwsBackend {
 #[async_trait]
 impl Store for AwsBackend {
     async fn create_pool(&self, p: &Pool) -> Result<()> {
+        let mut item = PoolItem::from(p);
+        item.sh = Some(self.new_pool_shards());
         let r = self
             .ddb
             .put_item()
             .table_name(&self.tables.pools)
-            .set_item(Some(to_item(&PoolItem::from(p))?))
+            .set_item(Some(to_item(&item)?))
             .condition_expression("attribute_not_exists(#p)")
             .expression_attribute_names("#p", "pool")
             .send()
@@ -245,10 +264,7 @@ impl Store for AwsBackend {
     }
 
     async fn get_pool(&self, pool: &PoolId) -> Result<Option<Pool>> {
-        match self.get(&self.tables.pools, key(pool, None)).await? {
-            Some(i) => Ok(Some(from_item::<PoolItem>(i)?.into())),
-            None => Ok(None),
-        }
+        Ok(self.get_pool_item(pool).await?.map(Pool::from))
     }
 
     async fn list_pools(&self) -> Result<Vec<Pool>> {
@@ -265,7 +281,9 @@ impl Store for AwsBackend {
                 .await
                 .map_err(|e| sdk_err("scan pools", e))?;
             for i in r.items.unwrap_or_default() {
-                out.push(Pool::from(from_item::<PoolItem>(i)?));
+                let item: PoolItem = from_item(i)?;
+                self.remember_shards(&item.pool, item.shards());
+                out.push(Pool::from(item));
             }
             match r.last_evaluated_key {
                 Some(k) if !k.is_empty() => start = Some(k),
@@ -281,7 +299,7 @@ impl Store for AwsBackend {
             .ddb
             .update_item()
             .table_name(&self.tables.pools)
-            .set_key(Some(key(pool, None)))
+            .set_key(Some(pool_key(pool)))
             .update_expression("SET #s = :d, #at = :now")
             .condition_expression("#s = :active")
             .set_expression_attribute_names(names(&[("#s", "status"), ("#at", "disbanded_at")]))
@@ -299,26 +317,36 @@ impl Store for AwsBackend {
     }
 
     async fn purge_pool(&self, pool: &PoolId) -> Result<()> {
+        // Each table through the index that lists all its pool's records, with their
+        // idempotency keys' items. Released allocs are not indexed (`by_ttl` holds the
+        // live ones): their ids are never reused, and their TTL takes them.
         let t = &self.tables;
         let tables = [
-            (&t.allocs, "alloc"),
-            (&t.evals, "eval"),
-            (&t.pipelines, "pipeline"),
-            (&t.replicas, "rpl"),
-            (&t.workers, "wrk"),
+            (&t.allocs, BY_TTL),
+            (&t.evals, BY_CREATED),
+            (&t.pipelines, BY_CREATED),
+            (&t.replicas, BY_TTL),
+            (&t.workers, BY_CAP),
         ];
-        for (table, range) in tables {
-            let q = self.by_pool(table, pool).projection_expression("#p, #r").expression_attribute_names("#r", range);
-            let keys = self.query_all(q, "purge query").await?;
+        for (table, index) in tables {
+            let q = |k| self.index_query(table, index, &shard_key(pool, k)).projection_expression("id, ikey");
+            let mut keys = Vec::new();
+            for i in self.query_shards(pool, q, "purge query").await? {
+                if let Some(AttributeValue::S(ikey)) = i.get("ikey") {
+                    keys.push(rec_key(pool, &key_sk(ikey)));
+                }
+                keys.extend(i.get("id").map(|id| Item::from([("id".to_owned(), id.clone())])));
+            }
             self.batch_delete(table, keys).await?;
         }
         self.ddb
             .delete_item()
             .table_name(&t.pools)
-            .set_key(Some(key(pool, None)))
+            .set_key(Some(pool_key(pool)))
             .send()
             .await
             .map_err(|e| sdk_err("delete pool", e))?;
+        self.forget_shards(pool);
         Ok(())
     }
 
@@ -332,18 +360,10 @@ impl Store for AwsBackend {
             }
         }
         for status in [EvalStatus::Queued, EvalStatus::Failed] {
-            let q = self
-                .ddb
-                .query()
-                .table_name(&self.tables.evals)
-                .index_name(BY_STATUS)
-                .key_condition_expression("#k = :k")
-                .expression_attribute_names("#k", "pst")
-                .expression_attribute_values(":k", s(pst(pool, status)));
-            st.queued += self.count_all(q, "count evals").await?;
+            st.queued += self.count_shards(pool, |k| self.status_query(pool, status, k), "count evals").await?;
         }
-        let q = self.by_pool(&self.tables.allocs, pool).index_name(BY_TTL);
-        st.allocs = self.count_all(q, "count allocs").await?;
+        let q = |k| self.index_query(&self.tables.allocs, BY_TTL, &shard_key(pool, k));
+        st.allocs = self.count_shards(pool, q, "count allocs").await?;
         Ok(st)
     }
 
@@ -351,11 +371,11 @@ impl Store for AwsBackend {
         // The worker starts fenced at the pool's current limits version, checked in the
         // same transaction: a cap set meanwhile makes this try again with the new one.
         for _ in 0..MAX_REGISTER_TRIES {
-            let Some(pool) = self.get_pool(&w.pool_id).await? else {
+            let Some(pool) = self.get_pool_item(&w.pool_id).await? else {
                 return Err(Error::not_found(format!("pool {}", w.pool_id)));
             };
-            let version = pool.limits.version;
-            let mut item = WorkerItem::from(w);
+            let version = pool.lv;
+            let mut item = WorkerItem::new(w, pool.shards());
             item.lv = version;
             let put = build(
                 Put::builder()
@@ -387,14 +407,15 @@ impl Store for AwsBackend {
     }
 
     async fn get_worker(&self, pool: &PoolId, worker: &WorkerId) -> Result<Option<Worker>> {
-        match self.get(&self.tables.workers, key(pool, Some(("wrk", worker.as_str())))).await? {
+        match self.get(&self.tables.workers, rec_key(pool, worker.as_str())).await? {
             Some(i) => Ok(Some(from_item::<WorkerItem>(i)?.into())),
             None => Ok(None),
         }
     }
 
     async fn list_workers(&self, pool: &PoolId) -> Result<Vec<Worker>> {
-        let items = self.query_all(self.by_pool(&self.tables.workers, pool), "list workers").await?;
+        let q = |k| self.index_query(&self.tables.workers, BY_CAP, &shard_key(pool, k));
+        let items = self.query_shards(pool, q, "list workers").await?;
         let mut ws: Vec<Worker> = Self::items::<WorkerItem>(items)?.into_iter().map(Worker::from).collect();
         ws.sort_by(|a, b| (a.created_at, &a.worker_id).cmp(&(b.created_at, &b.worker_id)));
         Ok(ws)
@@ -402,40 +423,60 @@ impl Store for AwsBackend {
 
     async fn candidates(&self, pool: &PoolId, min_free: u32, now: Millis) -> Result<Vec<Worker>> {
         // The GSI cannot be read consistently: a hint, which the claim re-checks.
-        let q = self
-            .ddb
-            .query()
-            .table_name(&self.tables.workers)
-            .index_name(BY_CAP)
-            .key_condition_expression("#p = :p AND #c >= :m")
-            .filter_expression("#t > :now")
-            .set_expression_attribute_names(names(&[("#p", "pool"), ("#c", "cap"), ("#t", "ttl")]))
-            .expression_attribute_values(":p", s(pool.as_str()))
-            .expression_attribute_values(":m", n(min_free))
-            .expression_attribute_values(":now", n(now));
-        let items = self.query_all(q, "candidate workers").await?;
+        let q = |k| {
+            self.ddb
+                .query()
+                .table_name(&self.tables.workers)
+                .index_name(BY_CAP)
+                .key_condition_expression("#p = :p AND #c >= :m")
+                .filter_expression("#t > :now")
+                .set_expression_attribute_names(names(&[("#p", "ps"), ("#c", "cap"), ("#t", "ttl")]))
+                .expression_attribute_values(":p", s(shard_key(pool, k)))
+                .expression_attribute_values(":m", n(min_free))
+                .expression_attribute_values(":now", n(now))
+        };
+        let items = self.query_shards(pool, q, "candidate workers").await?;
         Ok(Self::items::<WorkerItem>(items)?.into_iter().map(Worker::from).collect())
     }
 
     async fn expired_workers(&self, pool: &PoolId, now: Millis) -> Result<Vec<Worker>> {
-        let items = self.query_all(self.expired(&self.tables.workers, pool, now), "expired workers").await?;
-        Ok(Self::items::<WorkerItem>(items)?.into_iter().map(Worker::from).collect())
+        // Workers have no `ttl` index (every heartbeat would write it): all of them
+        // through `by_cap`, filtered.
+        let q = |k| {
+            self.index_query(&self.tables.workers, BY_CAP, &shard_key(pool, k))
+                .filter_expression("#t <= :now")
+                .projection_expression("id")
+                .expression_attribute_names("#t", "ttl")
+                .expression_attribute_values(":now", n(now))
+        };
+        let hinted = self.query_shards(pool, q, "expired workers").await?;
+        if hinted.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The index may lag a heartbeat that renewed the lease in time: what the
+        // releaser removes is read again, consistently. (A lease that ran out stays
+        // out: a heartbeat is conditioned on it not having.)
+        let keys =
+            hinted.iter().filter_map(|i| i.get("id")).map(|id| Item::from([("id".to_owned(), id.clone())])).collect();
+        let items = self.batch_get(&self.tables.workers, keys).await?;
+        let ws = Self::items::<WorkerItem>(items)?.into_iter().map(Worker::from);
+        Ok(ws.filter(|w| w.ttl <= now).collect())
     }
 
     async fn delete_worker(&self, pool: &PoolId, worker: &WorkerId) -> Result<()> {
-        let q = self
-            .by_pool(&self.tables.replicas, pool)
-            .filter_expression("#w = :w")
-            .projection_expression("#p, #r")
-            .expression_attribute_names("#w", "wrk")
-            .expression_attribute_names("#r", "rpl")
-            .expression_attribute_values(":w", s(worker.as_str()));
-        let keys = self.query_all(q, "replicas of worker").await?;
+        let q = |k| {
+            self.index_query(&self.tables.replicas, BY_TTL, &shard_key(pool, k))
+                .filter_expression("#w = :w")
+                .projection_expression("id")
+                .expression_attribute_names("#w", "wrk")
+                .expression_attribute_values(":w", s(worker.as_str()))
+        };
+        let keys = self.query_shards(pool, q, "replicas of worker").await?;
         self.batch_delete(&self.tables.replicas, keys).await?;
         self.ddb
             .delete_item()
             .table_name(&self.tables.workers)
-            .set_key(Some(key(pool, Some(("wrk", worker.as_str())))))
+            .set_key(Some(rec_key(pool, worker.as_str())))
             .send()
             .await
             .map_err(|e| sdk_err("delete worker", e))?;
@@ -447,7 +488,7 @@ impl Store for AwsBackend {
             .ddb
             .update_item()
             .table_name(&self.tables.workers)
-            .set_key(Some(key(&hb.pool, Some(("wrk", hb.worker.as_str())))))
+            .set_key(Some(rec_key(&hb.pool, hb.worker.as_str())))
             .update_expression("SET #t = :t")
             .condition_expression("attribute_exists(#w) AND #t > :now")
             .set_expression_attribute_names(names(&[("#t", "ttl"), ("#w", "wrk")]))
@@ -466,11 +507,15 @@ impl Store for AwsBackend {
             Err(e) => return Err(sdk_err("heartbeat", e)),
         }
         if !hb.datasets.is_empty() {
+            let shards = self.shards(&hb.pool).await?;
             let mut reqs = Vec::with_capacity(hb.datasets.len());
             for d in &hb.datasets {
+                let rpl = format!("{d}:{}", hb.worker);
                 let item = ReplicaItem {
+                    id: crate::keys::id(&hb.pool, &rpl),
+                    ps: crate::keys::ps(&hb.pool, d, shards),
                     pool: hb.pool.clone(),
-                    rpl: format!("{d}:{}", hb.worker),
+                    rpl,
                     dataset: d.clone(),
                     wrk: hb.worker.clone(),
                     ttl: hb.replica_ttl,
@@ -486,24 +531,20 @@ impl Store for AwsBackend {
 
     async fn replicas(&self, pool: &PoolId, datasets: &[String], now: Millis) -> Result<Vec<Replica>> {
         let mut out = Vec::new();
+        let shards = if datasets.is_empty() { 1 } else { self.shards(pool).await? };
         for d in datasets {
+            // A dataset's replicas share one shard: one query each.
             let q = self
                 .ddb
                 .query()
                 .table_name(&self.tables.replicas)
-                .key_condition_expression("#p = :p AND begins_with(#r, :prefix)")
-                .filter_expression("#t > :now AND #d = :d")
-                .set_expression_attribute_names(names(&[
-                    ("#p", "pool"),
-                    ("#r", "rpl"),
-                    ("#t", "ttl"),
-                    ("#d", "dataset"),
-                ]))
-                .expression_attribute_values(":p", s(pool.as_str()))
-                .expression_attribute_values(":prefix", s(format!("{d}:")))
+                .index_name(BY_TTL)
+                .key_condition_expression("#p = :p AND #t > :now")
+                .filter_expression("#d = :d")
+                .set_expression_attribute_names(names(&[("#p", "ps"), ("#t", "ttl"), ("#d", "dataset")]))
+                .expression_attribute_values(":p", s(crate::keys::ps(pool, d, shards)))
                 .expression_attribute_values(":now", n(now))
-                .expression_attribute_values(":d", s(d.as_str()))
-                .consistent_read(true);
+                .expression_attribute_values(":d", s(d.as_str()));
             let items = self.query_all(q, "replicas").await?;
             out.extend(Self::items::<ReplicaItem>(items)?.into_iter().map(Replica::from));
         }
@@ -511,11 +552,8 @@ impl Store for AwsBackend {
     }
 
     async fn delete_expired_replicas(&self, pool: &PoolId, now: Millis) -> Result<u64> {
-        let q = self
-            .expired(&self.tables.replicas, pool, now)
-            .projection_expression("#p, #r")
-            .expression_attribute_names("#r", "rpl");
-        let keys = self.query_all(q, "expired replicas").await?;
+        let q = |k| self.expired_query(&self.tables.replicas, pool, k, now).projection_expression("id");
+        let keys = self.query_shards(pool, q, "expired replicas").await?;
         let count = keys.len() as u64;
         self.batch_delete(&self.tables.replicas, keys).await?;
         Ok(count)
@@ -530,8 +568,13 @@ impl Store for AwsBackend {
         // idempotency keys usually are, for a window): then DynamoDB's TTL removes its
         // item, and until it does, an expired one is as good as absent.
         let expires = purge_at(e.created_at, self.retention_secs());
-        let claim =
-            KeyItem { pool: e.pool_id.clone(), eval: key_sk(k), target: e.eval_id.clone(), purge_at: Some(expires) };
+        let claim = KeyItem {
+            id: crate::keys::id(&e.pool_id, &key_sk(k)),
+            pool: e.pool_id.clone(),
+            eval: key_sk(k),
+            target: e.eval_id.clone(),
+            purge_at: Some(expires),
+        };
         let put = build(
             Put::builder()
                 .table_name(&self.tables.evals)
@@ -542,7 +585,8 @@ impl Store for AwsBackend {
                 .expression_attribute_values(":now", n(e.created_at / 1000))
                 .build(),
         )?;
-        let items = vec![self.put_eval(e, None)?, TransactWriteItem::builder().put(put).build()];
+        let shards = self.shards(&e.pool_id).await?;
+        let items = vec![self.put_eval(e, None, shards)?, TransactWriteItem::builder().put(put).build()];
         match self.transact(items, "insert eval").await {
             Ok(()) => Ok(None),
             // The id exists: a pipeline step's eval (ids fixed in advance) started twice.
@@ -591,14 +635,14 @@ impl Store for AwsBackend {
     }
 
     async fn get_eval(&self, pool: &PoolId, eval: &EvalId) -> Result<Option<Eval>> {
-        match self.get(&self.tables.evals, key(pool, Some(("eval", eval.as_str())))).await? {
+        match self.get(&self.tables.evals, rec_key(pool, eval.as_str())).await? {
             Some(i) => Ok(Some(eval_from_item(i)?)),
             None => Ok(None),
         }
     }
 
     async fn find_eval_by_key(&self, pool: &PoolId, k: &str) -> Result<Option<Eval>> {
-        let Some(i) = self.get(&self.tables.evals, key(pool, Some(("eval", &key_sk(k))))).await? else {
+        let Some(i) = self.get(&self.tables.evals, rec_key(pool, &key_sk(k))).await? else {
             return Ok(None);
         };
         // An expired key whose eval is still kept answers with it (a key is remembered
@@ -609,38 +653,30 @@ impl Store for AwsBackend {
     }
 
     async fn get_evals(&self, pool: &PoolId, ids: &[EvalId]) -> Result<Vec<Eval>> {
-        let keys = unique(ids).map(|id| key(pool, Some(("eval", id.as_str())))).collect();
+        let keys = unique(ids).map(|id| rec_key(pool, id.as_str())).collect();
         self.batch_get(&self.tables.evals, keys).await?.into_iter().map(eval_from_item).collect()
     }
 
     async fn list_evals(&self, pool: &PoolId, status: Option<EvalStatus>, limit: usize) -> Result<Vec<Eval>> {
-        let q = match status {
-            Some(st) => self
-                .ddb
-                .query()
-                .table_name(&self.tables.evals)
-                .index_name(BY_STATUS)
-                .key_condition_expression("#k = :k")
-                .expression_attribute_names("#k", "pst")
-                .expression_attribute_values(":k", s(pst(pool, st))),
-            None => self.by_pool(&self.tables.evals, pool).index_name(BY_CREATED),
+        // Newest first in each shard; merged and cut here.
+        let q = |k| {
+            match status {
+                Some(st) => self.status_query(pool, st, k),
+                None => self.index_query(&self.tables.evals, BY_CREATED, &shard_key(pool, k)),
+            }
+            .scan_index_forward(false)
         };
-        let items = self.query_limit(q.scan_index_forward(false), limit, "list evals").await?;
-        items.into_iter().map(eval_from_item).collect()
+        let items = self.query_shards_limit(pool, q, limit, "list evals").await?;
+        let mut evals = items.into_iter().map(eval_from_item).collect::<Result<Vec<_>>>()?;
+        evals.sort_by(|a, b| (b.created_at, &b.eval_id).cmp(&(a.created_at, &a.eval_id)));
+        evals.truncate(limit);
+        Ok(evals)
     }
 
     async fn unfinished_evals(&self, pool: &PoolId) -> Result<Vec<Eval>> {
         let mut out = Vec::new();
         for st in [EvalStatus::Queued, EvalStatus::Placed, EvalStatus::Failed] {
-            let q = self
-                .ddb
-                .query()
-                .table_name(&self.tables.evals)
-                .index_name(BY_STATUS)
-                .key_condition_expression("#k = :k")
-                .expression_attribute_names("#k", "pst")
-                .expression_attribute_values(":k", s(pst(pool, st)));
-            for i in self.query_all(q, "unfinished evals").await? {
+            for i in self.query_shards(pool, |k| self.status_query(pool, st, k), "unfinished evals").await? {
                 out.push(eval_from_item(i)?);
             }
         }
@@ -648,11 +684,12 @@ impl Store for AwsBackend {
     }
 
     async fn update_eval(&self, e: &Eval, expected: u64) -> Result<()> {
+        let shards = self.shards(&e.pool_id).await?;
         let r = self
             .ddb
             .put_item()
             .table_name(&self.tables.evals)
-            .set_item(Some(to_item(&EvalItem::from(e))?))
+            .set_item(Some(to_item(&EvalItem::new(e, shards))?))
             .condition_expression("#v = :v")
             .expression_attribute_names("#v", "version")
             .expression_attribute_values(":v", n(expected))
@@ -671,33 +708,36 @@ impl Store for AwsBackend {
     }
 
     async fn get_alloc(&self, pool: &PoolId, alloc: &AllocId) -> Result<Option<Alloc>> {
-        match self.get(&self.tables.allocs, key(pool, Some(("alloc", alloc.as_str())))).await? {
+        match self.get(&self.tables.allocs, rec_key(pool, alloc.as_str())).await? {
             Some(i) => Ok(Some(from_item::<AllocItem>(i)?.into())),
             None => Ok(None),
         }
     }
 
     async fn get_allocs(&self, pool: &PoolId, ids: &[AllocId]) -> Result<Vec<Alloc>> {
-        let keys = unique(ids).map(|id| key(pool, Some(("alloc", id.as_str())))).collect();
+        let keys = unique(ids).map(|id| rec_key(pool, id.as_str())).collect();
         let items = self.batch_get(&self.tables.allocs, keys).await?;
         Ok(Self::items::<AllocItem>(items)?.into_iter().map(Alloc::from).collect())
     }
 
     async fn live_allocs(&self, pool: &PoolId, worker: Option<&WorkerId>) -> Result<Vec<Alloc>> {
         // The sparse by_ttl index holds exactly the live allocs.
-        let mut q = self.by_pool(&self.tables.allocs, pool).index_name(BY_TTL);
-        if let Some(w) = worker {
-            q = q
-                .filter_expression("#w = :w")
-                .expression_attribute_names("#w", "wrk")
-                .expression_attribute_values(":w", s(w.as_str()));
-        }
-        let items = self.query_all(q, "live allocs").await?;
+        let q = |k| {
+            let q = self.index_query(&self.tables.allocs, BY_TTL, &shard_key(pool, k));
+            match worker {
+                Some(w) => q
+                    .filter_expression("#w = :w")
+                    .expression_attribute_names("#w", "wrk")
+                    .expression_attribute_values(":w", s(w.as_str())),
+                None => q,
+            }
+        };
+        let items = self.query_shards(pool, q, "live allocs").await?;
         Ok(Self::items::<AllocItem>(items)?.into_iter().map(Alloc::from).collect())
     }
 
     async fn expired_allocs(&self, pool: &PoolId, now: Millis) -> Result<Vec<Alloc>> {
-        let items = self.query_all(self.expired(&self.tables.allocs, pool, now), "expired allocs").await?;
+        let items = self.expired(&self.tables.allocs, pool, now, "expired allocs").await?;
         Ok(Self::items::<AllocItem>(items)?.into_iter().map(Alloc::from).collect())
     }
 
@@ -712,7 +752,7 @@ impl Store for AwsBackend {
     async fn release(&self, a: &Alloc, eval: Option<(&Eval, u64)>, expired_by: Option<Millis>) -> Result<()> {
         let mut free_alloc = Update::builder()
             .table_name(&self.tables.allocs)
-            .set_key(Some(key(&a.pool_id, Some(("alloc", a.alloc_id.as_str())))))
+            .set_key(Some(rec_key(&a.pool_id, a.alloc_id.as_str())))
             .update_expression("SET #st = :rel, #pa = :pa REMOVE #t")
             .set_expression_attribute_names(names(&[
                 ("#st", "state"),
@@ -742,14 +782,15 @@ impl Store for AwsBackend {
         let give_back = build(
             Update::builder()
                 .table_name(&self.tables.workers)
-                .set_key(Some(key(&a.pool_id, Some(("wrk", a.worker_id.as_str())))))
+                .set_key(Some(rec_key(&a.pool_id, a.worker_id.as_str())))
                 .update_expression("SET #c = #c + :size")
                 .condition_expression("attribute_exists(#w)")
                 .set_expression_attribute_names(names(&[("#c", "cap"), ("#w", "wrk")]))
                 .expression_attribute_values(":size", n(a.size))
                 .build(),
         )?;
-        let eval_put = eval.map(|(e, v)| self.put_eval(e, Some(v))).transpose()?;
+        let shards = self.shards(&a.pool_id).await?;
+        let eval_put = eval.map(|(e, v)| self.put_eval(e, Some(v), shards)).transpose()?;
         let uncount = a.counted.then(|| self.uncount_in_pool(&a.pool_id)).transpose()?;
         // First with the worker; if only the worker is gone, again without it: a removed
         // worker must not make release fail forever.
@@ -785,7 +826,7 @@ impl Store for AwsBackend {
         let flag = build(
             Update::builder()
                 .table_name(&self.tables.allocs)
-                .set_key(Some(key(&e.pool_id, Some(("alloc", alloc.as_str())))))
+                .set_key(Some(rec_key(&e.pool_id, alloc.as_str())))
                 .update_expression("SET #stop = :yes")
                 .condition_expression("#st = :live")
                 .set_expression_attribute_names(names(&[("#stop", "stop"), ("#st", "state")]))
@@ -793,7 +834,8 @@ impl Store for AwsBackend {
                 .expression_attribute_values(":live", s("live"))
                 .build(),
         )?;
-        let items = vec![self.put_eval(e, Some(expected))?, TransactWriteItem::builder().update(flag).build()];
+        let shards = self.shards(&e.pool_id).await?;
+        let items = vec![self.put_eval(e, Some(expected), shards)?, TransactWriteItem::builder().update(flag).build()];
         match self.transact(items, "cancel placed").await {
             Ok(()) => Ok(()),
             Err(TxError::Cancelled(_)) => Err(Error::Conflict("eval or alloc changed".into())),

@@ -1,24 +1,27 @@
-//! Table names and shapes. Keys follow the Go original so its data model carries over:
-//! every table is partitioned by `pool`.
+//! Table names and shapes. No table but `pools` is keyed by pool: every record is
+//! keyed by its own id, `id = "{pool}/{local id}"`, and a pool's records are listed
+//! through global secondary indexes partitioned by `ps = "{pool}#{shard}"` (`keys.rs`).
+//! No local secondary index anywhere: an item collection with one is held in a single
+//! partition and capped at 10 GB, which made every pool a hot key (docs/SCALE.md).
 //!
-//! | table | key | indexes |
+//! | table | key | indexes (all GSI, projecting all attributes) |
 //! |---|---|---|
 //! | pools | `pool` | |
-//! | workers | `pool` + `wrk` | GSI `by_cap` (`pool`, `cap`): who has room (a hint: eventually consistent); LSI `by_ttl` (`pool`, `ttl`): expiry |
-//! | replicas | `pool` + `rpl` (`{dataset}:{worker}`) | LSI `by_ttl` |
-//! | allocs | `pool` + `alloc` | LSI `by_ttl`, sparse: only live allocs carry `ttl` |
-//! | evals | `pool` + `eval` | GSI `by_status` (`pst` = `{pool}#{status}`, `created`); LSI `by_created` (`pool`, `created`) |
-//! | pipelines | `pool` + `pipeline` | none (no LSI: the collection may grow past 10 GB; listing queries the pool's partition newest first and filters) |
+//! | workers | `id` | `by_cap` (`ps`, `cap`): who has room, and every worker |
+//! | replicas | `id` (`{pool}/{dataset}:{worker}`) | `by_ttl` (`ps` spread by dataset, `ttl`) |
+//! | allocs | `id` | `by_ttl` (`ps`, `ttl`), sparse: only live allocs carry `ttl` |
+//! | evals | `id` | `by_status` (`pst` = `{pool}#{status}#{shard}`, `created`); `by_created` (`ps`, `created`) |
+//! | pipelines | `id` | `by_created` (`ps`, `created`) |
 //!
-//! Idempotency keys live in the evals table as items `eval = "k#{key}"` pointing at
-//! their eval, so claiming a key and writing the eval are one transaction; a pipeline's
-//! idempotency key, likewise, is an item `pipeline = "k#{key}"` in the pipelines table. The TTL
+//! Idempotency keys live in the evals table as items `{pool}/k#{key}` pointing at
+//! their eval (not indexed), so claiming a key and writing the eval are one
+//! transaction; a pipeline's idempotency key, likewise, in the pipelines table. The TTL
 //! attribute (`purge_at`, epoch seconds) only cleans up finished records; nothing
 //! relies on DynamoDB deleting anything on time.
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, LocalSecondaryIndex, Projection,
-    ProjectionType, ScalarAttributeType,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ScalarAttributeType,
 };
 use lineup_core::{Error, Result};
 
@@ -68,16 +71,6 @@ fn all() -> Projection {
     Projection::builder().projection_type(ProjectionType::All).build()
 }
 
-fn lsi(name: &str, range: &str) -> Result<LocalSecondaryIndex> {
-    LocalSecondaryIndex::builder()
-        .index_name(name)
-        .key_schema(key("pool", KeyType::Hash)?)
-        .key_schema(key(range, KeyType::Range)?)
-        .projection(all())
-        .build()
-        .map_err(|e| sdk_err("lsi", e))
-}
-
 fn gsi(name: &str, hash: &str, range: &str) -> Result<GlobalSecondaryIndex> {
     GlobalSecondaryIndex::builder()
         .index_name(name)
@@ -92,52 +85,47 @@ fn gsi(name: &str, hash: &str, range: &str) -> Result<GlobalSecondaryIndex> {
 pub async fn create_tables(ddb: &aws_sdk_dynamodb::Client, t: &Tables) -> Result<()> {
     use ScalarAttributeType::{N, S};
     let specs = vec![
-        (t.pools.clone(), vec![attr("pool", S)?], None, vec![], vec![]),
+        (t.pools.clone(), "pool", vec![attr("pool", S)?], vec![]),
         (
             t.workers.clone(),
-            vec![attr("pool", S)?, attr("wrk", S)?, attr("cap", N)?, attr("ttl", N)?],
-            Some("wrk"),
-            vec![gsi(BY_CAP, "pool", "cap")?],
-            vec![lsi(BY_TTL, "ttl")?],
+            "id",
+            vec![attr("id", S)?, attr("ps", S)?, attr("cap", N)?],
+            vec![gsi(BY_CAP, "ps", "cap")?],
         ),
         (
             t.replicas.clone(),
-            vec![attr("pool", S)?, attr("rpl", S)?, attr("ttl", N)?],
-            Some("rpl"),
-            vec![],
-            vec![lsi(BY_TTL, "ttl")?],
+            "id",
+            vec![attr("id", S)?, attr("ps", S)?, attr("ttl", N)?],
+            vec![gsi(BY_TTL, "ps", "ttl")?],
         ),
         (
             t.allocs.clone(),
-            vec![attr("pool", S)?, attr("alloc", S)?, attr("ttl", N)?],
-            Some("alloc"),
-            vec![],
-            vec![lsi(BY_TTL, "ttl")?],
+            "id",
+            vec![attr("id", S)?, attr("ps", S)?, attr("ttl", N)?],
+            vec![gsi(BY_TTL, "ps", "ttl")?],
         ),
         (
             t.evals.clone(),
-            vec![attr("pool", S)?, attr("eval", S)?, attr("pst", S)?, attr("created", N)?],
-            Some("eval"),
-            vec![gsi(BY_STATUS, "pst", "created")?],
-            vec![lsi(BY_CREATED, "created")?],
+            "id",
+            vec![attr("id", S)?, attr("ps", S)?, attr("pst", S)?, attr("created", N)?],
+            vec![gsi(BY_STATUS, "pst", "created")?, gsi(BY_CREATED, "ps", "created")?],
         ),
-        (t.pipelines.clone(), vec![attr("pool", S)?, attr("pipeline", S)?], Some("pipeline"), vec![], vec![]),
+        (
+            t.pipelines.clone(),
+            "id",
+            vec![attr("id", S)?, attr("ps", S)?, attr("created", N)?],
+            vec![gsi(BY_CREATED, "ps", "created")?],
+        ),
     ];
-    for (name, attrs, range, gsis, lsis) in specs {
+    for (name, hash, attrs, gsis) in specs {
         let mut req = ddb
             .create_table()
             .table_name(&name)
             .billing_mode(BillingMode::PayPerRequest)
             .set_attribute_definitions(Some(attrs))
-            .key_schema(key("pool", KeyType::Hash)?);
-        if let Some(r) = range {
-            req = req.key_schema(key(r, KeyType::Range)?);
-        }
+            .key_schema(key(hash, KeyType::Hash)?);
         if !gsis.is_empty() {
             req = req.set_global_secondary_indexes(Some(gsis));
-        }
-        if !lsis.is_empty() {
-            req = req.set_local_secondary_indexes(Some(lsis));
         }
         match req.send().await {
             Ok(_) => {}

@@ -1,5 +1,7 @@
 //! The shared conformance suite on the AWS backend: DynamoDB and SQS through the real
-//! SDK against moto on loopback. Each test gets its own tables.
+//! SDK against moto on loopback. Each test gets its own tables. Pools here spread their
+//! records over 4 index shards (`LINEUP_INDEX_SHARDS`), so every listing is a merge of
+//! concurrent queries; `template.rs` runs the suite again at the deployed default, 1.
 
 use std::sync::Arc;
 
@@ -11,6 +13,7 @@ pub async fn aws_backend() -> AwsBackend {
     let prefix = format!("t{}", lineup_core::PoolId::generate());
     let b = AwsBackend::for_emulator(&Moto::shared().endpoint, &prefix).await;
     create_tables(b.dynamodb(), b.tables()).await.expect("create tables");
+    b.set_index_shards(4);
     b
 }
 

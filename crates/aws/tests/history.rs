@@ -18,14 +18,14 @@ async fn backend() -> AwsBackend {
     b
 }
 
-async fn purge_at_of(b: &AwsBackend, table: &str, pool: &PoolId, range: (&str, &str)) -> Option<i64> {
+async fn purge_at_of(b: &AwsBackend, table: &str, pool: &PoolId, local_id: &str) -> Option<i64> {
     use aws_sdk_dynamodb::types::AttributeValue;
     let item = b
         .dynamodb()
         .get_item()
         .table_name(table)
-        .key("pool", AttributeValue::S(pool.to_string()))
-        .key(range.0, AttributeValue::S(range.1.to_owned()))
+        // Every record is keyed by its own id in its pool (crates/aws/src/keys.rs).
+        .key("id", AttributeValue::S(format!("{pool}/{local_id}")))
         .consistent_read(true)
         .send()
         .await
@@ -45,7 +45,7 @@ async fn released_allocs_and_keys_expire_after_the_retention() {
     let lease = T0 + 30_000;
     let (_, a) = place_new(&b, &p.pool_id, &w, 1, lease).await;
     b.release(&a, None, None).await.unwrap();
-    let at = purge_at_of(&b, &b.tables().allocs, &p.pool_id, ("alloc", a.alloc_id.as_str())).await;
+    let at = purge_at_of(&b, &b.tables().allocs, &p.pool_id, a.alloc_id.as_str()).await;
     assert_eq!(at, Some(lease / 1000 + RETENTION as i64), "a released alloc: its lease end plus the retention");
 
     // A key: remembered for the retention after its submit.
@@ -53,7 +53,7 @@ async fn released_allocs_and_keys_expire_after_the_retention() {
     keyed.idempotency_key = Some("job-7".into());
     assert_eq!(b.insert_eval(&keyed).await.unwrap(), None);
     let key = format!("k#{}", "job-7");
-    let at = purge_at_of(&b, &b.tables().evals, &p.pool_id, ("eval", &key)).await;
+    let at = purge_at_of(&b, &b.tables().evals, &p.pool_id, &key).await;
     assert_eq!(at, Some(keyed.created_at / 1000 + RETENTION as i64));
     // While it lasts, the same key answers with the first eval.
     let mut again = eval_rec(&p.pool_id, 1);
@@ -64,8 +64,7 @@ async fn released_allocs_and_keys_expire_after_the_retention() {
     b.dynamodb()
         .delete_item()
         .table_name(&b.tables().evals)
-        .key("pool", aws_sdk_dynamodb::types::AttributeValue::S(p.pool_id.to_string()))
-        .key("eval", aws_sdk_dynamodb::types::AttributeValue::S(keyed.eval_id.to_string()))
+        .key("id", aws_sdk_dynamodb::types::AttributeValue::S(format!("{}/{}", p.pool_id, keyed.eval_id)))
         .send()
         .await
         .unwrap();

@@ -1,7 +1,8 @@
 //! A hot pool on DynamoDB's per-partition limits (moto's partition mode, scaled far
-//! down): the wrapper throttles the pool's keys as DynamoDB would, single writes and
-//! transactions alike, and the AWS backend rides it out — every submit and placement
-//! lands, none twice, with the units the docs count (docs/SCALE.md).
+//! down): the wrapper throttles the pool's hot keys as DynamoDB would — with one index
+//! shard, its index partitions — single writes and transactions alike, and the AWS
+//! backend rides it out: every submit and placement lands, none twice, with the units
+//! the docs count (docs/SCALE.md).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +15,8 @@ use lineup_core::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttled_hot_pool_loses_nothing() {
-    // 8 write units a second per key: a submit's eval write is 1, a placement writes
-    // the evals, allocs and workers keys at 2 each.
+    // 8 write units a second per key: a submit writes its eval's key 1 and the pool's
+    // index shard 2 (`by_status`, `by_created`), a placement moves it in both.
     let moto = Moto::partitioned("wcu=8,rcu=24");
     let prefix = format!("t{}", PoolId::generate());
     let b = Arc::new(AwsBackend::for_emulator(&moto.endpoint, &prefix).await);
@@ -77,10 +78,17 @@ async fn a_throttled_hot_pool_loses_nothing() {
     assert_eq!(w.free, 100 - N as u32, "capacity claimed once per eval");
     let meter = moto.units(false);
     let parts = meter["partitions"].as_object().unwrap();
-    let evals = parts.iter().find(|(k, _)| k.contains("-evals:")).map(|(_, v)| v["wcu"].as_f64().unwrap());
-    // Submit writes the eval with a plain put (1 unit), placement in a transaction (2).
-    assert!(evals.is_some_and(|w| w >= 3.0 * N as f64), "{meter}");
+    let sum = |part: &str| -> f64 {
+        parts.iter().filter(|(k, _)| k.contains(part)).map(|(_, v)| v["wcu"].as_f64().unwrap()).sum()
+    };
+    // Every eval on its own key: a submit's plain put (1 unit), a placement's
+    // transactional put (2), on keys no other eval shares.
+    let eval_keys = parts.keys().filter(|k| k.contains("-evals:")).count();
+    assert!(eval_keys >= N, "{eval_keys} eval keys: {meter}");
+    assert!(sum("-evals:") >= 3.0 * N as f64, "{meter}");
+    // The pool's one index shard takes each eval in at submit and moves it at
+    // placement: the hot key of a one-shard pool, and where the throttling was.
+    assert!(sum("-evals/by_created:") >= 2.0 * N as f64, "{meter}");
     // And no submit touched the pool item.
-    let pools = parts.iter().find(|(k, _)| k.contains("-pools:")).map_or(0.0, |(_, v)| v["wcu"].as_f64().unwrap());
-    assert_eq!(pools, 0.0, "{meter}");
+    assert_eq!(sum("-pools:"), 0.0, "{meter}");
 }

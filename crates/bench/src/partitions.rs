@@ -1,15 +1,17 @@
 //! The partition scenario: DynamoDB's per-partition-key limits, scaled down, enforced
-//! by moto's wrapper (`crates/conformance/python/partitions.py`), with the whole
-//! lifecycle running against them: submit, schedule, poll, complete. For a pool without
-//! a cap and one with `max_running` (high enough never to bind, so only its counting
-//! costs), it prints the units each placement consumed on each partition key, the
-//! ceiling those units predict for the budgets, and the rate measured under them.
+//! by moto's wrapper (`crates/conformance/python/partitions.py`, which meters and
+//! throttles global secondary indexes' keys too), with the whole lifecycle running
+//! against them: submit, schedule, poll, complete. For a pool with one index shard, one
+//! with 8, and a capped one with 8 (`max_running` too high to bind, so only its count
+//! costs), it prints the units each placement consumed on each kind of key (the
+//! hottest key of the kind), the ceiling those units predict for the budgets, and the
+//! rate measured under them.
 //!
 //! The budgets are DynamoDB's per-partition limits (1,000 write and 3,000 read units a
 //! second) divided by `SCALE`, so that moto's own speed is not what binds: without
 //! budgets this lifecycle runs at ~11 placements/s on moto (a transaction takes it
-//! ~0.1 s), and `SCALE` 100 puts the predicted ceilings at a quarter of that. Multiply
-//! a figure by `SCALE` for DynamoDB's.
+//! ~0.1 s), and `SCALE` 400 puts the predicted ceilings well below that. Multiply a
+//! figure by `SCALE` for DynamoDB's.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -24,10 +26,10 @@ use lineup_core::*;
 
 use crate::{report, Rows};
 
-pub const SCALE: f64 = 100.0;
+pub const SCALE: f64 = 400.0;
 const WCU: f64 = 1_000.0 / SCALE;
 const RCU: f64 = 3_000.0 / SCALE;
-const EVALS: usize = 60;
+const EVALS: usize = 40;
 const WORKERS: usize = 10;
 
 /// One pool's run: placements per second measured, and units per placement by
@@ -57,8 +59,8 @@ pub async fn scenario(rows: &mut Rows) {
     let moto = Moto::partitioned(&format!("wcu={WCU},rcu={RCU}"));
     println!();
     println!("DynamoDB partition limits scaled 1/{SCALE} ({WCU} write, {RCU} read units/s per key), moto");
-    for (name, cap) in [("uncapped", None), ("capped", Some(100_000))] {
-        let run = match one_pool(&moto, cap).await {
+    for (name, shards, cap) in [("one_shard", 1, None), ("8_shards", 8, None), ("capped_8_shards", 8, Some(100_000))] {
+        let run = match one_pool(&moto, shards, cap).await {
             Ok(r) => r,
             Err(e) => return println!("partitions ({name}): failed: {e}"),
         };
@@ -81,11 +83,13 @@ pub async fn scenario(rows: &mut Rows) {
 
 /// Submits `EVALS`, then runs a scheduler and `WORKERS` polling workers until all are
 /// complete, metering the partitions from the first placement to the last completion.
-async fn one_pool(moto: &Moto, cap: Option<u32>) -> Result<Run, String> {
+async fn one_pool(moto: &Moto, shards: u32, cap: Option<u32>) -> Result<Run, String> {
     let prefix = format!("p{}", PoolId::generate());
     let backend = Arc::new(AwsBackend::for_emulator(&moto.endpoint, &prefix).await);
     create_tables(backend.dynamodb(), backend.tables()).await.map_err(|e| e.to_string())?;
-    let settings = Settings { deployment: prefix.clone(), ..Settings::default() };
+    // As a deployment's LINEUP_INDEX_SHARDS does (the Lambda deps and `lineup dev`).
+    backend.set_index_shards(shards);
+    let settings = Settings { deployment: prefix.clone(), index_shards: shards, ..Settings::default() };
     let l = Lineup::new(backend.clone(), backend.clone(), Arc::new(SystemClock), settings, "bench");
     let err = |e: Error| e.to_string();
     l.init().await.map_err(err)?;
@@ -172,12 +176,25 @@ async fn one_pool(moto: &Moto, cap: Option<u32>) -> Result<Run, String> {
     Ok(Run { rate, units, throttled })
 }
 
-/// `lineup-p…-evals:{"S": "<pool id>"}` → `evals: pool`; any other key → `…: hottest
-/// other key`.
+/// A key by kind (crates/aws/src/keys.rs): `p…-evals:{"S": "<pool>/<id>"}` → `evals:
+/// a record`, `p…-evals/by_status:{"S": "<pool>#placed#3"}` → `evals/by_status: placed
+/// shard`, `…:{"S": "<pool>#3"}` → `…: shard`, the pools table's → `pools: the pool`.
 fn label(key: &str, prefix: &str, pool: &Pool) -> String {
     let (table, value) = key.split_once(':').unwrap_or((key, ""));
     let table = table.rsplit_once(prefix).map(|(_, t)| t.trim_start_matches('-')).unwrap_or(table);
-    let value =
-        if value.contains(pool.pool_id.as_str()) { "pool".to_string() } else { "hottest other key".to_string() };
-    format!("{table}: {value}")
+    let v: String = serde_json::from_str::<serde_json::Value>(value)
+        .ok()
+        .and_then(|j| j.get("S").and_then(|s| s.as_str()).map(str::to_owned))
+        .unwrap_or_default();
+    let rest = v.strip_prefix(pool.pool_id.as_str()).unwrap_or("?");
+    let kind = match rest.chars().next() {
+        None => "the pool".to_string(),
+        Some('/') => "a record".to_string(),
+        Some('#') => match rest[1..].split('#').collect::<Vec<_>>().as_slice() {
+            [status, _] => format!("{status} shard"),
+            _ => "shard".to_string(),
+        },
+        _ => "other".to_string(),
+    };
+    format!("{table}: {kind}")
 }

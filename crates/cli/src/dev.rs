@@ -53,6 +53,7 @@ async fn open_backend(settings: &Settings, opts: &DevOptions) -> Result<Backends
             let prefix = table_prefix.clone().unwrap_or_else(|| settings.deployment.clone());
             let b = crate::aws_backend(endpoint.as_deref(), &prefix).await;
             b.set_history_retention(settings.history_retention);
+            b.set_index_shards(settings.index_shards);
             if *init {
                 lineup_aws::create_tables(b.dynamodb(), b.tables()).await?;
             }

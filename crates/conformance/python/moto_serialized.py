@@ -176,12 +176,12 @@ def _serialized_call(self):
             return _ddb_error(400, "ProvisionedThroughputExceededException", "injected: throughput exceeded")
         if fault == "500":
             return _ddb_error(500, "InternalServerError", "injected: internal server error")
-        throttled = _partition_admit(self, action, raw)
+        throttled, index_writes = _partition_admit(self, action, raw)
         if throttled is not None:
             return throttled
         out = _call_action(self)
         if out[0] == 200:
-            _partition_charge(self, action, raw, out)
+            _partition_charge(self, action, raw, out, index_writes)
         if token is not None and out[0] == 200:
             _tokens[token] = (time.time(), raw)
         if fault == "lost":
@@ -196,31 +196,38 @@ _READS = {"GetItem", "Query", "Scan", "BatchGetItem", "TransactGetItems"}
 
 
 def _partition_admit(self, action, raw):
+    """(a refusal or None, the request's index writes: they are known only before it runs)."""
     if partitions.budgets is None or (action not in _WRITES and action not in _READS):
-        return None
+        return None, []
     try:
         body = json.loads(raw)
         backend = self.dynamodb_backend
         writes = partitions.writes_of(backend, action, body) if action in _WRITES else []
+        index_writes = partitions.index_writes_of(backend, action, body) if action in _WRITES else []
         reads = partitions.read_keys_of(backend, action, body) if action in _READS else []
     except Exception:
-        return None
-    hot = partitions.admit(action, writes, reads)
+        return None, []
+    hot = partitions.admit(action, writes + [(k, u) for k, u, _ in index_writes], reads)
     if hot is None:
-        return None
+        return None, index_writes
     message = f"Throughput exceeds the current capacity of your table or index (partition {hot})"
     if action == "TransactWriteItems":
-        reasons = [{"Code": "ThrottlingError", "Message": message} if k == hot else {"Code": "None"} for k, _ in writes]
+        # The item refused is the one whose table or index write found its key short.
+        by_index = {i for k, _, i in index_writes if k == hot}
+        reasons = [
+            {"Code": "ThrottlingError", "Message": message} if k == hot or j in by_index else {"Code": "None"}
+            for j, (k, _) in enumerate(writes)
+        ]
         return _ddb_error(
             400,
             "TransactionCanceledException",
             "Transaction cancelled, please refer cancellation reasons for specific reasons [ThrottlingError]",
             {"CancellationReasons": reasons},
-        )
-    return _ddb_error(400, "ProvisionedThroughputExceededException", message)
+        ), []
+    return _ddb_error(400, "ProvisionedThroughputExceededException", message), []
 
 
-def _partition_charge(self, action, raw, out):
+def _partition_charge(self, action, raw, out, index_writes):
     if partitions.budgets is None:
         return
     try:
@@ -228,7 +235,7 @@ def _partition_charge(self, action, raw, out):
         backend = self.dynamodb_backend
         if action in _WRITES:
             # Sizes after the write: an update that grew the item costs its new size.
-            partitions.charge("wcu", partitions.writes_of(backend, action, body))
+            partitions.charge("wcu", partitions.writes_of(backend, action, body) + [(k, u) for k, u, _ in index_writes])
         elif action in _READS:
             partitions.charge("rcu", partitions.reads_of(backend, action, body, out[2]))
     except Exception:

@@ -12,9 +12,16 @@ DynamoDB's rules (documented under "Read/write capacity units"):
   half of that; a Query sums the sizes of the items it returns before rounding up; in a
   TransactGetItems each item costs twice;
 - a global secondary index has partitions of its own (a Query on it is metered on the
-  index's key); a local one shares the table's. What is not modelled, so that a
-  measured ceiling errs high, never low: the extra writes to secondary indexes, Scan
-  (metered on the table as a whole), and DynamoDB's burst and adaptive capacity.
+  index's key); a local one shares the table's;
+- a write that puts an item into a GSI, takes it out, or changes what it projects
+  costs the index 1 unit per started KB of the item on the index's key (2 writes when
+  the item's index key moves: out of the old, into the new), and a GSI key over its
+  budget refuses the table's write, as DynamoDB's index back-pressure does (writes_of
+  with `index_writes_of`). Index writes are not doubled in a transaction and an
+  update's new value is known only for plain `#a = :v` assignments (any other touch of
+  an index key counts as a move). What is not modelled, so that a measured ceiling
+  errs high, never low: Scan (metered on the table as a whole), and DynamoDB's burst
+  and adaptive capacity.
 
 With LINEUP_MOTO_PARTITIONS="wcu=50,rcu=150" each partition key value gets a token
 bucket per kind, filled at that rate with one second's worth at most (the scaled-down
@@ -145,6 +152,112 @@ def writes_of(backend, action, body):
             else:
                 size = _stored_size(backend, op["TableName"], op["Key"])
                 out.append((_pk(backend, op["TableName"], op["Key"]), _write_units(size, True)))
+    return out
+
+
+def _stored_attrs(backend, table, key):
+    """The item stored at `key` in wire form ({"S": ...} per attribute), or None."""
+    try:
+        item = backend.get_item(table, key)
+    except Exception:
+        return None
+    if item is None:
+        return None
+    return {k: v.to_json() for k, v in item.attrs.items()}
+
+
+_CLAUSE = re.compile(r"\b(SET|REMOVE|ADD|DELETE)\b", re.IGNORECASE)
+
+
+def _after_update(old, op):
+    """The item after an UpdateItem, as far as plain assignments tell, and the
+    attributes touched in ways whose result is not worked out here."""
+    names = op.get("ExpressionAttributeNames") or {}
+    values = op.get("ExpressionAttributeValues") or {}
+    new = dict(old or {})
+    unknown = set()
+    parts = _CLAUSE.split(op.get("UpdateExpression", ""))
+    for verb, clause in zip(parts[1::2], parts[2::2]):
+        verb = verb.upper()
+        if verb == "SET":
+            for name, rhs in re.findall(r"(#?[A-Za-z0-9_]+)\s*=\s*([^,=]+(?:\([^)]*\))?)", clause):
+                attr = names.get(name, name)
+                rhs = rhs.strip()
+                if re.fullmatch(r":[A-Za-z0-9_]+", rhs) and rhs in values:
+                    new[attr] = values[rhs]
+                else:
+                    unknown.add(attr)
+                    new.setdefault(attr, {"NULL": True})
+        elif verb == "REMOVE":
+            for name in re.findall(r"#?[A-Za-z0-9_]+", clause):
+                new.pop(names.get(name, name), None)
+        else:
+            for name in re.findall(r"(#?[A-Za-z0-9_]+)\s+:[A-Za-z0-9_]+", clause):
+                attr = names.get(name, name)
+                unknown.add(attr)
+                new.setdefault(attr, {"NULL": True})
+    return new, unknown
+
+
+def index_writes_of(backend, action, body):
+    """[(partition, write units, i)] a write request makes on global secondary indexes;
+    `i` is the place of the item that makes it in a transaction (else 0)."""
+    ops = []
+    if action in ("PutItem", "UpdateItem", "DeleteItem"):
+        ops.append((0, body["TableName"], action[:-4], body))
+    elif action == "BatchWriteItem":
+        for table, reqs in (body.get("RequestItems") or {}).items():
+            for r in reqs:
+                if "PutRequest" in r:
+                    ops.append((0, table, "Put", {"Item": r["PutRequest"]["Item"]}))
+                elif "DeleteRequest" in r:
+                    ops.append((0, table, "Delete", {"Key": r["DeleteRequest"]["Key"]}))
+    elif action == "TransactWriteItems":
+        for i, t in enumerate(body.get("TransactItems") or []):
+            op_type, op = next(iter(t.items()))
+            if op_type in ("Put", "Update", "Delete"):
+                ops.append((i, op["TableName"], op_type, op))
+    out = []
+    for i, table_name, kind, op in ops:
+        try:
+            table = backend.get_table(table_name)
+            gsis = table.global_indexes or []
+            if not gsis:
+                continue
+            key = op["Key"] if kind != "Put" else _put_key(backend, {"TableName": table_name, "Item": op["Item"]})
+            old = _stored_attrs(backend, table_name, key)
+            unknown = set()
+            if kind == "Put":
+                new = op["Item"]
+            elif kind == "Delete":
+                new = None
+            else:
+                new, unknown = _after_update(old, op)
+        except Exception:
+            continue
+        for gsi in gsis:
+            attrs = [k["AttributeName"] for k in gsi.schema]
+            hash_attr = next(k["AttributeName"] for k in gsi.schema if k["KeyType"] == "HASH")
+
+            def at(item):
+                return f"{table_name}/{gsi.name}:{json.dumps(item.get(hash_attr), sort_keys=True)}"
+
+            def indexed(item):
+                return item is not None and all(a in item for a in attrs)
+
+            def units(item):
+                return _write_units(item_size(item), False)
+
+            if indexed(old) and indexed(new):
+                moved = any(a in unknown for a in attrs) or any(old.get(a) != new.get(a) for a in attrs)
+                if moved:
+                    out += [(at(old), units(old), i), (at(new), units(new), i)]
+                elif old != new or kind == "Put":
+                    out.append((at(new), units(new), i))
+            elif indexed(old):
+                out.append((at(old), units(old), i))
+            elif indexed(new):
+                out.append((at(new), units(new), i))
     return out
 
 

@@ -29,6 +29,11 @@ pub struct Settings {
     /// How long a finished eval (and a released alloc) stays queryable, in seconds;
     /// then it is purged (a DynamoDB TTL on AWS, the releaser on the embedded store).
     pub history_retention: u64,
+    /// Index shards a new pool gets on DynamoDB (1..=64): its records are listed through
+    /// this many index partitions, so its index writes spread over as many keys. One is
+    /// one query per listing; a pool placing thousands a second wants 32 (docs/SCALE.md).
+    /// Fixed per pool when it is created: changing it affects pools created after.
+    pub index_shards: u32,
     /// Seconds between releaser runs in `lineup dev`.
     pub release_interval: u64,
     /// Longest a blocked eval waits in its queue before it is looked at again, in seconds.
@@ -55,6 +60,7 @@ impl std::fmt::Debug for Settings {
             .field("alloc_ttl", &self.alloc_ttl)
             .field("max_retry", &self.max_retry)
             .field("history_retention", &self.history_retention)
+            .field("index_shards", &self.index_shards)
             .field("release_interval", &self.release_interval)
             .field("blocked_backoff_max", &self.blocked_backoff_max)
             .field("admin_token", &redacted(&self.admin_token))
@@ -74,6 +80,7 @@ impl Default for Settings {
             alloc_ttl: 30,
             max_retry: 3,
             history_retention: 7 * 24 * 3600,
+            index_shards: 1,
             release_interval: 5,
             blocked_backoff_max: 30,
             admin_token: None,
@@ -126,6 +133,12 @@ impl Settings {
             }
         }
         let s = s;
+        if !(1..=64).contains(&s.index_shards) {
+            return Err(Error::invalid(
+                "invalid_config",
+                format!("LINEUP_INDEX_SHARDS must be from 1 to 64, got {}", s.index_shards),
+            ));
+        }
         for (name, v) in [
             ("LINEUP_WORKER_TTL", s.worker_ttl),
             ("LINEUP_ALLOC_TTL", s.alloc_ttl),

@@ -19,6 +19,14 @@ use crate::error::Error;
 
 pub const ID_LEN: usize = 20;
 
+/// Which of `n` buckets `s` falls in: FNV-1a of its bytes, mod `n` (`n` = 0 is taken
+/// as 1). Stable across processes and releases (it places records and pools, so it
+/// must never change); ids start with their creation time, so a prefix would not spread.
+pub fn bucket(s: &str, n: u32) -> u32 {
+    let h = s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    (h % u64::from(n.max(1))) as u32
+}
+
 /// True if `s` is exactly 20 lowercase hex characters.
 pub fn is_valid_id(s: &str) -> bool {
     s.len() == ID_LEN && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))

@@ -39,6 +39,8 @@ pub const VARS: &[Var] = &[
     var("LINEUP_MAX_RETRY", ALL, NONE),
     // Finished evals' purge_at: whichever handler finishes one writes it.
     var("LINEUP_HISTORY_RETENTION", ALL, NONE),
+    // A new pool's index shards: the gateway creates pools.
+    var("LINEUP_INDEX_SHARDS", GATEWAY, NONE),
     var("LINEUP_BLOCKED_BACKOFF_MAX", SCHEDULE, NONE),
     // `lineup dev`'s releaser loop; on AWS the EventBridge rule sets the pace.
     var("LINEUP_RELEASE_INTERVAL", NONE, NONE),

@@ -218,6 +218,7 @@ impl Deps {
         admin_hash: &str,
     ) -> Deps {
         backend.set_history_retention(settings.history_retention);
+        backend.set_index_shards(settings.index_shards);
         let b = std::sync::Arc::new(backend.clone());
         let store = std::sync::Arc::new(lineup_core::metered::MeteredStore { inner: b.clone(), backend: "dynamodb" });
         let queues = std::sync::Arc::new(lineup_core::metered::MeteredQueues { inner: b, backend: "sqs" });

@@ -80,11 +80,7 @@ impl Shard {
     }
 
     pub fn owns(&self, pool: &crate::id::PoolId) -> bool {
-        let h = pool
-            .as_str()
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-        h % u64::from(self.count.max(1)) == u64::from(self.index)
+        crate::id::bucket(pool.as_str(), self.count) == self.index
     }
 }
 
