@@ -189,7 +189,11 @@ impl AwsBackend {
     }
 
     /// One `TransactWriteItems`, retried after a backoff while DynamoDB cancels it for
-    /// transient reasons alone: a conflict or throttling (see `retry.rs`).
+    /// transient reasons alone: a conflict or throttling (see `retry.rs`). Still
+    /// cancelled so after every retry, it is `Other` (a backend error the caller may
+    /// retry later), never `Cancelled`: a cancellation is always a condition's answer,
+    /// so no caller reads throttling as "the item changed" (a registration answered
+    /// "worker id exists", an alloc taken as counted already, did that).
     pub(crate) async fn transact(
         &self,
         items: Vec<TransactWriteItem>,
@@ -207,8 +211,14 @@ impl AwsBackend {
                     _ => return Err(TxError::Other(sdk_err(context, e))),
                 },
             };
-            if !TxError::transient(&reasons) || attempt + 1 >= crate::retry::CONFLICT_TRIES {
+            if !TxError::transient(&reasons) {
                 return Err(TxError::Cancelled(reasons));
+            }
+            if attempt + 1 >= crate::retry::CONFLICT_TRIES {
+                return Err(TxError::Other(Error::backend(
+                    context,
+                    format!("throttled or contended past every retry, try again: {reasons:?}"),
+                )));
             }
             tokio::time::sleep(crate::retry::backoff(attempt)).await;
             attempt += 1;

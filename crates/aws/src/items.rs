@@ -131,7 +131,7 @@ impl From<PoolItem> for Pool {
 #[derive(Serialize, Deserialize)]
 pub struct WorkerItem {
     pub id: String,
-    /// Index partition (`by_cap`), spread by worker id.
+    /// Index partition (`by_pool`), spread by worker id.
     pub ps: String,
     pub pool: PoolId,
     pub wrk: WorkerId,

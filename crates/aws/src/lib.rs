@@ -43,6 +43,7 @@ use aws_sdk_dynamodb::config::Credentials;
 pub use calls::CallCounter;
 pub use direct::DirectQueue;
 pub use keys::MAX_SHARDS;
+pub use original::{create_pool_keyed_tables, Keys};
 pub use probe::CloudWatchProbe;
 pub use tables::{create_tables, delete_tables, Tables};
 

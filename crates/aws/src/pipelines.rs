@@ -115,9 +115,6 @@ impl AwsBackend {
                     None => Err(Error::Conflict("idempotency key being claimed; try again".into())),
                 }
             }
-            Err(TxError::Cancelled(r)) if TxError::transient(&r) => {
-                Err(Error::backend("insert pipeline", format!("throttled or contended, try again: {r:?}")))
-            }
             Err(TxError::Cancelled(r)) => Err(Error::Conflict(format!("insert pipeline cancelled: {r:?}"))),
             Err(TxError::Other(e)) => Err(e),
         }

@@ -9,9 +9,9 @@
 //! order), so a cancellation is read item by item: a placement whose eval or alloc
 //! condition failed is a `Conflict` and leaves the batch, which is tried again without
 //! it; a worker whose claim failed has its placements tried one by one, in order (the
-//! first ones may fit where all of them did not); a failed pool count, or a
-//! cancellation that names nothing (transient causes past their retries), sends the
-//! whole batch one by one. Cost is unchanged (2 write units per item either way); only
+//! first ones may fit where all of them did not); a failed pool count sends the whole
+//! batch one by one. Throttled or contended past every retry (`transact`), every
+//! placement of the batch fails with a backend error and the scheduler defers them. Cost is unchanged (2 write units per item either way); only
 //! the number of calls falls.
 
 use std::collections::{BTreeMap, HashSet};
@@ -139,8 +139,9 @@ impl AwsBackend {
                     }
                     Err(TxError::Cancelled(r)) => r,
                     Err(TxError::Other(e)) => {
-                        // Unknown whether it applied (a lost response past every retry):
-                        // each reports the failure, and the scheduler defers them.
+                        // Throttled past every retry, or unknown whether it applied (a
+                        // lost response past every retry): each reports the failure,
+                        // and the scheduler defers them.
                         let why = e.to_string();
                         for i in pending.drain(..) {
                             out[i] = Some(Err(Error::backend("place batch", &why)));

@@ -17,7 +17,7 @@ use lineup_core::*;
 use crate::ddb::{build, ccf, names, TxError};
 use crate::items::*;
 use crate::keys::shard_key;
-use crate::tables::{BY_CAP, BY_CREATED, BY_STATUS, BY_TTL};
+use crate::tables::{BY_CREATED, BY_POOL, BY_STATUS, BY_TTL};
 use crate::{sdk_err, AwsBackend};
 
 /// Registration re-reads the pool's limits version this often before giving up.
@@ -326,7 +326,7 @@ impl Store for AwsBackend {
             (&t.evals, BY_CREATED),
             (&t.pipelines, BY_CREATED),
             (&t.replicas, BY_TTL),
-            (&t.workers, BY_CAP),
+            (&t.workers, BY_POOL),
         ];
         for (table, index) in tables {
             let q = |k| self.index_query(table, index, &shard_key(pool, k)).projection_expression("id, ikey");
@@ -414,7 +414,7 @@ impl Store for AwsBackend {
     }
 
     async fn list_workers(&self, pool: &PoolId) -> Result<Vec<Worker>> {
-        let q = |k| self.index_query(&self.tables.workers, BY_CAP, &shard_key(pool, k));
+        let q = |k| self.index_query(&self.tables.workers, BY_POOL, &shard_key(pool, k));
         let items = self.query_shards(pool, q, "list workers").await?;
         let mut ws: Vec<Worker> = Self::items::<WorkerItem>(items)?.into_iter().map(Worker::from).collect();
         ws.sort_by(|a, b| (a.created_at, &a.worker_id).cmp(&(b.created_at, &b.worker_id)));
@@ -422,14 +422,16 @@ impl Store for AwsBackend {
     }
 
     async fn candidates(&self, pool: &PoolId, min_free: u32, now: Millis) -> Result<Vec<Worker>> {
-        // The GSI cannot be read consistently: a hint, which the claim re-checks.
+        // The GSI cannot be read consistently: a hint, which the claim re-checks. Every
+        // worker is read (`cap` is not the index's key: a claim would move the entry,
+        // 2 index writes, where changing it costs 1), and those with room kept.
         let q = |k| {
             self.ddb
                 .query()
                 .table_name(&self.tables.workers)
-                .index_name(BY_CAP)
-                .key_condition_expression("#p = :p AND #c >= :m")
-                .filter_expression("#t > :now")
+                .index_name(BY_POOL)
+                .key_condition_expression("#p = :p")
+                .filter_expression("#c >= :m AND #t > :now")
                 .set_expression_attribute_names(names(&[("#p", "ps"), ("#c", "cap"), ("#t", "ttl")]))
                 .expression_attribute_values(":p", s(shard_key(pool, k)))
                 .expression_attribute_values(":m", n(min_free))
@@ -441,9 +443,9 @@ impl Store for AwsBackend {
 
     async fn expired_workers(&self, pool: &PoolId, now: Millis) -> Result<Vec<Worker>> {
         // Workers have no `ttl` index (every heartbeat would write it): all of them
-        // through `by_cap`, filtered.
+        // through `by_pool`, filtered.
         let q = |k| {
-            self.index_query(&self.tables.workers, BY_CAP, &shard_key(pool, k))
+            self.index_query(&self.tables.workers, BY_POOL, &shard_key(pool, k))
                 .filter_expression("#t <= :now")
                 .projection_expression("id")
                 .expression_attribute_names("#t", "ttl")
@@ -600,10 +602,6 @@ impl Store for AwsBackend {
                 Some(existing) => Ok(Some(existing)),
                 None => Err(Error::Conflict("idempotency key being claimed; try again".into())),
             },
-            // Throttled (a hot pool) or contended past every retry: the caller may try again.
-            Err(TxError::Cancelled(r)) if TxError::transient(&r) => {
-                Err(Error::backend("insert eval", format!("throttled or contended, try again: {r:?}")))
-            }
             Err(TxError::Cancelled(r)) => Err(Error::Conflict(format!("insert eval cancelled: {r:?}"))),
             Err(TxError::Other(e)) => Err(e),
         }

@@ -7,7 +7,7 @@
 //! | table | key | indexes (all GSI, projecting all attributes) |
 //! |---|---|---|
 //! | pools | `pool` | |
-//! | workers | `id` | `by_cap` (`ps`, `cap`): who has room, and every worker |
+//! | workers | `id` | `by_pool` (`ps`, `wrk`): every worker; not keyed by `cap`, so a claim changes the index entry (1 write), not its key (2) |
 //! | replicas | `id` (`{pool}/{dataset}:{worker}`) | `by_ttl` (`ps` spread by dataset, `ttl`) |
 //! | allocs | `id` | `by_ttl` (`ps`, `ttl`), sparse: only live allocs carry `ttl` |
 //! | evals | `id` | `by_status` (`pst` = `{pool}#{status}#{shard}`, `created`); `by_created` (`ps`, `created`) |
@@ -27,7 +27,7 @@ use lineup_core::{Error, Result};
 
 use crate::sdk_err;
 
-pub const BY_CAP: &str = "by_cap";
+pub const BY_POOL: &str = "by_pool";
 pub const BY_TTL: &str = "by_ttl";
 pub const BY_STATUS: &str = "by_status";
 pub const BY_CREATED: &str = "by_created";
@@ -89,8 +89,8 @@ pub async fn create_tables(ddb: &aws_sdk_dynamodb::Client, t: &Tables) -> Result
         (
             t.workers.clone(),
             "id",
-            vec![attr("id", S)?, attr("ps", S)?, attr("cap", N)?],
-            vec![gsi(BY_CAP, "ps", "cap")?],
+            vec![attr("id", S)?, attr("ps", S)?, attr("wrk", S)?],
+            vec![gsi(BY_POOL, "ps", "wrk")?],
         ),
         (
             t.replicas.clone(),

@@ -91,4 +91,20 @@ async fn a_throttled_hot_pool_loses_nothing() {
     assert!(sum("-evals/by_created:") >= 2.0 * N as f64, "{meter}");
     // And no submit touched the pool item.
     assert_eq!(sum("-pools:"), 0.0, "{meter}");
+    // Registrations, each a transaction with a check of the pool item, in a burst the
+    // item's budget cannot take: retryable (5xx) while throttled, never a conflict (a
+    // throttled transaction was once read as "worker id exists").
+    let mut more = 0;
+    let mut throttled_registrations = 0;
+    while more < 6 {
+        match l.register_worker(&ADMIN, &pool.pool_id, 1).await {
+            Ok(_) => more += 1,
+            Err(Error::Backend(_)) if throttled_registrations < 2_000 => {
+                throttled_registrations += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("registration refused: {e}"),
+        }
+    }
+    assert_eq!(l.store.list_workers(&pool.pool_id).await.unwrap().len(), 7);
 }

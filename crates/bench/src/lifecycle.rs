@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lineup_aws::{create_tables, AwsBackend};
+use lineup_aws::{create_tables, AwsBackend, Keys};
 use lineup_conformance::moto::Moto;
 use lineup_conformance::{complete, hb_req, new_eval, ADMIN};
 use lineup_core::service::{PoolScheduler, SchedulerOptions};
@@ -127,7 +127,7 @@ pub async fn measure(moto: &Moto, shape: Shape) -> Result<Lifecycle, String> {
             }
             Shape::Original => {
                 let e = Eval::queued(pool.pool_id.clone(), 1, None, None, Priority::DEFAULT, None, gw.now());
-                gateway_b.original_put_eval(&e).await.map_err(err)?;
+                gateway_b.original_put_eval(&e, Keys::Lineup).await.map_err(err)?;
                 let body = serde_json::to_string(&EvalMessage::of(&e)).map_err(|e| e.to_string())?;
                 gw.queues.send(&settings.pool_queue(&pool.pool_id), &[body]).await.map_err(err)?;
             }
@@ -191,7 +191,7 @@ pub async fn measure(moto: &Moto, shape: Shape) -> Result<Lifecycle, String> {
             }
             Shape::Original => {
                 let ttl = gw.now() + settings.worker_ttl_ms();
-                gateway_b.heartbeat_in_steps(w, allocs, ttl).await.map_err(err)?;
+                gateway_b.heartbeat_in_steps(w, allocs, ttl, Keys::Lineup).await.map_err(err)?;
             }
         }
     }
@@ -205,7 +205,9 @@ pub async fn measure(moto: &Moto, shape: Shape) -> Result<Lifecycle, String> {
             Shape::Lineup => {
                 gw.finish_alloc(&ADMIN, &pool.pool_id, a, complete(0)).await.map_err(err)?;
             }
-            Shape::Original => gateway_b.complete_in_steps(&pool.pool_id, a, gw.now()).await.map_err(err)?,
+            Shape::Original => {
+                gateway_b.complete_in_steps(&pool.pool_id, a, gw.now(), Keys::Lineup).await.map_err(err)?
+            }
         }
     }
     phases.push(per_eval(gateway_b.calls().snapshot(), 0));
@@ -242,7 +244,7 @@ async fn original_step(l: &Lineup, b: &AwsBackend, settings: &Settings, pool: &P
         .map_err(|b| Error::backend("place", b))?;
     let worker = cands[idx].worker_id.clone();
     let (alloc, next) = l.placement_of(pool, &eval, &worker, lineup_core::Claim::default(), now);
-    b.place_in_steps(&alloc, &next, eval.version, now).await?;
+    b.place_in_steps(&alloc, &next, eval.version, now, Keys::Lineup).await?;
     let body = lineup_core::service::alloc_message(pool, &eval, &alloc)?;
     l.queues.send(&settings.worker_queue(&pool.pool_id, &worker), &[body]).await?;
     l.queues.delete(&queue, &[m.receipt]).await?;

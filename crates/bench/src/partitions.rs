@@ -5,7 +5,9 @@
 //! with 8, and a capped one with 8 (`max_running` too high to bind, so only its count
 //! costs), it prints the units each placement consumed on each kind of key (the
 //! hottest key of the kind), the ceiling those units predict for the budgets, and the
-//! rate measured under them.
+//! rate measured under them. In the same run, the Go seed's key design (every table
+//! keyed by pool) under the same budgets, written the original's way
+//! (`lineup_aws::Keys::ByPool`): placed and completed step by step by as many workers.
 //!
 //! The budgets are DynamoDB's per-partition limits (1,000 write and 3,000 read units a
 //! second) divided by `SCALE`, so that moto's own speed is not what binds: without
@@ -18,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lineup_aws::{create_tables, AwsBackend};
+use lineup_aws::{create_pool_keyed_tables, create_tables, AwsBackend, Keys};
 use lineup_conformance::moto::Moto;
 use lineup_conformance::{complete, new_eval, ADMIN};
 use lineup_core::service::{NewPool, PoolScheduler, SchedulerOptions};
@@ -59,8 +61,11 @@ pub async fn scenario(rows: &mut Rows) {
     let moto = Moto::partitioned(&format!("wcu={WCU},rcu={RCU}"));
     println!();
     println!("DynamoDB partition limits scaled 1/{SCALE} ({WCU} write, {RCU} read units/s per key), moto");
-    for (name, shards, cap) in [("one_shard", 1, None), ("8_shards", 8, None), ("capped_8_shards", 8, Some(100_000))] {
-        let run = match one_pool(&moto, shards, cap).await {
+    let runs =
+        [("one_shard", 1, None), ("8_shards", 8, None), ("capped_8_shards", 8, Some(100_000)), ("seed_keys", 0, None)];
+    for (name, shards, cap) in runs {
+        let run = if shards == 0 { original_keys(&moto).await } else { one_pool(&moto, shards, cap).await };
+        let run = match run {
             Ok(r) => r,
             Err(e) => return println!("partitions ({name}): failed: {e}"),
         };
@@ -79,6 +84,86 @@ pub async fn scenario(rows: &mut Rows) {
         report(rows, &format!("partitions_{name}_placements_per_s"), run.rate, "placements/s", "printed");
         report(rows, &format!("partitions_{name}_predicted_per_s"), ceiling, "placements/s", "measured ≈ predicted");
     }
+}
+
+/// The Go seed's keys: `EVALS` submitted, then placed and completed step by step
+/// (claim, alloc, eval; read alloc, release, give back, complete) by `WORKERS` tasks at
+/// once, metered from the first placement. No queues: only the table keys are measured.
+async fn original_keys(moto: &Moto) -> Result<Run, String> {
+    let err = |e: Error| e.to_string();
+    // Lineup's own tables only lend a pool record and `placement_of` (pure).
+    let prefix = format!("o{}", PoolId::generate());
+    let lb = Arc::new(AwsBackend::for_emulator(&moto.endpoint, &prefix).await);
+    create_tables(lb.dynamodb(), lb.tables()).await.map_err(err)?;
+    let settings = Settings { deployment: prefix.clone(), ..Settings::default() };
+    let l = Lineup::new(lb.clone(), lb.clone(), Arc::new(SystemClock), settings, "bench");
+    l.init().await.map_err(err)?;
+    let pool = l.create_pool(&ADMIN, Strategy::Spread).await.map_err(err)?;
+    let ob = Arc::new(AwsBackend::for_emulator(&moto.endpoint, &format!("{prefix}-seed")).await);
+    create_pool_keyed_tables(ob.dynamodb(), ob.tables()).await.map_err(err)?;
+    let now = l.now();
+    let mut workers = Vec::new();
+    for _ in 0..WORKERS {
+        let w = Worker {
+            pool_id: pool.pool_id.clone(),
+            worker_id: WorkerId::generate(),
+            capacity: 100,
+            free: 100,
+            ttl: now + 3_600_000,
+            token_hash: String::new(),
+            queue: String::new(),
+            created_at: now,
+        };
+        retry(|| ob.original_put_worker(&w)).await?;
+        workers.push(w.worker_id);
+    }
+    let mut evals = Vec::new();
+    for _ in 0..EVALS {
+        let e = Eval::queued(pool.pool_id.clone(), 1, None, None, Priority::DEFAULT, None, l.now());
+        retry(|| ob.original_put_eval(&e, Keys::ByPool)).await?;
+        evals.push(e);
+    }
+    moto.units(true);
+    let start = Instant::now();
+    let queue = Arc::new(std::sync::Mutex::new(evals));
+    let mut tasks: Vec<tokio::task::JoinHandle<Result<(), String>>> = Vec::new();
+    for w in workers {
+        let (l, ob, pool, queue) = (l.clone(), ob.clone(), pool.clone(), queue.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Some(eval) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else { return Ok(()) };
+                let now = l.now();
+                let (alloc, next) = l.placement_of(&pool, &eval, &w, Claim::default(), now);
+                retry(|| ob.place_in_steps(&alloc, &next, eval.version, now, Keys::ByPool)).await?;
+                retry(|| ob.complete_in_steps(&pool.pool_id, &alloc.alloc_id, l.now(), Keys::ByPool)).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    let rate = EVALS as f64 / start.elapsed().as_secs_f64();
+    let run = units_of(&moto.units(false), &prefix, &pool, rate);
+    let _ = lineup_aws::delete_tables(lb.dynamodb(), lb.tables()).await;
+    Ok(run)
+}
+
+/// `op` until it succeeds: a write throttled past the SDK's retries is tried again
+/// after a pause (the original's steps are not atomic, so a step that failed after
+/// some of its writes landed writes them again; the bench counts keys, not capacity).
+async fn retry<F, Fut>(mut op: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    for _ in 0..2_000 {
+        match op().await {
+            Ok(()) => return Ok(()),
+            Err(Error::Backend(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err("throttled 2,000 times".into())
 }
 
 /// Submits `EVALS`, then runs a scheduler and `WORKERS` polling workers until all are
@@ -158,7 +243,13 @@ async fn one_pool(moto: &Moto, shards: u32, cap: Option<u32>) -> Result<Run, Str
     for t in tasks {
         let _ = t.await;
     }
-    let meter = moto.units(false);
+    let run = units_of(&moto.units(false), &prefix, &pool, rate);
+    let _ = lineup_aws::delete_tables(backend.dynamodb(), backend.tables()).await;
+    Ok(run)
+}
+
+/// A meter reading as units per placement by kind of key (the hottest key of each).
+fn units_of(meter: &serde_json::Value, prefix: &str, pool: &Pool, rate: f64) -> Run {
     let mut units: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     let mut throttled = 0;
     if let Some(parts) = meter["partitions"].as_object() {
@@ -167,13 +258,12 @@ async fn one_pool(moto: &Moto, shards: u32, cap: Option<u32>) -> Result<Run, Str
             let (w, r) = (v["wcu"].as_f64().unwrap_or(0.0), v["rcu"].as_f64().unwrap_or(0.0));
             if w + r > 0.0 {
                 // Keys of one kind (one item each) share a label: the hottest stands for them.
-                let e = units.entry(label(key, &prefix, &pool)).or_insert((0.0, 0.0));
+                let e = units.entry(label(key, prefix, pool)).or_insert((0.0, 0.0));
                 *e = (e.0.max(w / EVALS as f64), e.1.max(r / EVALS as f64));
             }
         }
     }
-    let _ = lineup_aws::delete_tables(backend.dynamodb(), backend.tables()).await;
-    Ok(Run { rate, units, throttled })
+    Run { rate, units, throttled }
 }
 
 /// A key by kind (crates/aws/src/keys.rs): `p…-evals:{"S": "<pool>/<id>"}` → `evals:
