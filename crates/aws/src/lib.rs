@@ -13,6 +13,7 @@
 //!   until processed, transactions and their cancellation reasons (`TxError`).
 //! - `store.rs`: `Store`; multi-record writes are one `TransactWriteItems`.
 //! - `placing.rs`: placements as transactions, a scheduler's batch in as few as it takes.
+//! - `workers.rs`: registration, candidates, expiry, heartbeats (leases, replicas, allocs).
 //! - `limits.rs`: a pool's `max_running`: the counted claim, and setting a cap in fenced steps.
 //! - `queues.rs`: `Queues` over SQS, batched.
 //! - `original.rs`: the Go original's step-by-step writes, for `make bench` to measure beside.
@@ -34,6 +35,7 @@ mod queues;
 pub mod retry;
 mod store;
 mod tables;
+mod workers;
 
 use std::sync::{Arc, RwLock};
 

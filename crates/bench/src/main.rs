@@ -11,6 +11,7 @@ mod admission;
 use lineup_bench::lifecycle as aws;
 mod partitions;
 mod pipelines;
+mod pools;
 
 use clap::Parser;
 use lineup_client::{Client, SubmitEval};
@@ -39,7 +40,7 @@ struct Args {
     #[arg(long, default_value_t = 1_000_000)]
     backlog: usize,
     /// Run only these scenarios (comma-separated: drain, drain1000, priorities, capped,
-    /// latency, idle, backlog, aws, partitions, pipelines); all of them by default.
+    /// latency, idle, backlog, aws, partitions, pools, pipelines); all of them by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Extra arguments for `lineup dev` (e.g. `--schedulers=2`).
@@ -403,6 +404,9 @@ async fn main() {
         } else {
             println!("aws: skipped (no moto: `make venv` installs it into .venv)");
         }
+    }
+    if args.wants("pools") {
+        pools::scenario(&mut rows).await;
     }
     if args.wants("partitions") {
         if aws::moto_available() {

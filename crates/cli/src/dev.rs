@@ -66,11 +66,11 @@ async fn open_backend(settings: &Settings, opts: &DevOptions) -> Result<Backends
 }
 
 fn metered(inner: Arc<dyn lineup_core::Store>, backend: &'static str) -> Arc<dyn lineup_core::Store> {
-    Arc::new(lineup_core::metered::MeteredStore { inner, backend })
+    Arc::new(lineup_core::metered::MeteredStore { inner, backend, latency: Default::default() })
 }
 
 fn metered_queues(inner: Arc<dyn lineup_core::Queues>, backend: &'static str) -> Arc<dyn lineup_core::Queues> {
-    Arc::new(lineup_core::metered::MeteredQueues { inner, backend })
+    Arc::new(lineup_core::metered::MeteredQueues { inner, backend, latency: Default::default() })
 }
 
 /// Installs the Prometheus recorder every figure goes to; `/metrics` renders it.

@@ -171,7 +171,8 @@ _CLAUSE = re.compile(r"\b(SET|REMOVE|ADD|DELETE)\b", re.IGNORECASE)
 
 def _after_update(old, op):
     """The item after an UpdateItem, as far as plain assignments tell, and the
-    attributes touched in ways whose result is not worked out here."""
+    attributes touched in ways whose result is not worked out here (`#c = #c - :n`,
+    ADD: taken as changed)."""
     names = op.get("ExpressionAttributeNames") or {}
     values = op.get("ExpressionAttributeValues") or {}
     new = dict(old or {})
@@ -252,7 +253,7 @@ def index_writes_of(backend, action, body):
                 moved = any(a in unknown for a in attrs) or any(old.get(a) != new.get(a) for a in attrs)
                 if moved:
                     out += [(at(old), units(old), i), (at(new), units(new), i)]
-                elif old != new or kind == "Put":
+                elif old != new or unknown or kind == "Put":
                     out.append((at(new), units(new), i))
             elif indexed(old):
                 out.append((at(old), units(old), i))

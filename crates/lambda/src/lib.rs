@@ -220,8 +220,16 @@ impl Deps {
         backend.set_history_retention(settings.history_retention);
         backend.set_index_shards(settings.index_shards);
         let b = std::sync::Arc::new(backend.clone());
-        let store = std::sync::Arc::new(lineup_core::metered::MeteredStore { inner: b.clone(), backend: "dynamodb" });
-        let queues = std::sync::Arc::new(lineup_core::metered::MeteredQueues { inner: b, backend: "sqs" });
+        let store = std::sync::Arc::new(lineup_core::metered::MeteredStore {
+            inner: b.clone(),
+            backend: "dynamodb",
+            latency: Default::default(),
+        });
+        let queues = std::sync::Arc::new(lineup_core::metered::MeteredQueues {
+            inner: b,
+            backend: "sqs",
+            latency: Default::default(),
+        });
         // Metric health checks read from CloudWatch; URL checks are not read from a
         // Lambda (it would reach into the operator's network): their `on_error` level.
         let lineup = Lineup::with_admin_hash(store, queues, std::sync::Arc::new(SystemClock), settings, admin_hash)
@@ -258,6 +266,16 @@ pub fn shard_of(event: &Value) -> Result<Option<Shard>, LambdaError> {
     }
 }
 
+/// How a `schedule` invocation runs its pool loops: the deployment's long-poll wait
+/// (at most SQS's 20 s) and, when its event names one, its shard of the pools.
+pub fn schedule_options(functions: &FunctionSettings, shard: Option<Shard>) -> SchedulerOptions {
+    SchedulerOptions {
+        wait: Duration::from_secs(functions.schedule_wait.min(20)),
+        shard,
+        ..SchedulerOptions::default()
+    }
+}
+
 /// The schedule handler: an EventBridge event in, a summary out.
 pub async fn schedule(event: LambdaEvent<Value>, deps: &Deps) -> Result<ScheduleSummary, LambdaError> {
     check_invocation(&event.context.invoked_function_arn, Role::Schedule)?;
@@ -274,11 +292,7 @@ pub async fn schedule(event: LambdaEvent<Value>, deps: &Deps) -> Result<Schedule
         budget_ms = budget.as_millis() as u64,
         "schedule invocation"
     );
-    let opts = SchedulerOptions {
-        wait: Duration::from_secs(deps.functions.schedule_wait.min(20)),
-        shard: shard_of(&event.payload)?,
-        ..SchedulerOptions::default()
-    };
+    let opts = schedule_options(&deps.functions, shard_of(&event.payload)?);
     let sum = deps.lineup.schedule_until(tokio::time::Instant::now() + budget, &opts).await?;
     tracing::info!(?sum, calls = deps.backend.calls().total(), "schedule invocation done");
     Ok(sum)
