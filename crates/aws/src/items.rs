@@ -42,6 +42,11 @@ pub fn rec_key(pool: &PoolId, local: &str) -> Item {
     HashMap::from([("id".to_owned(), s(crate::keys::id(pool, local)))])
 }
 
+/// A key from a record's `id` as a listing returned it.
+pub fn id_key(id: &AttributeValue) -> Item {
+    HashMap::from([("id".to_owned(), id.clone())])
+}
+
 /// Seconds since the epoch, for the DynamoDB TTL attribute `purge_at`.
 pub fn purge_at(ms: Millis, keep_secs: i64) -> i64 {
     ms / 1000 + keep_secs

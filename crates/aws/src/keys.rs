@@ -13,6 +13,7 @@
 //! listing, as a pool key did; a hot pool wants 32 (docs/SCALE.md).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
@@ -85,6 +86,15 @@ impl AwsBackend {
         })
     }
 
+    /// `read(k)` for each shard `k` of `pool`, concurrently, in shard order.
+    async fn per_shard<T, F: Future<Output = Result<T>>>(
+        &self,
+        pool: &PoolId,
+        read: impl Fn(u32) -> F,
+    ) -> Result<Vec<T>> {
+        try_join_all((0..self.shards(pool).await?).map(read)).await
+    }
+
     /// Every page of `make(k)` for each shard `k` of `pool`, queried concurrently.
     pub(crate) async fn query_shards(
         &self,
@@ -92,8 +102,7 @@ impl AwsBackend {
         make: impl Fn(u32) -> QueryFluentBuilder,
         context: &str,
     ) -> Result<Vec<Item>> {
-        let n = self.shards(pool).await?;
-        let pages = try_join_all((0..n).map(|k| self.query_all(make(k), context))).await?;
+        let pages = self.per_shard(pool, |k| self.query_all(make(k), context)).await?;
         Ok(pages.into_iter().flatten().collect())
     }
 
@@ -106,8 +115,7 @@ impl AwsBackend {
         limit: usize,
         context: &str,
     ) -> Result<Vec<Item>> {
-        let n = self.shards(pool).await?;
-        let pages = try_join_all((0..n).map(|k| self.query_limit(make(k), limit, context))).await?;
+        let pages = self.per_shard(pool, |k| self.query_limit(make(k), limit, context)).await?;
         Ok(pages.into_iter().flatten().collect())
     }
 
@@ -117,9 +125,7 @@ impl AwsBackend {
         make: impl Fn(u32) -> QueryFluentBuilder,
         context: &str,
     ) -> Result<u64> {
-        let n = self.shards(pool).await?;
-        let counts = try_join_all((0..n).map(|k| self.count_all(make(k), context))).await?;
-        Ok(counts.into_iter().sum())
+        Ok(self.per_shard(pool, |k| self.count_all(make(k), context)).await?.into_iter().sum())
     }
 
     /// A query of `index` on `table` for one index partition (`ps` = `hash`).

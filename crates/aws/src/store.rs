@@ -21,12 +21,8 @@ use crate::tables::{BY_CREATED, BY_POOL, BY_STATUS, BY_TTL};
 use crate::{sdk_err, AwsBackend};
 
 impl AwsBackend {
-    /// Items of `pool` in `table` whose `ttl` has passed, through its `by_ttl` index
-    /// (eventually consistent: the caller re-checks what it acts on).
-    async fn expired(&self, table: &str, pool: &PoolId, now: Millis, context: &str) -> Result<Vec<Item>> {
-        self.query_shards(pool, |k| self.expired_query(table, pool, k, now), context).await
-    }
-
+    /// Items of `pool` in `table` whose `ttl` has passed, shard `k`, through its
+    /// `by_ttl` index (eventually consistent: the caller re-checks what it acts on).
     pub(crate) fn expired_query(&self, table: &str, pool: &PoolId, k: u32, now: Millis) -> QueryFluentBuilder {
         self.ddb
             .query()
@@ -259,7 +255,7 @@ impl Store for AwsBackend {
                 if let Some(AttributeValue::S(ikey)) = i.get("ikey") {
                     keys.push(rec_key(pool, &key_sk(ikey)));
                 }
-                keys.extend(i.get("id").map(|id| Item::from([("id".to_owned(), id.clone())])));
+                keys.extend(i.get("id").map(id_key));
             }
             self.batch_delete(table, keys).await?;
         }
@@ -508,7 +504,9 @@ impl Store for AwsBackend {
     }
 
     async fn expired_allocs(&self, pool: &PoolId, now: Millis) -> Result<Vec<Alloc>> {
-        let items = self.expired(&self.tables.allocs, pool, now, "expired allocs").await?;
+        let q = |k| self.expired_query(&self.tables.allocs, pool, k, now);
+        // Each released under the condition that its lease is still over.
+        let items = self.query_shards(pool, q, "expired allocs").await?;
         Ok(Self::items::<AllocItem>(items)?.into_iter().map(Alloc::from).collect())
     }
 

@@ -92,8 +92,7 @@ impl AwsBackend {
         // The index may lag a heartbeat that renewed the lease in time: what the
         // releaser removes is read again, consistently. (A lease that ran out stays
         // out: a heartbeat is conditioned on it not having.)
-        let keys =
-            hinted.iter().filter_map(|i| i.get("id")).map(|id| Item::from([("id".to_owned(), id.clone())])).collect();
+        let keys = hinted.iter().filter_map(|i| i.get("id")).map(id_key).collect();
         let items = self.batch_get(&self.tables.workers, keys).await?;
         let ws = Self::items::<WorkerItem>(items)?.into_iter().map(Worker::from);
         Ok(ws.filter(|w| w.ttl <= now).collect())
