@@ -209,7 +209,7 @@ impl From<ReplicaItem> for Replica {
 #[derive(Serialize, Deserialize)]
 pub struct AllocItem {
     pub id: String,
-    /// Index partition (`by_ttl`), spread by alloc id.
+    /// Index partition (`by_due`), spread by alloc id.
     pub ps: String,
     pub pool: PoolId,
     pub alloc: AllocId,
@@ -217,9 +217,14 @@ pub struct AllocItem {
     pub eval: EvalId,
     pub size: u32,
     pub attempt: u32,
-    /// Present only while live, so the `by_ttl` index holds live allocs only.
+    /// The lease; present only while live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<Millis>,
+    /// When the releaser next looks at it (`by_due`'s key): the lease as last seen
+    /// there, not renewed by heartbeats. Present only while live, so `by_due` holds
+    /// live allocs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due: Option<Millis>,
     /// The alloc's TTL, kept after release.
     pub exp: Millis,
     pub state: AllocState,
@@ -245,6 +250,7 @@ impl AllocItem {
             size: a.size,
             attempt: a.attempt,
             ttl: live.then_some(a.ttl),
+            due: live.then_some(a.ttl),
             exp: a.ttl,
             state: a.state,
             stop: a.stop,

@@ -22,6 +22,7 @@
 //! - `probe.rs`: health checks that read a CloudWatch metric.
 
 mod calls;
+mod completion;
 mod ddb;
 mod direct;
 mod items;

@@ -127,6 +127,8 @@ impl AwsBackend {
     }
 
     /// Heartbeat: the worker's TTL (`UpdateItem`), then each alloc's (`UpdateItem` each).
+    /// The seed had one lease attribute, its index's key (a local index on `ttl`), so a
+    /// renewal moved the index entry; on Lineup's tables that key is `due`, written with it.
     pub async fn heartbeat_in_steps(&self, w: &Worker, allocs: &[AllocId], ttl: Millis, keys: Keys) -> Result<()> {
         self.ddb
             .update_item()
@@ -143,8 +145,8 @@ impl AwsBackend {
                 .update_item()
                 .table_name(&self.tables.allocs)
                 .set_key(Some(keys.of(&w.pool_id, "alloc", a.as_str())))
-                .update_expression("SET #t = :t, #e = :t")
-                .set_expression_attribute_names(names(&[("#t", "ttl"), ("#e", "exp")]))
+                .update_expression("SET #t = :t, #e = :t, #d = :t")
+                .set_expression_attribute_names(names(&[("#t", "ttl"), ("#e", "exp"), ("#d", "due")]))
                 .expression_attribute_values(":t", n(ttl))
                 .send()
                 .await
@@ -163,8 +165,8 @@ impl AwsBackend {
             .update_item()
             .table_name(&self.tables.allocs)
             .set_key(Some(keys.of(pool, "alloc", alloc.as_str())))
-            .update_expression("SET #st = :rel REMOVE #t")
-            .set_expression_attribute_names(names(&[("#st", "state"), ("#t", "ttl")]))
+            .update_expression("SET #st = :rel REMOVE #t, #d")
+            .set_expression_attribute_names(names(&[("#st", "state"), ("#t", "ttl"), ("#d", "due")]))
             .expression_attribute_values(":rel", AttributeValue::S("released".into()))
             .send()
             .await

@@ -11,10 +11,13 @@
 //! it; a worker whose claim failed has its placements tried one by one, in order (the
 //! first ones may fit where all of them did not); a failed pool count sends the whole
 //! batch one by one. Throttled or contended past every retry (`transact`), every
-//! placement of the batch fails with a backend error and the scheduler defers them. Cost is unchanged (2 write units per item either way); only
-//! the number of calls falls.
+//! placement of the batch fails with a backend error and the scheduler defers them.
+//!
+//! Each placement's alloc and eval cost what they would alone (2 write units per item
+//! in a transaction); what falls is the number of calls, and the claims: a worker's
+//! placements in one transaction share one (`chunks` keeps them together).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
 use lineup_core::backend::Claim;
@@ -225,13 +228,26 @@ impl AwsBackend {
 /// The batch cut into transactions: at most `PER_TX` placements and `TX_BYTES`, never
 /// more than a capped pool's limit, and never one eval or alloc twice (a transaction
 /// may touch an item once; a repeat starts the next chunk).
+///
+/// A worker's placements are kept together (workers in the order of their first
+/// placement, each worker's in plan order): every transaction a worker appears in
+/// pays 2 write units for its claim, so a pass of 100 placements on 10 workers claims
+/// about 13 times instead of about 34. Results are per placement, so the commit order
+/// across workers is not observable but for a crash between two transactions.
 fn chunks(items: &[(Alloc, Eval, u64)], claim: Claim) -> Vec<Vec<usize>> {
     let most = claim.limit.map_or(PER_TX, |l| PER_TX.min(l.max(1) as usize));
+    let mut first_seen: HashMap<&str, usize> = HashMap::new();
+    for (i, (a, _, _)) in items.iter().enumerate() {
+        first_seen.entry(a.worker_id.as_str()).or_insert(i);
+    }
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| (first_seen[items[i].0.worker_id.as_str()], i));
     let mut out: Vec<Vec<usize>> = Vec::new();
     let mut cur: Vec<usize> = Vec::new();
     let mut bytes = 0;
     let mut seen: HashSet<(&str, &str)> = HashSet::new();
-    for (i, (a, e, _)) in items.iter().enumerate() {
+    for i in order {
+        let (a, e, _) = &items[i];
         let size = 1024 + e.payload.as_ref().map_or(0, |p| p.to_string().len());
         let id = (e.eval_id.as_str(), a.alloc_id.as_str());
         let repeat = seen.iter().any(|(ev, al)| *ev == id.0 || *al == id.1);
@@ -248,4 +264,50 @@ fn chunks(items: &[(Alloc, Eval, u64)], claim: Claim) -> Vec<Vec<usize>> {
         out.push(cur);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placement(worker: &WorkerId) -> (Alloc, Eval, u64) {
+        let pool = PoolId::generate();
+        let e = Eval::queued(pool, 1, None, None, Priority::DEFAULT, None, 0);
+        let a = Alloc {
+            pool_id: e.pool_id.clone(),
+            alloc_id: AllocId::generate(),
+            worker_id: worker.clone(),
+            eval_id: e.eval_id.clone(),
+            size: 1,
+            attempt: 0,
+            ttl: 60_000,
+            state: AllocState::Live,
+            stop: false,
+            created_at: 0,
+            counted: false,
+        };
+        (a, e, 0)
+    }
+
+    #[test]
+    fn a_workers_placements_stay_together_so_it_is_claimed_once_per_transaction() {
+        // A plan spreads 100 placements round-robin over 10 workers.
+        let workers: Vec<WorkerId> = (0..10).map(|_| WorkerId::generate()).collect();
+        let items: Vec<_> = (0..100).map(|i| placement(&workers[i % 10])).collect();
+        let cut = chunks(&items, Claim::default());
+        assert_eq!(cut.iter().map(Vec::len).sum::<usize>(), 100);
+        assert!(cut.iter().all(|c| c.len() <= PER_TX));
+        let claims: usize =
+            cut.iter().map(|c| c.iter().map(|&i| items[i].0.worker_id.as_str()).collect::<HashSet<_>>().len()).sum();
+        // Each worker once, plus one split worker per cut between transactions.
+        assert!(claims < 10 + cut.len(), "{claims} claims in {} transactions", cut.len());
+        // Within a worker, plan order is kept.
+        for c in &cut {
+            for pair in c.windows(2) {
+                if items[pair[0]].0.worker_id == items[pair[1]].0.worker_id {
+                    assert!(pair[0] < pair[1]);
+                }
+            }
+        }
+    }
 }

@@ -17,22 +17,67 @@ use lineup_core::*;
 use crate::ddb::{build, ccf, names, TxError};
 use crate::items::*;
 use crate::keys::shard_key;
-use crate::tables::{BY_CREATED, BY_POOL, BY_STATUS, BY_TTL};
+use crate::tables::{BY_CREATED, BY_DUE, BY_POOL, BY_STATUS, BY_TTL};
 use crate::{sdk_err, AwsBackend};
 
 impl AwsBackend {
     /// Items of `pool` in `table` whose `ttl` has passed, shard `k`, through its
     /// `by_ttl` index (eventually consistent: the caller re-checks what it acts on).
     pub(crate) fn expired_query(&self, table: &str, pool: &PoolId, k: u32, now: Millis) -> QueryFluentBuilder {
+        self.due_query(table, BY_TTL, "ttl", pool, k, now)
+    }
+
+    /// Entries of `index` (keyed `ps`, `key`) in shard `k` of `pool` at or before `now`.
+    fn due_query(&self, table: &str, index: &str, key: &str, pool: &PoolId, k: u32, now: Millis) -> QueryFluentBuilder {
         self.ddb
             .query()
             .table_name(table)
-            .index_name(BY_TTL)
+            .index_name(index)
             .key_condition_expression("#p = :p AND #t <= :now")
             .expression_attribute_names("#p", "ps")
-            .expression_attribute_names("#t", "ttl")
+            .expression_attribute_names("#t", key)
             .expression_attribute_values(":p", s(shard_key(pool, k)))
             .expression_attribute_values(":now", n(now))
+    }
+
+    /// Live allocs whose `due` has passed, read consistently: those whose lease ran out
+    /// are returned; those a heartbeat renewed get `due` moved to their lease (once per
+    /// lease period, not once per heartbeat), so the next pass skips them until then.
+    async fn due_allocs(&self, pool: &PoolId, now: Millis) -> Result<Vec<Alloc>> {
+        let q = |k| self.due_query(&self.tables.allocs, BY_DUE, "due", pool, k, now).projection_expression("id");
+        let keys = self.query_shards(pool, q, "due allocs").await?;
+        let mut expired = Vec::new();
+        for item in Self::items::<AllocItem>(self.batch_get(&self.tables.allocs, keys).await?)? {
+            match (item.ttl, item.due) {
+                (Some(lease), Some(_)) if lease > now => self.move_due(&item, lease).await?,
+                (Some(_), Some(_)) => expired.push(Alloc::from(item)),
+                // Released since the index was read.
+                _ => {}
+            }
+        }
+        Ok(expired)
+    }
+
+    /// Moves a renewed alloc's `due` to its lease, if it is still live (a released
+    /// alloc must not come back into `by_due`). A lost race is harmless: the next
+    /// pass reads it again.
+    async fn move_due(&self, a: &AllocItem, lease: Millis) -> Result<()> {
+        let r = self
+            .ddb
+            .update_item()
+            .table_name(&self.tables.allocs)
+            .set_key(Some(rec_key(&a.pool, a.alloc.as_str())))
+            .update_expression("SET #d = :d")
+            .condition_expression("attribute_exists(#d)")
+            .expression_attribute_names("#d", "due")
+            .expression_attribute_values(":d", n(lease))
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if ccf(&e) => Ok(()),
+            Err(e) => Err(sdk_err("move alloc due", e)),
+        }
     }
 
     /// `pool`'s evals in `status`, shard `k` (`by_status`, oldest first).
@@ -238,18 +283,18 @@ impl Store for AwsBackend {
 
     async fn purge_pool(&self, pool: &PoolId) -> Result<()> {
         // Each table through the index that lists all its pool's records, with their
-        // idempotency keys' items. Released allocs are not indexed (`by_ttl` holds the
+        // idempotency keys' items. Released allocs are not indexed (`by_due` holds the
         // live ones): their ids are never reused, and their TTL takes them.
         let t = &self.tables;
         let tables = [
-            (&t.allocs, BY_TTL),
-            (&t.evals, BY_CREATED),
-            (&t.pipelines, BY_CREATED),
-            (&t.replicas, BY_TTL),
-            (&t.workers, BY_POOL),
+            (&t.allocs, BY_DUE, "id"),
+            (&t.evals, BY_CREATED, "id, ikey"),
+            (&t.pipelines, BY_CREATED, "id, ikey"),
+            (&t.replicas, BY_TTL, "id"),
+            (&t.workers, BY_POOL, "id"),
         ];
-        for (table, index) in tables {
-            let q = |k| self.index_query(table, index, &shard_key(pool, k)).projection_expression("id, ikey");
+        for (table, index, attrs) in tables {
+            let q = |k| self.index_query(table, index, &shard_key(pool, k)).projection_expression(attrs);
             let mut keys = Vec::new();
             for i in self.query_shards(pool, q, "purge query").await? {
                 if let Some(AttributeValue::S(ikey)) = i.get("ikey") {
@@ -282,7 +327,7 @@ impl Store for AwsBackend {
         for status in [EvalStatus::Queued, EvalStatus::Failed] {
             st.queued += self.count_shards(pool, |k| self.status_query(pool, status, k), "count evals").await?;
         }
-        let q = |k| self.index_query(&self.tables.allocs, BY_TTL, &shard_key(pool, k));
+        let q = |k| self.index_query(&self.tables.allocs, BY_DUE, &shard_key(pool, k));
         st.allocs = self.count_shards(pool, q, "count allocs").await?;
         Ok(st)
     }
@@ -488,9 +533,10 @@ impl Store for AwsBackend {
     }
 
     async fn live_allocs(&self, pool: &PoolId, worker: Option<&WorkerId>) -> Result<Vec<Alloc>> {
-        // The sparse by_ttl index holds exactly the live allocs.
+        // The sparse by_due index holds exactly the live allocs (their keys and worker);
+        // the allocs themselves are read consistently.
         let q = |k| {
-            let q = self.index_query(&self.tables.allocs, BY_TTL, &shard_key(pool, k));
+            let q = self.index_query(&self.tables.allocs, BY_DUE, &shard_key(pool, k)).projection_expression("id");
             match worker {
                 Some(w) => q
                     .filter_expression("#w = :w")
@@ -499,15 +545,14 @@ impl Store for AwsBackend {
                 None => q,
             }
         };
-        let items = self.query_shards(pool, q, "live allocs").await?;
-        Ok(Self::items::<AllocItem>(items)?.into_iter().map(Alloc::from).collect())
+        let keys = self.query_shards(pool, q, "live allocs").await?;
+        let items = Self::items::<AllocItem>(self.batch_get(&self.tables.allocs, keys).await?)?;
+        Ok(items.into_iter().map(Alloc::from).filter(|a| a.state == AllocState::Live).collect())
     }
 
     async fn expired_allocs(&self, pool: &PoolId, now: Millis) -> Result<Vec<Alloc>> {
-        let q = |k| self.expired_query(&self.tables.allocs, pool, k, now);
         // Each released under the condition that its lease is still over.
-        let items = self.query_shards(pool, q, "expired allocs").await?;
-        Ok(Self::items::<AllocItem>(items)?.into_iter().map(Alloc::from).collect())
+        self.due_allocs(pool, now).await
     }
 
     async fn place(&self, a: &Alloc, e: &Eval, expected: u64, claim: Claim, now: Millis) -> Result<()> {
@@ -522,11 +567,12 @@ impl Store for AwsBackend {
         let mut free_alloc = Update::builder()
             .table_name(&self.tables.allocs)
             .set_key(Some(rec_key(&a.pool_id, a.alloc_id.as_str())))
-            .update_expression("SET #st = :rel, #pa = :pa REMOVE #t")
+            .update_expression("SET #st = :rel, #pa = :pa REMOVE #t, #due")
             .set_expression_attribute_names(names(&[
                 ("#st", "state"),
                 ("#pa", "purge_at"),
                 ("#t", "ttl"),
+                ("#due", "due"),
                 ("#cnt", "counted"),
             ]))
             .expression_attribute_values(":rel", s("released"))
@@ -589,6 +635,10 @@ impl Store for AwsBackend {
             }
         }
         Err(Error::Conflict("release cancelled".into()))
+    }
+
+    async fn complete_first(&self, a: &Alloc, done: &Completion) -> Option<Result<Option<Eval>>> {
+        Some(self.complete_eval_first(a, done).await)
     }
 
     async fn cancel_placed(&self, e: &Eval, expected: u64, alloc: &AllocId) -> Result<()> {

@@ -4,14 +4,20 @@
 //! No local secondary index anywhere: an item collection with one is held in a single
 //! partition and capped at 10 GB, which made every pool a hot key (docs/SCALE.md).
 //!
-//! | table | key | indexes (all GSI, projecting all attributes) |
+//! | table | key | indexes (all GSI, projecting all attributes unless said) |
 //! |---|---|---|
 //! | pools | `pool` | |
 //! | workers | `id` | `by_pool` (`ps`, `wrk`): every worker; not keyed by `cap`, so a claim changes the index entry (1 write), not its key (2) |
 //! | replicas | `id` (`{pool}/{dataset}:{worker}`) | `by_ttl` (`ps` spread by dataset, `ttl`) |
-//! | allocs | `id` | `by_ttl` (`ps`, `ttl`), sparse: only live allocs carry `ttl` |
+//! | allocs | `id` | `by_due` (`ps`, `due`), sparse: only live allocs carry `due`; projects the keys and `wrk` only |
 //! | evals | `id` | `by_status` (`pst` = `{pool}#{status}#{shard}`, `created`); `by_created` (`ps`, `created`) |
 //! | pipelines | `id` | `by_created` (`ps`, `created`) |
+//!
+//! An alloc's lease (`ttl`) is not an index key: a heartbeat renews it without touching
+//! `by_due`, whose `due` is when the releaser next looks (set to the lease at placement,
+//! moved to the lease the releaser finds renewed: `expired_allocs` in store.rs). Keyed by
+//! the lease, every renewal moved the entry (2 index writes per alloc per heartbeat, more
+//! than the renewal itself); now an alloc's entry moves once per lease period at most.
 //!
 //! Idempotency keys live in the evals table as items `{pool}/k#{key}` pointing at
 //! their eval (not indexed), so claiming a key and writing the eval are one
@@ -29,6 +35,7 @@ use crate::sdk_err;
 
 pub const BY_POOL: &str = "by_pool";
 pub const BY_TTL: &str = "by_ttl";
+pub const BY_DUE: &str = "by_due";
 pub const BY_STATUS: &str = "by_status";
 pub const BY_CREATED: &str = "by_created";
 
@@ -71,12 +78,24 @@ fn all() -> Projection {
     Projection::builder().projection_type(ProjectionType::All).build()
 }
 
+/// The keys and `attrs`: an update that changes neither writes nothing to the index.
+fn include(attrs: &[&str]) -> Projection {
+    Projection::builder()
+        .projection_type(ProjectionType::Include)
+        .set_non_key_attributes(Some(attrs.iter().map(|a| a.to_string()).collect()))
+        .build()
+}
+
 fn gsi(name: &str, hash: &str, range: &str) -> Result<GlobalSecondaryIndex> {
+    gsi_projecting(name, hash, range, all())
+}
+
+fn gsi_projecting(name: &str, hash: &str, range: &str, projection: Projection) -> Result<GlobalSecondaryIndex> {
     GlobalSecondaryIndex::builder()
         .index_name(name)
         .key_schema(key(hash, KeyType::Hash)?)
         .key_schema(key(range, KeyType::Range)?)
-        .projection(all())
+        .projection(projection)
         .build()
         .map_err(|e| sdk_err("gsi", e))
 }
@@ -101,8 +120,8 @@ pub async fn create_tables(ddb: &aws_sdk_dynamodb::Client, t: &Tables) -> Result
         (
             t.allocs.clone(),
             "id",
-            vec![attr("id", S)?, attr("ps", S)?, attr("ttl", N)?],
-            vec![gsi(BY_TTL, "ps", "ttl")?],
+            vec![attr("id", S)?, attr("ps", S)?, attr("due", N)?],
+            vec![gsi_projecting(BY_DUE, "ps", "due", include(&["wrk"]))?],
         ),
         (
             t.evals.clone(),

@@ -45,6 +45,8 @@ pub struct Lifecycle {
     /// DynamoDB write and read units, as metered.
     pub wcu: f64,
     pub rcu: f64,
+    /// Per phase (`PHASES`): write units on tables, write units on indexes, read units.
+    pub units: Vec<Units>,
     /// Requests through API Gateway to the gateway function.
     pub gateway: f64,
 }
@@ -62,6 +64,14 @@ impl Lifecycle {
     pub fn dollars(&self) -> (f64, f64, f64) {
         (self.wcu * WRU + self.rcu * RRU, self.sqs() * SQS, self.gateway * (HTTP_API + LAMBDA))
     }
+}
+
+/// One phase's metered DynamoDB units, per placement.
+#[derive(Clone, Copy, Default)]
+pub struct Units {
+    pub table_wcu: f64,
+    pub index_wcu: f64,
+    pub rcu: f64,
 }
 
 pub fn total(m: &BTreeMap<String, f64>) -> f64 {
@@ -115,6 +125,7 @@ pub async fn measure(moto: &Moto, shape: Shape) -> Result<Lifecycle, String> {
         }
     };
     let mut phases = Vec::new();
+    let mut units = Vec::new();
     let mut gateway = 0usize;
     moto.units(true);
 
@@ -135,6 +146,7 @@ pub async fn measure(moto: &Moto, shape: Shape) -> Result<Lifecycle, String> {
         gateway += 1;
     }
     phases.push(per_eval(gateway_b.calls().snapshot(), 0));
+    units.push(metered(&moto.units(true)));
 
     // ---- place + deliver
     sched_b.calls().reset();
@@ -154,6 +166,7 @@ pub async fn measure(moto: &Moto, shape: Shape) -> Result<Lifecycle, String> {
         }
     }
     phases.push(per_eval(sched_b.calls().snapshot(), idle));
+    units.push(metered(&moto.units(true)));
 
     // ---- poll: every alloc reaches its worker
     gateway_b.calls().reset();
@@ -177,6 +190,7 @@ pub async fn measure(moto: &Moto, shape: Shape) -> Result<Lifecycle, String> {
         }
     }
     phases.push(per_eval(gateway_b.calls().snapshot(), idle));
+    units.push(metered(&moto.units(true)));
 
     // ---- heartbeat: each worker once, listing what it runs
     gateway_b.calls().reset();
@@ -196,6 +210,7 @@ pub async fn measure(moto: &Moto, shape: Shape) -> Result<Lifecycle, String> {
         }
     }
     phases.push(per_eval(gateway_b.calls().snapshot(), 0));
+    units.push(metered(&moto.units(true)));
 
     // ---- complete
     gateway_b.calls().reset();
@@ -211,17 +226,29 @@ pub async fn measure(moto: &Moto, shape: Shape) -> Result<Lifecycle, String> {
         }
     }
     phases.push(per_eval(gateway_b.calls().snapshot(), 0));
+    units.push(metered(&moto.units(true)));
 
-    let (wcu, rcu) = metered(&moto.units(false));
     let _ = lineup_aws::delete_tables(gateway_b.dynamodb(), gateway_b.tables()).await;
     let per = EVALS as f64;
-    Ok(Lifecycle { phases, wcu: wcu / per, rcu: rcu / per, gateway: gateway as f64 / per })
+    let wcu = units.iter().map(|u| u.table_wcu + u.index_wcu).sum();
+    let rcu = units.iter().map(|u| u.rcu).sum();
+    Ok(Lifecycle { phases, wcu, rcu, units, gateway: gateway as f64 / per })
 }
 
-/// Total write and read units in a meter reading.
-fn metered(units: &serde_json::Value) -> (f64, f64) {
-    let parts = units["partitions"].as_object().into_iter().flat_map(|m| m.values());
-    parts.fold((0.0, 0.0), |(w, r), v| (w + v["wcu"].as_f64().unwrap_or(0.0), r + v["rcu"].as_f64().unwrap_or(0.0)))
+/// A meter reading's write units (on tables, on indexes: partitions named
+/// `table/index:key`) and read units, per placement.
+fn metered(reading: &serde_json::Value) -> Units {
+    let per = EVALS as f64;
+    let parts = reading["partitions"].as_object().into_iter().flat_map(|m| m.iter());
+    parts.fold(Units::default(), |u, (key, v)| {
+        let (w, r) = (v["wcu"].as_f64().unwrap_or(0.0) / per, v["rcu"].as_f64().unwrap_or(0.0) / per);
+        let on_index = key.split(':').next().is_some_and(|at| at.contains('/'));
+        Units {
+            table_wcu: u.table_wcu + if on_index { 0.0 } else { w },
+            index_wcu: u.index_wcu + if on_index { w } else { 0.0 },
+            rcu: u.rcu + r,
+        }
+    })
 }
 
 /// One eval the Go original's way. False if the receive was empty.

@@ -214,6 +214,10 @@ async fn aws_scenario(rows: &mut Vec<(String, f64, &'static str, String)>) {
             println!("{phase:<18} {op:<32} {:>8.2} {:>9.2}", get(l), get(o));
         }
         println!("{phase:<18} {:<32} {:>8.2} {:>9.2}", "(phase total)", aws::total(l), aws::total(o));
+        let (lu, ou) = (lineup.units[i], original.units[i]);
+        println!("{phase:<18} {:<32} {:>8.2} {:>9.2}", "(write units: tables)", lu.table_wcu, ou.table_wcu);
+        println!("{phase:<18} {:<32} {:>8.2} {:>9.2}", "(write units: indexes)", lu.index_wcu, ou.index_wcu);
+        println!("{phase:<18} {:<32} {:>8.2} {:>9.2}", "(read units)", lu.rcu, ou.rcu);
     }
     println!("{:<51} {:>8.2} {:>9.2}", "total calls", lineup.calls(), original.calls());
     println!("{:<51} {:>8.2} {:>9.2}", "DynamoDB write units (metered)", lineup.wcu, original.wcu);

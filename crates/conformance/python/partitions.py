@@ -14,7 +14,8 @@ DynamoDB's rules (documented under "Read/write capacity units"):
 - a global secondary index has partitions of its own (a Query on it is metered on the
   index's key); a local one shares the table's;
 - a write that puts an item into a GSI, takes it out, or changes what it projects
-  costs the index 1 unit per started KB of the item on the index's key (2 writes when
+  (every attribute for ALL; the keys, and an INCLUDE's listed attributes, otherwise)
+  costs the index 1 unit per started KB of the projected entry on the index's key (2 writes when
   the item's index key moves: out of the old, into the new), and a GSI key over its
   budget refuses the table's write, as DynamoDB's index back-pressure does (writes_of
   with `index_writes_of`). Index writes are not doubled in a transaction and an
@@ -239,6 +240,7 @@ def index_writes_of(backend, action, body):
         for gsi in gsis:
             attrs = [k["AttributeName"] for k in gsi.schema]
             hash_attr = next(k["AttributeName"] for k in gsi.schema if k["KeyType"] == "HASH")
+            projected = _projected(table, gsi)
 
             def at(item):
                 return f"{table_name}/{gsi.name}:{json.dumps(item.get(hash_attr), sort_keys=True)}"
@@ -246,20 +248,43 @@ def index_writes_of(backend, action, body):
             def indexed(item):
                 return item is not None and all(a in item for a in attrs)
 
+            def view(item):
+                if projected is None:
+                    return item
+                return {k: v for k, v in item.items() if k in projected}
+
             def units(item):
-                return _write_units(item_size(item), False)
+                return _write_units(item_size(view(item)), False)
 
             if indexed(old) and indexed(new):
                 moved = any(a in unknown for a in attrs) or any(old.get(a) != new.get(a) for a in attrs)
+                # DynamoDB writes an index entry only when something it projects
+                # changes: an update of attributes a KEYS_ONLY or INCLUDE index leaves
+                # out costs that index nothing.
+                touched = any(projected is None or a in projected for a in unknown)
                 if moved:
                     out += [(at(old), units(old), i), (at(new), units(new), i)]
-                elif old != new or unknown or kind == "Put":
+                elif view(old) != view(new) or touched or kind == "Put":
                     out.append((at(new), units(new), i))
             elif indexed(old):
                 out.append((at(old), units(old), i))
             elif indexed(new):
                 out.append((at(new), units(new), i))
     return out
+
+
+def _projected(table, gsi):
+    """The attributes `gsi` holds, or None for all of them."""
+    projection = gsi.projection or {}
+    kind = projection.get("ProjectionType", "ALL")
+    if kind == "ALL":
+        return None
+    keys = {table.hash_key_attr} | {k["AttributeName"] for k in gsi.schema}
+    if table.range_key_attr is not None:
+        keys.add(table.range_key_attr)
+    if kind == "INCLUDE":
+        keys |= set(projection.get("NonKeyAttributes") or [])
+    return keys
 
 
 def key_of(backend, op_type, op):

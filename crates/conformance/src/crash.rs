@@ -120,8 +120,11 @@ async fn crash_at(b: &Backend, point: &str, action: &str) {
         let _ = task(&mut hit, async move { l.disband_pool(&ADMIN, &p).await }).await;
     }
 
-    // The embedded store submits in one transaction: there is no step after the send.
-    assert!(hit || (point == "submit.after_send" && accepted.len() == 4), "{point} ({action}) never fired");
+    // The embedded store submits in one transaction: there is no step after the send;
+    // and it completes in one (no `complete_first`).
+    let unreached = (point == "submit.after_send" && accepted.len() == 4)
+        || (point == "finish.after_complete_first" && !completes_eval_first(b).await);
+    assert!(hit || unreached, "{point} ({action}) never fired");
 
     // Restart: the point disarmed, a fresh service on the same records and queues.
     fail::remove(point);
@@ -131,6 +134,26 @@ async fn crash_at(b: &Backend, point: &str, action: &str) {
     };
     drain(&l2, &clock, &pool, &[&w1, &w2], &accepted, &mut deliveries, point, action).await;
     scenario.teardown();
+}
+
+/// Whether the store writes a completed eval on its own first (`Store::complete_first`).
+async fn completes_eval_first(b: &Backend) -> bool {
+    let e = Eval::queued(PoolId::generate(), 1, None, None, Priority::DEFAULT, None, 0);
+    let a = Alloc {
+        pool_id: e.pool_id.clone(),
+        alloc_id: AllocId::generate(),
+        worker_id: WorkerId::generate(),
+        eval_id: e.eval_id.clone(),
+        size: 1,
+        attempt: 0,
+        ttl: 0,
+        state: AllocState::Live,
+        stop: false,
+        created_at: 0,
+        counted: false,
+    };
+    let done = Completion { exit_code: 0, output: None, at: 0, purge_at: 0 };
+    b.store.complete_first(&a, &done).await.is_some()
 }
 
 #[allow(clippy::too_many_arguments)]

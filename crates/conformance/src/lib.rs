@@ -52,7 +52,7 @@ macro_rules! conformance_tests {
     ($factory:path) => {
         $crate::conformance_tests!(@each $factory;
             store_pools, store_workers_and_candidates, store_heartbeat, store_heartbeat_many_allocs, store_place_is_atomic,
-            store_release_returns_capacity_once, store_lease_decided_once, store_release_without_worker, store_evals,
+            store_release_returns_capacity_once, store_renewed_lease_expires_later, store_complete_first, store_lease_decided_once, store_release_without_worker, store_evals,
             store_cancel_placed, store_replicas, store_batches_each_item_alone,
             store_insert_with_message, store_place_and_deliver,
             queue_send_receive_delete, queue_send_many, queue_visibility_and_receive_count, queue_long_poll_wakes,

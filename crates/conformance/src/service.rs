@@ -25,13 +25,19 @@ pub(crate) async fn free_of(l: &Lineup, pool: &Pool, w: &WorkerId) -> u32 {
     l.store.get_worker(&pool.pool_id, w).await.unwrap().unwrap().free
 }
 
-/// Polls `w`'s queue until `n` allocs arrived.
+/// Polls `w`'s queue until `n` distinct allocs arrived.
 pub async fn poll_n(l: &Lineup, pool: &Pool, w: &WorkerId, n: usize) -> Vec<AllocMessage> {
-    let mut out = Vec::new();
+    let mut out: Vec<AllocMessage> = Vec::new();
     let end = tokio::time::Instant::now() + Duration::from_secs(20);
     while out.len() < n {
         assert!(tokio::time::Instant::now() < end, "only {} of {n} allocs arrived", out.len());
-        out.extend(l.poll(&ADMIN, &pool.pool_id, w, POLL, 10).await.unwrap());
+        for a in l.poll(&ADMIN, &pool.pool_id, w, POLL, 10).await.unwrap() {
+            // SQS delivers at least once (a send retried after its response was lost
+            // sends twice): a copy of an alloc already here is ignored, as the agent does.
+            if !out.iter().any(|o| o.alloc_id == a.alloc_id) {
+                out.push(a);
+            }
+        }
     }
     out
 }

@@ -417,6 +417,78 @@ pub async fn store_release_returns_capacity_once(b: Backend) {
     assert!(s.expired_allocs(&p.pool_id, T0 + 5_000).await.unwrap().is_empty());
 }
 
+/// A renewed lease is not expired where it first would have run out, however many
+/// times the releaser looks, and is once the renewal runs out (DynamoDB: the releaser
+/// finds it by when it is due, not by its lease, which heartbeats move unindexed).
+pub async fn store_renewed_lease_expires_later(b: Backend) {
+    let s = &b.store;
+    let (p, w) = setup(&b, 5).await;
+    let e = eval_rec(&p.pool_id, 2);
+    s.insert_eval(&e).await.unwrap();
+    let a = alloc_for(&e, &w, T0 + 1_000);
+    s.place(&a, &placed(&e, &a), 1, Claim::default(), T0).await.unwrap();
+    let stop = s.heartbeat(&hb(&p.pool_id, &w.worker_id, T0 + 500, &[], std::slice::from_ref(&a.alloc_id))).await;
+    assert_eq!(stop.unwrap(), Vec::<AllocId>::new());
+    let lease = T0 + 500 + 30_000;
+    for now in [T0 + 1_000, T0 + 2_000, lease - 1] {
+        assert!(s.expired_allocs(&p.pool_id, now).await.unwrap().is_empty(), "renewed, yet expired at {now}");
+    }
+    assert_eq!(s.live_allocs(&p.pool_id, Some(&w.worker_id)).await.unwrap().len(), 1);
+    let expired = s.expired_allocs(&p.pool_id, lease).await.unwrap();
+    assert_eq!(expired.iter().map(|x| (&x.alloc_id, x.ttl)).collect::<Vec<_>>(), vec![(&a.alloc_id, lease)]);
+    s.release(&expired[0], None, Some(lease)).await.unwrap();
+    assert!(s.expired_allocs(&p.pool_id, lease + 60_000).await.unwrap().is_empty());
+    assert!(s.live_allocs(&p.pool_id, None).await.unwrap().is_empty());
+    crate::assert_capacity_conserved(s.as_ref(), &p.pool_id).await;
+}
+
+/// Where the store writes a completed eval on its own (`Store::complete_first`): only
+/// an eval placed on this very alloc, and no pipeline step's, is completed, exactly as
+/// the transactional path would write it; the alloc keeps its capacity until released.
+pub async fn store_complete_first(b: Backend) {
+    let s = &b.store;
+    let (p, w) = setup(&b, 5).await;
+    let (e, a) = place_new(s.as_ref(), &p.pool_id, &w, 2, T0 + 30_000).await;
+    let done = Completion { exit_code: 3, output: Some("bye".into()), at: T0 + 100, purge_at: T0 + 86_400_000 };
+    let Some(first) = s.complete_first(&a, &done).await else {
+        return; // The store completes in one `release` (the embedded one).
+    };
+    let got = first.unwrap().expect("placed on this alloc: completed");
+    let mut want = placed(&e, &a);
+    want.status = EvalStatus::Complete;
+    want.version += 1;
+    want.updated_at = T0 + 100;
+    want.exit_code = Some(3);
+    want.output = Some("bye".into());
+    want.purge_at = Some(T0 + 86_400_000);
+    assert_eq!(got, want);
+    assert_eq!(s.get_eval(&p.pool_id, &e.eval_id).await.unwrap(), Some(want.clone()));
+    assert_eq!(s.list_evals(&p.pool_id, Some(EvalStatus::Complete), 10).await.unwrap(), vec![want.clone()]);
+    // The capacity is still the alloc's until it is released.
+    assert_eq!(s.get_worker(&p.pool_id, &w.worker_id).await.unwrap().unwrap().free, 3);
+    crate::assert_capacity_conserved(s.as_ref(), &p.pool_id).await;
+    // Twice (a retried completion, even with another exit code): the first stands.
+    let again = Completion { exit_code: 9, at: T0 + 200, ..done.clone() };
+    assert_eq!(s.complete_first(&a, &again).await.unwrap().unwrap(), Some(want.clone()));
+    assert_eq!(s.get_eval(&p.pool_id, &e.eval_id).await.unwrap(), Some(want));
+    s.release(&a, None, None).await.unwrap();
+    assert_eq!(s.get_worker(&p.pool_id, &w.worker_id).await.unwrap().unwrap().free, 5);
+
+    // An eval placed on another alloc, and a pipeline step's, are left as they are.
+    let (e2, a2) = place_new(s.as_ref(), &p.pool_id, &w, 1, T0 + 30_000).await;
+    let mut stranger = a2.clone();
+    stranger.alloc_id = AllocId::generate();
+    assert_eq!(s.complete_first(&stranger, &done).await.unwrap().unwrap(), None);
+    assert_eq!(s.get_eval(&p.pool_id, &e2.eval_id).await.unwrap().unwrap().status, EvalStatus::Placed);
+    let mut step = eval_rec(&p.pool_id, 1);
+    step.step = Some(StepRef { pipeline_id: PipelineId::generate(), step: "s".into(), index: 0, inputs: None });
+    s.insert_eval(&step).await.unwrap();
+    let a3 = alloc_for(&step, &w, T0 + 30_000);
+    s.place(&a3, &placed(&step, &a3), 1, Claim::default(), T0).await.unwrap();
+    assert_eq!(s.complete_first(&a3, &done).await.unwrap().unwrap(), None);
+    assert_eq!(s.get_eval(&p.pool_id, &step.eval_id).await.unwrap().unwrap().status, EvalStatus::Placed);
+}
+
 /// A lease is decided once: a heartbeat never renews an alloc whose TTL passed (the
 /// worker is told to stop it), and an expiry release never lands on a lease that a
 /// heartbeat renewed after the releaser read it.

@@ -46,6 +46,17 @@ pub struct Placement {
     pub receipt: String,
 }
 
+/// A worker's completion of its alloc's eval, as `Store::complete_first` writes it:
+/// status complete, `exit_code`, `output` (validated; `None` clears it), no reason,
+/// version + 1, updated at `at`, kept until `purge_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub exit_code: i32,
+    pub output: Option<String>,
+    pub at: Millis,
+    pub purge_at: Millis,
+}
+
 /// The pool side of a placement: the claim holds only if the pool's limits are still
 /// at `version` (no cap set or changed since the scheduler read them), and, with a
 /// `limit`, only while fewer than `limit` allocs are counted in the pool; the alloc is
@@ -245,6 +256,20 @@ pub trait Store: Send + Sync + 'static {
     /// renewed it in between wins (`Conflict`), and a heartbeat never renews an expired
     /// one: so a lease is decided once, by whichever write lands first.
     async fn release(&self, alloc: &Alloc, eval: Option<(&Eval, u64)>, expired_by: Option<Millis>) -> Result<()>;
+
+    /// For a store where `release` with an eval costs more than two plain writes
+    /// (DynamoDB bills every item of a transaction twice): the eval marked complete on
+    /// its own (`done`), only if it is placed on `alloc` and is not a pipeline step,
+    /// returned as it now stands (also when it was completed on `alloc` before: a
+    /// retried completion; nothing changes then); `Ok(None)` when it is neither, and
+    /// nothing was written.
+    /// The caller then releases the alloc without an eval. In between (or if the
+    /// caller stops there) the eval is finished while its alloc still holds the
+    /// capacity until released or expired — never the reverse, so nothing is lost and
+    /// nothing runs twice. `None`, the default: unsupported (one `release` writes both).
+    async fn complete_first(&self, _alloc: &Alloc, _done: &Completion) -> Option<Result<Option<Eval>>> {
+        None
+    }
 
     /// Atomically: write `eval` (stored version must match) and flag the live alloc to stop.
     async fn cancel_placed(&self, eval: &Eval, expected_version: u64, alloc: &AllocId) -> Result<()>;

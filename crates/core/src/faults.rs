@@ -14,6 +14,7 @@ pub const POINTS: &[&str] = &[
     "deliver.after_send",
     "poll.after_receive",
     "finish.after_send",
+    "finish.after_complete_first",
     "finish.after_release",
     "release.before_expire",
     "disband.after_mark",

@@ -33,7 +33,7 @@ pub mod service;
 pub mod validate;
 
 pub use auth::Principal;
-pub use backend::{Claim, Heartbeat, Queues, Received, Store};
+pub use backend::{Claim, Completion, Heartbeat, Queues, Received, Store};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Settings;
 pub use error::{Error, Result};

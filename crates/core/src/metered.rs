@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::backend::{Claim, Heartbeat, Placement, Queues, Received, Store};
+use crate::backend::{Claim, Completion, Heartbeat, Placement, Queues, Received, Store};
 use crate::error::Result;
 use crate::id::{AllocId, EvalId, PipelineId, PoolId, WorkerId};
 use crate::model::{Alloc, Eval, EvalStatus, Millis, Pool, PoolStats, Replica, Worker};
@@ -186,6 +186,12 @@ impl Store for MeteredStore {
     }
     async fn release(&self, alloc: &Alloc, eval: Option<(&Eval, u64)>, expired_by: Option<Millis>) -> Result<()> {
         m(self.backend, self.latency, "release", self.inner.release(alloc, eval, expired_by)).await
+    }
+    async fn complete_first(&self, alloc: &Alloc, done: &Completion) -> Option<Result<Option<Eval>>> {
+        pause(self.latency).await;
+        let r = self.inner.complete_first(alloc, done).await?;
+        crate::metrics::backend_call(self.backend, "complete_first", r.as_ref().err());
+        Some(r)
     }
     async fn cancel_placed(&self, eval: &Eval, expected_version: u64, alloc: &AllocId) -> Result<()> {
         m(self.backend, self.latency, "cancel_placed", self.inner.cancel_placed(eval, expected_version, alloc)).await

@@ -57,6 +57,11 @@ impl Lineup {
         finish: &Finish,
         expired_by: Option<crate::Millis>,
     ) -> Result<(Finished, Option<Eval>)> {
+        if let (Finish::Complete { exit_code, output }, None) = (finish, expired_by) {
+            if let Some(done) = self.complete_first(&alloc, *exit_code, output.as_deref()).await? {
+                return Ok(done);
+            }
+        }
         for attempt in 0..MAX_TRIES as u32 {
             if alloc.state == AllocState::Released {
                 return Ok((Finished::AlreadyReleased, None));
@@ -87,24 +92,8 @@ impl Lineup {
             match self.store.release(&alloc, write, expired_by).await {
                 Ok(()) => {
                     crate::fault!("finish.after_release");
+                    self.released(&alloc, new_eval.as_ref()).await;
                     let status = new_eval.as_ref().map(|e| e.status);
-                    info!(pool = %alloc.pool_id, alloc = %alloc.alloc_id, eval = %alloc.eval_id,
-                          worker = %alloc.worker_id, size = alloc.size, ?status, "alloc released");
-                    self.emit(|| Change::alloc(&alloc, "released"));
-                    if let Some(e) = &new_eval {
-                        crate::metrics::finished(&e.pool_id, e.status);
-                        self.emit(|| Change::eval(e));
-                    }
-                    // Capacity came back: blocked evals may fit now.
-                    if let Err(e) = self.capacity_appeared(&alloc.pool_id).await {
-                        debug!(error = %e, "wake after release");
-                    }
-                    if let Some(e) = new_eval.as_ref().filter(|e| e.status == EvalStatus::Dead) {
-                        self.announce_dead(e).await;
-                    }
-                    if let Some(e) = new_eval.as_ref().filter(|e| e.status.is_terminal()) {
-                        self.step_eval_finished(e).await;
-                    }
                     return Ok((Finished::Released(status), new_eval.or(eval)));
                 }
                 Err(Error::Conflict(why)) => {
@@ -113,6 +102,78 @@ impl Lineup {
                     match self.store.get_alloc(&alloc.pool_id, &alloc.alloc_id).await? {
                         Some(a) => alloc = a,
                         None => return Ok((Finished::AlreadyReleased, None)),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Conflict(format!("alloc {} kept changing; try again", alloc.alloc_id)))
+    }
+
+    /// What follows a release: the log line, events, metrics, waking blocked evals,
+    /// announcing a dead eval, a pipeline's next step.
+    async fn released(&self, alloc: &Alloc, new_eval: Option<&Eval>) {
+        let status = new_eval.map(|e| e.status);
+        info!(pool = %alloc.pool_id, alloc = %alloc.alloc_id, eval = %alloc.eval_id,
+              worker = %alloc.worker_id, size = alloc.size, ?status, "alloc released");
+        self.emit(|| Change::alloc(alloc, "released"));
+        if let Some(e) = new_eval {
+            crate::metrics::finished(&e.pool_id, e.status);
+            self.emit(|| Change::eval(e));
+        }
+        // Capacity came back: blocked evals may fit now.
+        if let Err(e) = self.capacity_appeared(&alloc.pool_id).await {
+            debug!(error = %e, "wake after release");
+        }
+        if let Some(e) = new_eval.filter(|e| e.status == EvalStatus::Dead) {
+            self.announce_dead(e).await;
+        }
+        if let Some(e) = new_eval.filter(|e| e.status.is_terminal()) {
+            self.step_eval_finished(e).await;
+        }
+    }
+
+    /// A completion where the store writes the eval on its own first
+    /// (`Store::complete_first`: on DynamoDB two plain writes cost less than one
+    /// transaction of both), then releases the alloc. `None`: take the usual path (the
+    /// store cannot, the eval is not placed on this alloc, or it is a pipeline step).
+    async fn complete_first(
+        &self,
+        alloc: &Alloc,
+        exit_code: i32,
+        output: Option<&str>,
+    ) -> Result<Option<(Finished, Option<Eval>)>> {
+        if alloc.state != AllocState::Live {
+            return Ok(None);
+        }
+        let at = self.now();
+        let done = crate::backend::Completion {
+            exit_code,
+            output: output.map(validate::output),
+            at,
+            purge_at: self.retained_until(at),
+        };
+        let Some(eval) = self.store.complete_first(alloc, &done).await.transpose()?.flatten() else {
+            return Ok(None);
+        };
+        crate::fault!("finish.after_complete_first");
+        // The eval is finished; the alloc holds its capacity until this lands (or, if
+        // this never does, until its lease runs out and the releaser gives it back).
+        let mut alloc = alloc.clone();
+        for attempt in 0..MAX_TRIES as u32 {
+            match self.store.release(&alloc, None, None).await {
+                Ok(()) => {
+                    self.released(&alloc, Some(&eval)).await;
+                    return Ok(Some((Finished::Released(Some(eval.status)), Some(eval))));
+                }
+                // Released meanwhile (the releaser, seeing the eval finished), or
+                // counted by a cap set meanwhile: read it again.
+                Err(Error::Conflict(why)) => {
+                    debug!(alloc = %alloc.alloc_id, %why, "release after completion lost a race; re-reading");
+                    super::backoff::pause(attempt).await;
+                    match self.store.get_alloc(&alloc.pool_id, &alloc.alloc_id).await? {
+                        Some(a) if a.state == AllocState::Live => alloc = a,
+                        _ => return Ok(Some((Finished::Released(Some(eval.status)), Some(eval)))),
                     }
                 }
                 Err(e) => return Err(e),
