@@ -4,8 +4,10 @@
 //! `LATENCY` as a remote backend's would be (`MeteredStore::latency`), the pools split
 //! over `SHARDS` concurrent invocations as the EventBridge rules' inputs split them.
 //! One pool is busy (`BUSY` evals queued, workers with room for all of them); every
-//! other pool is idle. It prints the busy pool's placement rate beside the same pool
-//! alone, and the calls the idle pools made, per pool and minute.
+//! other pool is idle. It prints the busy pool's placement rate with one scheduler
+//! loop, with as many as the template allows (`ScheduleLoops`: more start while its
+//! passes come back full), and among the other pools; and the calls the idle pools
+//! made, per pool and minute.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,15 +45,29 @@ pub async fn scenario(rows: &mut Rows) {
         "many pools: the real scheduler over the embedded store, {} ms per call, {SHARDS} shards",
         LATENCY.as_millis()
     );
-    let alone = match run(1, &metrics).await {
+    // The schedule function's settings as the template deploys them.
+    let deployed = match deployed_functions() {
+        Ok(f) => f,
+        Err(e) => return println!("pools: the template's schedule function: {e}"),
+    };
+    let one_loop = lineup_lambda::FunctionSettings { schedule_loops: 1, ..deployed.clone() };
+    let single = match run(1, &one_loop, &metrics).await {
+        Ok(s) => s,
+        Err(e) => return println!("pools (one loop): failed: {e}"),
+    };
+    let alone = match run(1, &deployed, &metrics).await {
         Ok(s) => s,
         Err(e) => return println!("pools (alone): failed: {e}"),
     };
-    let many = match run(POOLS, &metrics).await {
+    let many = match run(POOLS, &deployed, &metrics).await {
         Ok(s) => s,
         Err(e) => return println!("pools ({POOLS}): failed: {e}"),
     };
-    println!("busy pool: {:.0} placements/s alone, {:.0}/s among {POOLS} pools", alone.rate, many.rate);
+    println!(
+        "busy pool: {:.0} placements/s with one loop, {:.0}/s with up to {} (the template's ScheduleLoops), \
+         {:.0}/s among {POOLS} pools",
+        single.rate, alone.rate, deployed.schedule_loops, many.rate
+    );
     let minutes = WATCH.as_secs_f64() / 60.0;
     let idle = (POOLS - 1) as f64;
     let mut per_pool = 0.0;
@@ -63,13 +79,27 @@ pub async fn scenario(rows: &mut Rows) {
         println!("  {op:<28} {extra:>8.2} calls per idle pool per minute");
     }
     println!("  {:<28} {per_pool:>8.2}", "(all)");
-    report(rows, "pools_busy_alone_per_s", alone.rate, "placements/s", "printed");
+    report(rows, "pools_busy_one_loop_per_s", single.rate, "placements/s", "printed");
+    report(rows, "pools_busy_alone_per_s", alone.rate, "placements/s", "> one loop's");
     report(rows, "pools_busy_among_10k_per_s", many.rate, "placements/s", "≈ alone (not starved)");
     report(rows, "pools_idle_calls_per_pool_minute", per_pool, "calls", "printed");
 }
 
+/// The `schedule` function's settings from its environment in `infra/template.yaml`.
+fn deployed_functions() -> Result<lineup_lambda::FunctionSettings, String> {
+    use lineup_conformance::deployment::Deployment;
+    let dep = Deployment::of_repo_template(&[("AdminTokenSha256", &lineup_core::auth::hash("sim"))]);
+    let f = dep.function_named("-schedule");
+    let config = lineup_lambda::Config::from_vars(lineup_lambda::Role::Schedule, f.env).map_err(|e| e.to_string())?;
+    Ok(config.functions)
+}
+
 /// `pools` pools (the first busy), scheduled by `SHARDS` invocations for `WATCH`.
-async fn run(pools: usize, metrics: &PrometheusHandle) -> Result<Sim, String> {
+async fn run(
+    pools: usize,
+    functions: &lineup_lambda::FunctionSettings,
+    metrics: &PrometheusHandle,
+) -> Result<Sim, String> {
     let err = |e: Error| e.to_string();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let b = Arc::new(SqliteBackend::open_dir(dir.path(), Durability::Process).map_err(|e| e.to_string())?);
@@ -93,10 +123,9 @@ async fn run(pools: usize, metrics: &PrometheusHandle) -> Result<Sim, String> {
     let before = calls(metrics);
     let start = Instant::now();
     let deadline = tokio::time::Instant::now() + WATCH;
-    let functions = lineup_lambda::FunctionSettings::default();
     let mut invocations = Vec::new();
     for k in 0..SHARDS {
-        let (l, opts) = (l.clone(), lineup_lambda::schedule_options(&functions, Shard::new(k, SHARDS)));
+        let (l, opts) = (l.clone(), lineup_lambda::schedule_options(functions, Shard::new(k, SHARDS)));
         invocations.push(tokio::spawn(async move { l.schedule_until(deadline, &opts).await }));
     }
     let mut rate = 0.0;

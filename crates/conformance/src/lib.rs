@@ -20,6 +20,7 @@ use lineup_core::*;
 mod admission;
 mod crash;
 pub mod deployment;
+mod driver;
 mod history;
 pub mod moto;
 mod pipeline_service;
@@ -31,6 +32,7 @@ mod store;
 
 pub use admission::*;
 pub use crash::*;
+pub use driver::*;
 pub use history::*;
 pub use pipeline_service::*;
 pub use pipelines::*;
@@ -61,7 +63,7 @@ macro_rules! conformance_tests {
             service_expired_worker_evals_move, service_redelivered_message_placed_once,
             service_concurrent_schedulers, service_cancel, service_idempotency, service_disband_in_flight,
             service_blocked_reason_and_wake, service_complete_twice, service_held_evals_placed_when_capacity_appears,
-            service_stranded_evals_get_their_message_back,
+            service_stranded_evals_get_their_message_back, service_backlog_gets_more_loops,
             admission_priority_jumps_the_backlog, admission_store_max_running_is_atomic,
             admission_max_running_never_exceeded, admission_health_throttles_and_lapses,
             admission_pulled_health_throttles,

@@ -51,6 +51,7 @@ pub const VARS: &[Var] = &[
     var("LINEUP_SCHEDULE_MARGIN", SCHEDULE, NONE),
     var("LINEUP_SCHEDULE_WAIT", SCHEDULE, NONE),
     var("LINEUP_SCHEDULE_MAX", SCHEDULE, NONE),
+    var("LINEUP_SCHEDULE_LOOPS", SCHEDULE, NONE),
     var("LINEUP_LOG", ALL, NONE),
     // Where the functions' figures go (the template's alarms read them there).
     var("LINEUP_METRICS_NAMESPACE", ALL, NONE),

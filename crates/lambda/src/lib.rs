@@ -122,6 +122,9 @@ pub struct FunctionSettings {
     /// Longest one schedule invocation runs, in seconds, whatever its deadline says
     /// (emulators report deadlines that are not epoch times).
     pub schedule_max: u64,
+    /// At most this many scheduler loops on one pool while its backlog outruns one
+    /// (`SchedulerOptions::loops`; 1–16).
+    pub schedule_loops: usize,
     /// The CloudWatch namespace of the functions' Embedded Metric Format figures.
     pub metrics_namespace: String,
 }
@@ -133,6 +136,7 @@ impl Default for FunctionSettings {
             schedule_margin: 5,
             schedule_wait: 20,
             schedule_max: 900,
+            schedule_loops: 1,
             metrics_namespace: "Lineup".into(),
         }
     }
@@ -272,6 +276,7 @@ pub fn schedule_options(functions: &FunctionSettings, shard: Option<Shard>) -> S
     SchedulerOptions {
         wait: Duration::from_secs(functions.schedule_wait.min(20)),
         shard,
+        loops: functions.schedule_loops.clamp(1, 16),
         ..SchedulerOptions::default()
     }
 }

@@ -1,11 +1,12 @@
-//! The driver: one `PoolScheduler` per active pool until a deadline, the pool list
-//! read again as it goes. `lineup dev` runs its own supervisor over the same
+//! The driver: one `PoolScheduler` per active pool until a deadline (more on a pool
+//! whose backlog outruns one, up to `SchedulerOptions::loops`), the pool list read
+//! again as it goes. `lineup dev` runs its own supervisor over the same
 //! `PoolScheduler`; the `schedule` function calls `schedule_until`.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{PassSummary, PoolScheduler, SchedulerOptions};
 use crate::error::Result;
@@ -17,6 +18,8 @@ use crate::service::Lineup;
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ScheduleSummary {
     pub pools: usize,
+    /// Extra loops started on pools whose passes came back full (`SchedulerOptions::loops`).
+    pub helpers: usize,
     pub passes: usize,
     pub received: usize,
     pub placed: usize,
@@ -37,6 +40,7 @@ impl ScheduleSummary {
     }
 
     fn merge(&mut self, o: &ScheduleSummary) {
+        self.helpers += o.helpers;
         self.passes += o.passes;
         self.received += o.received;
         self.placed += o.placed;
@@ -107,25 +111,64 @@ impl Lineup {
         opts: SchedulerOptions,
     ) -> ScheduleSummary {
         let mut s = ScheduleSummary::default();
-        let mut ps = PoolScheduler::new(self, pool, opts);
+        let mut helpers = tokio::task::JoinSet::new();
+        let mut ps = PoolScheduler::new(self.clone(), pool.clone(), opts.clone());
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left < Duration::from_secs(1) || ps.gone {
                 break;
             }
             match ps.step(left - Duration::from_secs(1)).await {
-                Ok(p) => s.add_pass(&p),
+                Ok(p) => {
+                    s.add_pass(&p);
+                    // A full pass: the backlog outruns one loop. Another joins it.
+                    if p.received >= opts.batch && helpers.len() + 1 < opts.loops {
+                        s.helpers += 1;
+                        debug!(pool = %pool.pool_id, loops = helpers.len() + 2, "backlog: another loop");
+                        let ps = PoolScheduler::new(self.clone(), pool.clone(), opts.clone());
+                        helpers.spawn(Self::help(ps, deadline));
+                    }
+                }
                 Err(e) => {
                     warn!(pool = %ps.pool.pool_id, error = %e, "schedule pass failed");
                     s.errors += 1;
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
             }
+            while let Some(r) = helpers.try_join_next() {
+                merge_task(&mut s, r);
+            }
         }
-        // The next invocation picks up what this one held.
+        while let Some(r) = helpers.join_next().await {
+            merge_task(&mut s, r);
+        }
+        // The next invocation picks up what this one held (the extra loops' too).
         if let Err(e) = ps.release_held().await {
             warn!(pool = %ps.pool.pool_id, error = %e, "handing back held evals");
             s.errors += 1;
+        }
+        s
+    }
+
+    /// An extra loop on a pool with a backlog: passes until one receives nothing. What
+    /// it holds blocked is in the pool's shared set (`Lineup::held_set`), which the
+    /// pool's own loop rechecks and hands back at the end; it hands back nothing itself.
+    async fn help(mut ps: PoolScheduler, deadline: tokio::time::Instant) -> ScheduleSummary {
+        let mut s = ScheduleSummary::default();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left < Duration::from_secs(1) || ps.gone {
+                break;
+            }
+            match ps.step(Duration::ZERO).await {
+                Ok(p) if p.received == 0 => break,
+                Ok(p) => s.add_pass(&p),
+                Err(e) => {
+                    warn!(pool = %ps.pool.pool_id, error = %e, "schedule pass failed (extra loop)");
+                    s.errors += 1;
+                    break;
+                }
+            }
         }
         s
     }

@@ -62,6 +62,14 @@ pub struct SchedulerOptions {
     /// Only the pools of this shard (`schedule_until`): concurrent invocations split
     /// the pools between them. `None`: every pool.
     pub shard: Option<Shard>,
+    /// At most this many loops on one pool (`schedule_until`): a pool's own loop
+    /// starts another each time a pass comes back full (a backlog one loop does not
+    /// keep up with), and an extra loop stops at its first empty receive. Idle pools
+    /// never have more than one. Loops of one pool race only through the store's
+    /// conditional writes, like overlapping invocations, and share the pool's held
+    /// (blocked) evals; each plans what it received by priority, so across loops the
+    /// order is by priority per pass, not overall.
+    pub loops: usize,
 }
 
 /// One of `count` disjoint parts of the pools: a pool belongs to the shard its id
@@ -94,6 +102,7 @@ impl Default for SchedulerOptions {
             hold_max: 1_000,
             pool_refresh: Duration::from_secs(5),
             shard: None,
+            loops: 1,
         }
     }
 }
