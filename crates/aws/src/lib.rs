@@ -21,6 +21,7 @@
 //! - `retry.rs`: backoff for throttling, 5xx and transaction conflicts.
 //! - `probe.rs`: health checks that read a CloudWatch metric.
 
+mod allocs;
 mod calls;
 mod completion;
 mod ddb;

@@ -9,7 +9,7 @@
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem};
 use lineup_core::backend::{Claim, Heartbeat};
 use lineup_core::pipeline::{Pipeline, PipelineStatus};
 use lineup_core::*;
@@ -28,7 +28,15 @@ impl AwsBackend {
     }
 
     /// Entries of `index` (keyed `ps`, `key`) in shard `k` of `pool` at or before `now`.
-    fn due_query(&self, table: &str, index: &str, key: &str, pool: &PoolId, k: u32, now: Millis) -> QueryFluentBuilder {
+    pub(crate) fn due_query(
+        &self,
+        table: &str,
+        index: &str,
+        key: &str,
+        pool: &PoolId,
+        k: u32,
+        now: Millis,
+    ) -> QueryFluentBuilder {
         self.ddb
             .query()
             .table_name(table)
@@ -38,46 +46,6 @@ impl AwsBackend {
             .expression_attribute_names("#t", key)
             .expression_attribute_values(":p", s(shard_key(pool, k)))
             .expression_attribute_values(":now", n(now))
-    }
-
-    /// Live allocs whose `due` has passed, read consistently: those whose lease ran out
-    /// are returned; those a heartbeat renewed get `due` moved to their lease (once per
-    /// lease period, not once per heartbeat), so the next pass skips them until then.
-    async fn due_allocs(&self, pool: &PoolId, now: Millis) -> Result<Vec<Alloc>> {
-        let q = |k| self.due_query(&self.tables.allocs, BY_DUE, "due", pool, k, now).projection_expression("id");
-        let keys = self.query_shards(pool, q, "due allocs").await?;
-        let mut expired = Vec::new();
-        for item in Self::items::<AllocItem>(self.batch_get(&self.tables.allocs, keys).await?)? {
-            match (item.ttl, item.due) {
-                (Some(lease), Some(_)) if lease > now => self.move_due(&item, lease).await?,
-                (Some(_), Some(_)) => expired.push(Alloc::from(item)),
-                // Released since the index was read.
-                _ => {}
-            }
-        }
-        Ok(expired)
-    }
-
-    /// Moves a renewed alloc's `due` to its lease, if it is still live (a released
-    /// alloc must not come back into `by_due`). A lost race is harmless: the next
-    /// pass reads it again.
-    async fn move_due(&self, a: &AllocItem, lease: Millis) -> Result<()> {
-        let r = self
-            .ddb
-            .update_item()
-            .table_name(&self.tables.allocs)
-            .set_key(Some(rec_key(&a.pool, a.alloc.as_str())))
-            .update_expression("SET #d = :d")
-            .condition_expression("attribute_exists(#d)")
-            .expression_attribute_names("#d", "due")
-            .expression_attribute_values(":d", n(lease))
-            .send()
-            .await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) if ccf(&e) => Ok(()),
-            Err(e) => Err(sdk_err("move alloc due", e)),
-        }
     }
 
     /// `pool`'s evals in `status`, shard `k` (`by_status`, oldest first).
@@ -533,21 +501,7 @@ impl Store for AwsBackend {
     }
 
     async fn live_allocs(&self, pool: &PoolId, worker: Option<&WorkerId>) -> Result<Vec<Alloc>> {
-        // The sparse by_due index holds exactly the live allocs (their keys and worker);
-        // the allocs themselves are read consistently.
-        let q = |k| {
-            let q = self.index_query(&self.tables.allocs, BY_DUE, &shard_key(pool, k)).projection_expression("id");
-            match worker {
-                Some(w) => q
-                    .filter_expression("#w = :w")
-                    .expression_attribute_names("#w", "wrk")
-                    .expression_attribute_values(":w", s(w.as_str())),
-                None => q,
-            }
-        };
-        let keys = self.query_shards(pool, q, "live allocs").await?;
-        let items = Self::items::<AllocItem>(self.batch_get(&self.tables.allocs, keys).await?)?;
-        Ok(items.into_iter().map(Alloc::from).filter(|a| a.state == AllocState::Live).collect())
+        self.live_alloc_items(pool, worker).await
     }
 
     async fn expired_allocs(&self, pool: &PoolId, now: Millis) -> Result<Vec<Alloc>> {
@@ -564,77 +518,7 @@ impl Store for AwsBackend {
     }
 
     async fn release(&self, a: &Alloc, eval: Option<(&Eval, u64)>, expired_by: Option<Millis>) -> Result<()> {
-        let mut free_alloc = Update::builder()
-            .table_name(&self.tables.allocs)
-            .set_key(Some(rec_key(&a.pool_id, a.alloc_id.as_str())))
-            .update_expression("SET #st = :rel, #pa = :pa REMOVE #t, #due")
-            .set_expression_attribute_names(names(&[
-                ("#st", "state"),
-                ("#pa", "purge_at"),
-                ("#t", "ttl"),
-                ("#due", "due"),
-                ("#cnt", "counted"),
-            ]))
-            .expression_attribute_values(":rel", s("released"))
-            .expression_attribute_values(":live", s("live"))
-            .expression_attribute_values(":pa", n(purge_at(a.ttl.max(0), self.retention_secs())));
-        // Counted or not as the caller read it: a cap set meanwhile may have counted
-        // it, and then the pool's count must come down with it (a conflict re-reads).
-        let counted = if a.counted {
-            free_alloc = free_alloc.expression_attribute_values(":yes", AttributeValue::Bool(true));
-            "#cnt = :yes"
-        } else {
-            "attribute_not_exists(#cnt)"
-        };
-        free_alloc = match expired_by {
-            // The lease must still be expired when this lands (see Store::release).
-            Some(by) => free_alloc
-                .condition_expression(format!("#st = :live AND {counted} AND #t <= :by"))
-                .expression_attribute_values(":by", n(by)),
-            None => free_alloc.condition_expression(format!("#st = :live AND {counted}")),
-        };
-        let free_alloc = build(free_alloc.build())?;
-        let give_back = build(
-            Update::builder()
-                .table_name(&self.tables.workers)
-                .set_key(Some(rec_key(&a.pool_id, a.worker_id.as_str())))
-                .update_expression("SET #c = #c + :size")
-                .condition_expression("attribute_exists(#w)")
-                .set_expression_attribute_names(names(&[("#c", "cap"), ("#w", "wrk")]))
-                .expression_attribute_values(":size", n(a.size))
-                .build(),
-        )?;
-        let shards = self.shards(&a.pool_id).await?;
-        let eval_put = eval.map(|(e, v)| self.put_eval(e, Some(v), shards)).transpose()?;
-        let uncount = a.counted.then(|| self.uncount_in_pool(&a.pool_id)).transpose()?;
-        // First with the worker; if only the worker is gone, again without it: a removed
-        // worker must not make release fail forever.
-        for with_worker in [true, false] {
-            let mut items = vec![TransactWriteItem::builder().update(free_alloc.clone()).build()];
-            if with_worker {
-                items.push(TransactWriteItem::builder().update(give_back.clone()).build());
-            }
-            if let Some(p) = &eval_put {
-                items.push(p.clone());
-            }
-            if let Some(u) = &uncount {
-                items.push(u.clone());
-            }
-            let eval_idx = if with_worker { 2 } else { 1 };
-            match self.transact(items, "release").await {
-                Ok(()) => return Ok(()),
-                Err(TxError::Cancelled(r)) if TxError::failed(&r, 0) => {
-                    return Err(Error::Conflict("alloc already released or renewed".into()))
-                }
-                Err(TxError::Cancelled(r)) if eval.is_some() && TxError::failed(&r, eval_idx) => {
-                    return Err(Error::Conflict("eval changed".into()))
-                }
-                Err(TxError::Cancelled(r)) if with_worker && TxError::failed(&r, 1) => continue,
-                Err(TxError::Cancelled(r)) => return Err(Error::Conflict(format!("release cancelled: {r:?}"))),
-                Err(TxError::Other(e)) => return Err(e),
-            }
-        }
-        Err(Error::Conflict("release cancelled".into()))
+        self.release_alloc(a, eval, expired_by).await
     }
 
     async fn complete_first(&self, a: &Alloc, done: &Completion) -> Option<Result<Option<Eval>>> {
@@ -642,24 +526,7 @@ impl Store for AwsBackend {
     }
 
     async fn cancel_placed(&self, e: &Eval, expected: u64, alloc: &AllocId) -> Result<()> {
-        let flag = build(
-            Update::builder()
-                .table_name(&self.tables.allocs)
-                .set_key(Some(rec_key(&e.pool_id, alloc.as_str())))
-                .update_expression("SET #stop = :yes")
-                .condition_expression("#st = :live")
-                .set_expression_attribute_names(names(&[("#stop", "stop"), ("#st", "state")]))
-                .expression_attribute_values(":yes", aws_sdk_dynamodb::types::AttributeValue::Bool(true))
-                .expression_attribute_values(":live", s("live"))
-                .build(),
-        )?;
-        let shards = self.shards(&e.pool_id).await?;
-        let items = vec![self.put_eval(e, Some(expected), shards)?, TransactWriteItem::builder().update(flag).build()];
-        match self.transact(items, "cancel placed").await {
-            Ok(()) => Ok(()),
-            Err(TxError::Cancelled(_)) => Err(Error::Conflict("eval or alloc changed".into())),
-            Err(TxError::Other(e)) => Err(e),
-        }
+        self.cancel_placed_alloc(e, expected, alloc).await
     }
 }
 
