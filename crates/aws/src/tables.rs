@@ -15,7 +15,7 @@
 //!
 //! An alloc's lease (`ttl`) is not an index key: a heartbeat renews it without touching
 //! `by_due`, whose `due` is when the releaser next looks (set to the lease at placement,
-//! moved to the lease the releaser finds renewed: `expired_allocs` in store.rs). Keyed by
+//! moved to the lease the releaser finds renewed: `due_allocs` in allocs.rs). Keyed by
 //! the lease, every renewal moved the entry (2 index writes per alloc per heartbeat, more
 //! than the renewal itself); now an alloc's entry moves once per lease period at most.
 //!

@@ -173,7 +173,12 @@ impl Lineup {
                     super::backoff::pause(attempt).await;
                     match self.store.get_alloc(&alloc.pool_id, &alloc.alloc_id).await? {
                         Some(a) if a.state == AllocState::Live => alloc = a,
-                        _ => return Ok(Some((Finished::Released(Some(eval.status)), Some(eval)))),
+                        // Its capacity is back; the eval's ending is this completion's.
+                        _ => {
+                            crate::metrics::finished(&eval.pool_id, eval.status);
+                            self.emit(|| Change::eval(&eval));
+                            return Ok(Some((Finished::Released(Some(eval.status)), Some(eval))));
+                        }
                     }
                 }
                 Err(e) => return Err(e),
