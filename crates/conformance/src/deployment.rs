@@ -88,8 +88,14 @@ impl Deployment {
         self.resources().get(logical).ok_or_else(|| format!("no resource {logical}"))
     }
 
+    /// The resources of type `ty` that the stack creates (a resource whose `Condition`
+    /// is false is not created).
     pub fn of_type(&self, ty: &str) -> Vec<String> {
-        self.resources().iter().filter(|(_, r)| r["Type"] == ty).map(|(k, _)| k.clone()).collect()
+        let created = |r: &Value| match r["Condition"].as_str() {
+            Some(c) => self.condition(c).unwrap_or_else(|e| panic!("condition {c}: {e}")),
+            None => true,
+        };
+        self.resources().iter().filter(|(_, r)| r["Type"] == ty && created(r)).map(|(k, _)| k.clone()).collect()
     }
 
     /// Every serverless function, resolved.
@@ -158,6 +164,7 @@ impl Deployment {
             "AWS::Logs::LogGroup" => "LogGroupName",
             "AWS::CloudWatch::Alarm" => "AlarmName",
             "AWS::IAM::Role" => "RoleName",
+            "AWS::Events::Rule" => "Name",
             _ => "",
         };
         match r["Properties"].get(key) {
@@ -178,6 +185,7 @@ impl Deployment {
             }
             "AWS::Logs::LogGroup" => format!("arn:aws:logs:{region}:{account}:log-group:{name}:*"),
             "AWS::IAM::Role" => format!("arn:aws:iam::{account}:role/{name}"),
+            "AWS::Events::Rule" => format!("arn:aws:events:{region}:{account}:rule/{name}"),
             other => return Err(format!("no Arn for {logical} ({other})")),
         })
     }

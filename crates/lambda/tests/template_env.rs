@@ -83,3 +83,45 @@ fn timeouts_and_concurrency_fit_the_long_polls() {
         "the schedule margin leaves no time to schedule"
     );
 }
+
+/// `ScheduleShards` = n: n rules, each invoking the schedule function every minute with
+/// an input its handler accepts, together scheduling every pool exactly once, each
+/// allowed to invoke it, with two invocations of concurrency reserved per shard.
+#[test]
+fn schedule_shards_split_the_pools_between_rules() {
+    let pools: Vec<lineup_core::PoolId> = (0..2_000).map(|_| lineup_core::PoolId::generate()).collect();
+    for n in [1u32, 2, 4, 8, 16] {
+        let dep = Deployment::of_repo_template(&[
+            ("AdminTokenSha256", &lineup_core::auth::hash("t")),
+            ("ScheduleShards", &n.to_string()),
+        ]);
+        let schedule = dep.function_named("-schedule");
+        let function_arn = dep.arn(&schedule.logical_id).unwrap();
+        let rules = dep.of_type("AWS::Events::Rule");
+        assert_eq!(rules.len(), n as usize, "{n} shards: {rules:?}");
+        let mut shards = Vec::new();
+        for r in &rules {
+            let props = dep.resolve(&dep.resource(r).unwrap()["Properties"]).unwrap().unwrap();
+            assert_eq!(props["ScheduleExpression"], "rate(1 minute)");
+            let target = &props["Targets"][0];
+            assert_eq!(target["Arn"].as_str(), Some(function_arn.as_str()), "{r}");
+            let input: serde_json::Value = serde_json::from_str(target["Input"].as_str().unwrap()).unwrap();
+            let shard = lineup_lambda::shard_of(&input).unwrap_or_else(|e| panic!("{r}: {e}")).expect("a shard");
+            assert_eq!(shard.count, n);
+            shards.push(shard);
+            // EventBridge may invoke the function for this rule.
+            let rule_arn = dep.arn(r).unwrap();
+            let allowed = dep.of_type("AWS::Lambda::Permission").into_iter().any(|p| {
+                let props = dep.resolve(&dep.resource(&p).unwrap()["Properties"]).unwrap().unwrap();
+                props["SourceArn"].as_str() == Some(rule_arn.as_str())
+                    && props["Principal"] == "events.amazonaws.com"
+                    && props["Action"] == "lambda:InvokeFunction"
+            });
+            assert!(allowed, "{r}: no permission for EventBridge to invoke {}", schedule.name);
+        }
+        for p in &pools {
+            assert_eq!(shards.iter().filter(|s| s.owns(p)).count(), 1, "{n} shards: pool {p}");
+        }
+        assert_eq!(schedule.reserved_concurrency, Some(2 * u64::from(n)), "{n} shards");
+    }
+}
