@@ -26,6 +26,15 @@ fn eventbridge() -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("JSON")
 }
 
+/// What EventBridge sends the schedule function: the input of the template's rule
+/// (`ScheduleShard0`; one shard unless `ScheduleShards` says more).
+fn schedule_event(dep: &Deployment) -> Value {
+    let rules = dep.of_type("AWS::Events::Rule");
+    assert_eq!(rules.len(), 1, "one schedule rule at the default ScheduleShards: {rules:?}");
+    let props = dep.resolve(&dep.resource(&rules[0]).expect("rule")["Properties"]).expect("resolve").expect("props");
+    serde_json::from_str(props["Targets"][0]["Input"].as_str().expect("an input")).expect("JSON")
+}
+
 /// A fresh deployment's name and admin token, and the template resolved with the
 /// parameters an operator would pass (short TTLs, so that expiry fits in a test).
 fn new_deployment(extra: &[(&str, &str)]) -> (Deployment, String) {
@@ -106,10 +115,10 @@ async fn deploy(bootstrap: Bootstrap, kind: Option<ApiKind>, env: &[(&str, &str)
     let release = start(&dep, "-release", bootstrap, 1, env).await;
     let schedules = Arc::new(Mutex::new(Vec::new()));
     let eventbridge = {
-        let (schedule, schedules) = (schedule.clone(), schedules.clone());
+        let (schedule, schedules, event) = (schedule.clone(), schedules.clone(), schedule_event(&dep));
         tokio::spawn(async move {
             loop {
-                let out = schedule.invoke(eventbridge()).await.ok();
+                let out = schedule.invoke(event.clone()).await.ok();
                 schedules.lock().expect("lock").push(out);
             }
         })
