@@ -181,11 +181,22 @@ async fn one_pool(moto: &Moto, shards: u32, cap: Option<u32>) -> Result<Run, Str
     let new = NewPool { strategy: Strategy::Spread, max_running: cap, ..Default::default() };
     let pool = l.create_pool_with(&ADMIN, new).await.map_err(err)?;
     let mut workers = Vec::new();
-    for _ in 0..WORKERS {
-        workers.push(l.register_worker(&ADMIN, &pool.pool_id, 100).await.map_err(err)?.worker.worker_id);
+    let mut refused = 0;
+    while workers.len() < WORKERS {
+        // Registration checks the pool item in its transaction: under these budgets a
+        // capped pool's item may stay throttled past every retry (a 5xx the worker
+        // retries, as it would any).
+        match l.register_worker(&ADMIN, &pool.pool_id, 100).await {
+            Ok(r) => workers.push(r.worker.worker_id),
+            Err(Error::Backend(_)) if refused < 2_000 => {
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
     }
     let mut submitted = 0;
-    let mut refused = 0;
+    refused = 0;
     while submitted < EVALS {
         // A client's retry of a 5xx (throttled past the backend's retries).
         // (The SDK's retry quota runs dry under sustained throttling; then a throttled
