@@ -3,6 +3,7 @@
 //! release as one transaction, a cancellation flagging the live alloc to stop.
 
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
+use futures_util::future::try_join_all;
 use lineup_core::*;
 
 use crate::ddb::{build, ccf, names, TxError};
@@ -10,6 +11,9 @@ use crate::items::*;
 use crate::keys::shard_key;
 use crate::tables::BY_DUE;
 use crate::{sdk_err, AwsBackend};
+
+/// Renewed allocs' `due` moved concurrently, at most this many at once.
+const MOVES_AT_ONCE: usize = 32;
 
 impl AwsBackend {
     /// Live allocs whose `due` has passed, read consistently: those whose lease ran out
@@ -19,13 +23,19 @@ impl AwsBackend {
         let q = |k| self.due_query(&self.tables.allocs, BY_DUE, "due", pool, k, now).projection_expression("id");
         let keys = self.query_shards(pool, q, "due allocs").await?;
         let mut expired = Vec::new();
+        let mut renewed = Vec::new();
         for item in Self::items::<AllocItem>(self.batch_get(&self.tables.allocs, keys).await?)? {
             match (item.ttl, item.due) {
-                (Some(lease), Some(_)) if lease > now => self.move_due(&item, lease).await?,
+                (Some(lease), Some(_)) if lease > now => renewed.push((item, lease)),
                 (Some(_), Some(_)) => expired.push(Alloc::from(item)),
                 // Released since the index was read.
                 _ => {}
             }
+        }
+        // A pool running thousands of long jobs has as many to move every lease
+        // period: a few dozen at a time, not one after another.
+        for chunk in renewed.chunks(MOVES_AT_ONCE) {
+            try_join_all(chunk.iter().map(|(item, lease)| self.move_due(item, *lease))).await?;
         }
         Ok(expired)
     }
