@@ -151,14 +151,14 @@ async fn original_keys(moto: &Moto) -> Result<Run, String> {
 /// `op` until it succeeds: a write throttled past the SDK's retries is tried again
 /// after a pause (the original's steps are not atomic, so a step that failed after
 /// some of its writes landed writes them again; the bench counts keys, not capacity).
-async fn retry<F, Fut>(mut op: F) -> Result<(), String>
+async fn retry<T, F, Fut>(mut op: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<()>>,
+    Fut: std::future::Future<Output = Result<T>>,
 {
     for _ in 0..2_000 {
         match op().await {
-            Ok(()) => return Ok(()),
+            Ok(v) => return Ok(v),
             Err(Error::Backend(_)) => tokio::time::sleep(Duration::from_millis(300)).await,
             Err(e) => return Err(e.to_string()),
         }
@@ -181,22 +181,14 @@ async fn one_pool(moto: &Moto, shards: u32, cap: Option<u32>) -> Result<Run, Str
     let new = NewPool { strategy: Strategy::Spread, max_running: cap, ..Default::default() };
     let pool = l.create_pool_with(&ADMIN, new).await.map_err(err)?;
     let mut workers = Vec::new();
-    let mut refused = 0;
-    while workers.len() < WORKERS {
+    for _ in 0..WORKERS {
         // Registration checks the pool item in its transaction: under these budgets a
         // capped pool's item may stay throttled past every retry (a 5xx the worker
         // retries, as it would any).
-        match l.register_worker(&ADMIN, &pool.pool_id, 100).await {
-            Ok(r) => workers.push(r.worker.worker_id),
-            Err(Error::Backend(_)) if refused < 2_000 => {
-                refused += 1;
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            Err(e) => return Err(e.to_string()),
-        }
+        workers.push(retry(|| l.register_worker(&ADMIN, &pool.pool_id, 100)).await?.worker.worker_id);
     }
     let mut submitted = 0;
-    refused = 0;
+    let mut refused = 0;
     while submitted < EVALS {
         // A client's retry of a 5xx (throttled past the backend's retries).
         // (The SDK's retry quota runs dry under sustained throttling; then a throttled

@@ -138,20 +138,8 @@ async fn crash_at(b: &Backend, point: &str, action: &str) {
 
 /// Whether the store writes a completed eval on its own first (`Store::complete_first`).
 async fn completes_eval_first(b: &Backend) -> bool {
-    let e = Eval::queued(PoolId::generate(), 1, None, None, Priority::DEFAULT, None, 0);
-    let a = Alloc {
-        pool_id: e.pool_id.clone(),
-        alloc_id: AllocId::generate(),
-        worker_id: WorkerId::generate(),
-        eval_id: e.eval_id.clone(),
-        size: 1,
-        attempt: 0,
-        ttl: 0,
-        state: AllocState::Live,
-        stop: false,
-        created_at: 0,
-        counted: false,
-    };
+    let pool = PoolId::generate();
+    let a = crate::alloc_for(&crate::eval_rec(&pool, 1), &crate::worker_rec(&pool, 1, 0), 0);
     let done = Completion { exit_code: 0, output: None, at: 0, purge_at: 0 };
     b.store.complete_first(&a, &done).await.is_some()
 }
