@@ -1,8 +1,9 @@
 //! The partition scenario: DynamoDB's per-partition-key limits, scaled down, enforced
 //! by moto's wrapper (`crates/conformance/python/partitions.py`, which meters and
 //! throttles global secondary indexes' keys too), with the whole lifecycle running
-//! against them: submit, schedule, poll, complete. For a pool with one index shard, one
-//! with 2, and a capped one with 2 (`max_running` too high to bind, so only its count
+//! against them: submit, schedule (the `schedule` function's settings from the
+//! template), poll, complete. For one pool at each index shard count from 1 to 32 (the
+//! curve) and a capped one with 2 (`max_running` too high to bind, so only its count
 //! costs), it prints the units each placement consumed on each kind of key (the
 //! hottest key of the kind), the ceiling those units predict for the budgets, and the
 //! rate measured under them. In the same run, the Go seed's key design (every table
@@ -10,10 +11,10 @@
 //! (`lineup_aws::Keys::ByPool`): placed and completed step by step by as many workers.
 //!
 //! The budgets are DynamoDB's per-partition limits (1,000 write and 3,000 read units a
-//! second) divided by `SCALE`, so that moto's own speed is not what binds: without
-//! budgets this lifecycle runs at ~11 placements/s on moto (a transaction takes it
-//! ~0.1 s), and `SCALE` 400 puts the predicted ceilings well below that. Multiply a
-//! figure by `SCALE` for DynamoDB's.
+//! second) divided by `SCALE`, so that moto's own speed is not what binds below ~16
+//! shards: without budgets this lifecycle runs at ~26–33 placements/s on moto, and
+//! `SCALE` 400 puts the predicted ceilings from 1.25/s (one shard) to ~20/s (32).
+//! Multiply a figure by `SCALE` for DynamoDB's.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use lineup_aws::{create_pool_keyed_tables, create_tables, AwsBackend, Keys};
 use lineup_conformance::moto::Moto;
 use lineup_conformance::{complete, new_eval, ADMIN};
-use lineup_core::service::{NewPool, PoolScheduler, SchedulerOptions};
+use lineup_core::service::NewPool;
 use lineup_core::*;
 
 use crate::{report, Rows};
@@ -31,8 +32,46 @@ use crate::{report, Rows};
 pub const SCALE: f64 = 400.0;
 const WCU: f64 = 1_000.0 / SCALE;
 const RCU: f64 = 3_000.0 / SCALE;
-const EVALS: usize = 40;
-const WORKERS: usize = 10;
+
+/// One pool's shape: its index shards (0: the Go seed's keys), its cap, and how many
+/// workers and evals run through it.
+#[derive(Clone, Copy)]
+struct Shape {
+    name: &'static str,
+    shards: u32,
+    cap: Option<u32>,
+    workers: usize,
+    evals: usize,
+}
+
+impl Shape {
+    /// An uncapped pool with `shards`, with workers enough that no worker's own key
+    /// binds (each takes ≈ 4 units a placement: 2.5 per shard keeps them at a third of
+    /// their budget), and evals enough for ~15 s at the predicted rate.
+    const fn sharded(name: &'static str, shards: u32) -> Shape {
+        let s = shards as usize;
+        Shape {
+            name,
+            shards,
+            cap: None,
+            workers: if s < 4 { 10 } else { 5 * s / 2 },
+            evals: if s < 4 { 40 } else { 12 * s },
+        }
+    }
+}
+
+/// The runs: the shard count's curve, a capped pool, the seed's keys.
+const SHAPES: [Shape; 8] = [
+    Shape::sharded("one_shard", 1),
+    Shape::sharded("2_shards", 2),
+    Shape::sharded("4_shards", 4),
+    Shape::sharded("8_shards", 8),
+    Shape::sharded("16_shards", 16),
+    Shape::sharded("32_shards", 32),
+    // `max_running` too high to bind: only its count costs.
+    Shape { name: "capped_2_shards", shards: 2, cap: Some(100_000), workers: 10, evals: 40 },
+    Shape { name: "seed_keys", shards: 0, cap: None, workers: 10, evals: 40 },
+];
 
 /// One pool's run: placements per second measured, and units per placement by
 /// partition (`table: key`).
@@ -61,10 +100,10 @@ pub async fn scenario(rows: &mut Rows) {
     let moto = Moto::partitioned(&format!("wcu={WCU},rcu={RCU}"));
     println!();
     println!("DynamoDB partition limits scaled 1/{SCALE} ({WCU} write, {RCU} read units/s per key), moto");
-    let runs =
-        [("one_shard", 1, None), ("2_shards", 2, None), ("capped_2_shards", 2, Some(100_000)), ("seed_keys", 0, None)];
-    for (name, shards, cap) in runs {
-        let run = if shards == 0 { original_keys(&moto).await } else { one_pool(&moto, shards, cap).await };
+    let mut curve = Vec::new();
+    for shape in SHAPES {
+        let name = shape.name;
+        let run = if shape.shards == 0 { original_keys(&moto, shape).await } else { one_pool(&moto, shape).await };
         let run = match run {
             Ok(r) => r,
             Err(e) => return println!("partitions ({name}): failed: {e}"),
@@ -83,13 +122,32 @@ pub async fn scenario(rows: &mut Rows) {
         );
         report(rows, &format!("partitions_{name}_placements_per_s"), run.rate, "placements/s", "printed");
         report(rows, &format!("partitions_{name}_predicted_per_s"), ceiling, "placements/s", "measured ≈ predicted");
+        curve.push((shape, ceiling, run));
+    }
+    println!();
+    println!("the curve, ×{SCALE} for DynamoDB's limits (measured far below predicted with few requests throttled: moto's own speed bound it, not the budgets):");
+    println!(
+        "  {:<16} {:>6} {:>8} {:>11} {:>10} {:>10} {:>10}",
+        "pool", "shards", "workers", "throttled", "predicted", "measured", "×SCALE"
+    );
+    for (shape, ceiling, run) in &curve {
+        println!(
+            "  {:<16} {:>6} {:>8} {:>11} {:>8.1}/s {:>8.1}/s {:>8.0}/s",
+            shape.name,
+            shape.shards,
+            shape.workers,
+            run.throttled,
+            ceiling,
+            run.rate,
+            run.rate * SCALE
+        );
     }
 }
 
-/// The Go seed's keys: `EVALS` submitted, then placed and completed step by step
-/// (claim, alloc, eval; read alloc, release, give back, complete) by `WORKERS` tasks at
+/// The Go seed's keys: the shape's evals submitted, then placed and completed step by step
+/// (claim, alloc, eval; read alloc, release, give back, complete) by as many tasks as it has workers, at
 /// once, metered from the first placement. No queues: only the table keys are measured.
-async fn original_keys(moto: &Moto) -> Result<Run, String> {
+async fn original_keys(moto: &Moto, shape: Shape) -> Result<Run, String> {
     let err = |e: Error| e.to_string();
     // Lineup's own tables only lend a pool record and `placement_of` (pure).
     let prefix = format!("o{}", PoolId::generate());
@@ -103,7 +161,7 @@ async fn original_keys(moto: &Moto) -> Result<Run, String> {
     create_pool_keyed_tables(ob.dynamodb(), ob.tables()).await.map_err(err)?;
     let now = l.now();
     let mut workers = Vec::new();
-    for _ in 0..WORKERS {
+    for _ in 0..shape.workers {
         let w = Worker {
             pool_id: pool.pool_id.clone(),
             worker_id: WorkerId::generate(),
@@ -118,7 +176,7 @@ async fn original_keys(moto: &Moto) -> Result<Run, String> {
         workers.push(w.worker_id);
     }
     let mut evals = Vec::new();
-    for _ in 0..EVALS {
+    for _ in 0..shape.evals {
         let e = Eval::queued(pool.pool_id.clone(), 1, None, None, Priority::DEFAULT, None, l.now());
         retry(|| ob.original_put_eval(&e, Keys::ByPool)).await?;
         evals.push(e);
@@ -142,8 +200,8 @@ async fn original_keys(moto: &Moto) -> Result<Run, String> {
     for t in tasks {
         t.await.map_err(|e| e.to_string())??;
     }
-    let rate = EVALS as f64 / start.elapsed().as_secs_f64();
-    let run = units_of(&moto.units(false), &prefix, &pool, rate);
+    let rate = shape.evals as f64 / start.elapsed().as_secs_f64();
+    let run = units_of(&moto.units(false), &prefix, &pool, rate, shape.evals);
     let _ = lineup_aws::delete_tables(lb.dynamodb(), lb.tables()).await;
     Ok(run)
 }
@@ -166,9 +224,11 @@ where
     Err("throttled 2,000 times".into())
 }
 
-/// Submits `EVALS`, then runs a scheduler and `WORKERS` polling workers until all are
+/// Submits the shape's evals, then runs the schedule function as the template deploys it
+/// and the shape's polling workers until all are
 /// complete, metering the partitions from the first placement to the last completion.
-async fn one_pool(moto: &Moto, shards: u32, cap: Option<u32>) -> Result<Run, String> {
+async fn one_pool(moto: &Moto, shape: Shape) -> Result<Run, String> {
+    let Shape { shards, cap, .. } = shape;
     let prefix = format!("p{}", PoolId::generate());
     let backend = Arc::new(AwsBackend::for_emulator(&moto.endpoint, &prefix).await);
     create_tables(backend.dynamodb(), backend.tables()).await.map_err(|e| e.to_string())?;
@@ -181,7 +241,7 @@ async fn one_pool(moto: &Moto, shards: u32, cap: Option<u32>) -> Result<Run, Str
     let new = NewPool { strategy: Strategy::Spread, max_running: cap, ..Default::default() };
     let pool = l.create_pool_with(&ADMIN, new).await.map_err(err)?;
     let mut workers = Vec::new();
-    for _ in 0..WORKERS {
+    for _ in 0..shape.workers {
         // Registration checks the pool item in its transaction: under these budgets a
         // capped pool's item may stay throttled past every retry (a 5xx the worker
         // retries, as it would any).
@@ -189,7 +249,7 @@ async fn one_pool(moto: &Moto, shards: u32, cap: Option<u32>) -> Result<Run, Str
     }
     let mut submitted = 0;
     let mut refused = 0;
-    while submitted < EVALS {
+    while submitted < shape.evals {
         // A client's retry of a 5xx (throttled past the backend's retries).
         // (The SDK's retry quota runs dry under sustained throttling; then a throttled
         // write fails at once, and the client backs off.)
@@ -230,29 +290,35 @@ async fn one_pool(moto: &Moto, shards: u32, cap: Option<u32>) -> Result<Run, Str
             }
         }));
     }
-    let opts = SchedulerOptions { wait: Duration::from_secs(1), ..Default::default() };
-    let mut ps = PoolScheduler::new(l.clone(), pool.clone(), opts);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while done.load(Ordering::Relaxed) < EVALS {
-        if Instant::now() > deadline {
+    // The schedule function as the template deploys it (its loops, its long poll).
+    let functions = crate::pools::deployed_functions()?;
+    let opts = lineup_lambda::schedule_options(&functions, None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    let schedule = {
+        let l = l.clone();
+        tokio::spawn(async move { l.schedule_until(deadline, &opts).await })
+    };
+    while done.load(Ordering::Relaxed) < shape.evals {
+        if tokio::time::Instant::now() > deadline {
             stop.store(true, Ordering::Relaxed);
-            return Err(format!("only {} of {EVALS} complete", done.load(Ordering::Relaxed)));
+            schedule.abort();
+            return Err(format!("only {} of {} complete", done.load(Ordering::Relaxed), shape.evals));
         }
-        // A pass throttled past the SDK's retries leaves its messages to come back.
-        let _ = ps.step(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let rate = EVALS as f64 / start.elapsed().as_secs_f64();
+    schedule.abort();
+    let rate = shape.evals as f64 / start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
     }
-    let run = units_of(&moto.units(false), &prefix, &pool, rate);
+    let run = units_of(&moto.units(false), &prefix, &pool, rate, shape.evals);
     let _ = lineup_aws::delete_tables(backend.dynamodb(), backend.tables()).await;
     Ok(run)
 }
 
 /// A meter reading as units per placement by kind of key (the hottest key of each).
-fn units_of(meter: &serde_json::Value, prefix: &str, pool: &Pool, rate: f64) -> Run {
+fn units_of(meter: &serde_json::Value, prefix: &str, pool: &Pool, rate: f64, evals: usize) -> Run {
     let mut units: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     let mut throttled = 0;
     if let Some(parts) = meter["partitions"].as_object() {
@@ -262,7 +328,7 @@ fn units_of(meter: &serde_json::Value, prefix: &str, pool: &Pool, rate: f64) -> 
             if w + r > 0.0 {
                 // Keys of one kind (one item each) share a label: the hottest stands for them.
                 let e = units.entry(label(key, prefix, pool)).or_insert((0.0, 0.0));
-                *e = (e.0.max(w / EVALS as f64), e.1.max(r / EVALS as f64));
+                *e = (e.0.max(w / evals as f64), e.1.max(r / evals as f64));
             }
         }
     }

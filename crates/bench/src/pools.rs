@@ -86,7 +86,7 @@ pub async fn scenario(rows: &mut Rows) {
 }
 
 /// The `schedule` function's settings from its environment in `infra/template.yaml`.
-fn deployed_functions() -> Result<lineup_lambda::FunctionSettings, String> {
+pub(crate) fn deployed_functions() -> Result<lineup_lambda::FunctionSettings, String> {
     use lineup_conformance::deployment::Deployment;
     let dep = Deployment::of_repo_template(&[("AdminTokenSha256", &lineup_core::auth::hash("sim"))]);
     let f = dep.function_named("-schedule");

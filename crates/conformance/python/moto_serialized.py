@@ -334,5 +334,46 @@ def _with_faults_route(self, environ):
 
 DomainDispatcherApplication.get_application = _with_faults_route
 
+# ---- speed: moto_server as shipped spends most of its time around the requests
+
+# It lists its own package directory (an isdir per service, ~200) on every request to
+# route it; the list never changes while it runs.
+import moto.backends as _backends  # noqa: E402
+
+_modules = tuple(_backends.list_of_moto_modules())
+_backends.list_of_moto_modules = lambda: _modules
+
+# HTTP/1.0 means a connection, and a server thread, per request: keep connections
+# alive as DynamoDB's and SQS's endpoints do.
+from moto.moto_server.werkzeug_app import MotoRequestHandler  # noqa: E402
+
+MotoRequestHandler.protocol_version = "HTTP/1.1"
+# One log line per request costs time too: keep errors only.
+MotoRequestHandler.log_request = lambda self, code="-", size="-": None
+
+# SQS reads the clock through a datetime round trip, several times per message per
+# receive, scanning the whole queue: the same instant, read directly.
+import moto.sqs.models as _sqs_models  # noqa: E402
+
+_unix_time = _sqs_models.unix_time
+
+
+def _now(dt=None):
+    return time.time() if dt is None else _unix_time(dt)
+
+
+_sqs_models.unix_time = _now
+_sqs_models.unix_time_millis = lambda dt=None: _now(dt) * 1000.0
+
+
+# A receive checks each message's retention by computing every attribute of its queue
+# (which counts the queue's messages three ways): read the one it needs.
+def _retained(self, queue_name, message):
+    retention = self.get_queue(queue_name).message_retention_period
+    return int(retention) + message.sent_timestamp / 1000 > time.time()
+
+
+_sqs_models.SQSBackend.is_message_valid_based_on_retention_period = _retained
+
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

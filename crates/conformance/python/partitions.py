@@ -26,10 +26,15 @@ DynamoDB's rules (documented under "Read/write capacity units"):
 
 With LINEUP_MOTO_PARTITIONS="wcu=50,rcu=150" each partition key value gets a token
 bucket per kind, filled at that rate with one second's worth at most (the scaled-down
-DynamoDB limits: 1,000 → 10 is 1/100). A request that needs more than a bucket holds is
-refused as DynamoDB refuses it: ProvisionedThroughputExceededException (400, nothing
-written; the SDK retries), or for a transaction TransactionCanceledException with a
-ThrottlingError reason on the hot item. With LINEUP_MOTO_PARTITIONS="meter", requests
+DynamoDB limits: 1,000 → 10 is 1/100). A request that finds any of its keys' buckets in
+debt is refused as DynamoDB refuses it: ProvisionedThroughputExceededException (400,
+nothing written; the SDK retries), or for a transaction TransactionCanceledException
+with a ThrottlingError reason on the hot item; one admitted takes its whole cost, and
+may leave a bucket in debt, which the next requests wait out. So a key's long-run rate
+is its budget, whatever the requests' sizes. (Requiring the whole cost in the bucket
+up front would not scale down: a 100-item transaction is a rounding error of a real
+key's 1,000 units a second, but four times a 1/400 key's, and would wait for all of its
+keys' buckets to be full at once, a starvation real DynamoDB does not show.) With LINEUP_MOTO_PARTITIONS="meter", requests
 are metered but never refused. In both, GET /lineup-units answers the units consumed
 and the requests throttled per key since the last GET /lineup-units?reset=1. Unset,
 nothing is metered (it costs moto time).
@@ -344,15 +349,15 @@ def _refill(kind, key, now):
 
 
 def admit(action, writes, read_keys):
-    """The first partition that cannot take this request now, or None. Writes need
-    their units in the bucket; reads need the bucket not to be in debt (their size is
-    known only afterwards, and is charged then)."""
+    """The first partition that cannot take this request now, or None: one whose
+    bucket is in debt (see the module's note; a read's size is known only afterwards,
+    and both are charged then)."""
     if budgets is None:
         return None
     now = time.monotonic()
     with _lock:
-        for key, units in writes:
-            if _refill("wcu", key, now)[0] < min(units, budgets["wcu"]):
+        for key, _units in writes:
+            if _refill("wcu", key, now)[0] <= 0:
                 _throttled(key)
                 return key
         for key in read_keys:
