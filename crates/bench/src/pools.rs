@@ -4,7 +4,7 @@
 //! `LATENCY` as a remote backend's would be (`MeteredStore::latency`), the pools split
 //! over `SHARDS` concurrent invocations as the EventBridge rules' inputs split them.
 //! One pool is busy (`BUSY` evals queued, workers with room for all of them); every
-//! other pool is idle. It prints the busy pool's placement rate with one scheduler
+//! other pool is idle, with `WORKERS` idle workers of its own (100,000 in all). It prints the busy pool's placement rate with one scheduler
 //! loop, with as many as the template allows (`ScheduleLoops`: more start while its
 //! passes come back full), and among the other pools; and the calls the idle pools
 //! made, per pool and minute.
@@ -24,6 +24,8 @@ use crate::{report, Rows};
 const POOLS: usize = 10_000;
 const SHARDS: u32 = 4;
 const BUSY: usize = 5_000;
+/// Workers per pool: 100,000 in all among `POOLS`.
+const WORKERS: usize = 10;
 const LATENCY: Duration = Duration::from_millis(10);
 /// How long the idle pools are watched: three long polls of 20 s each.
 const WATCH: Duration = Duration::from_secs(60);
@@ -65,8 +67,12 @@ pub async fn scenario(rows: &mut Rows) {
     };
     println!(
         "busy pool: {:.0} placements/s with one loop, {:.0}/s with up to {} (the template's ScheduleLoops), \
-         {:.0}/s among {POOLS} pools",
-        single.rate, alone.rate, deployed.schedule_loops, many.rate
+         {:.0}/s among {POOLS} pools and {} workers",
+        single.rate,
+        alone.rate,
+        deployed.schedule_loops,
+        many.rate,
+        POOLS * WORKERS
     );
     let minutes = WATCH.as_secs_f64() / 60.0;
     let idle = (POOLS - 1) as f64;
@@ -109,9 +115,13 @@ async fn run(
     setup.init().await.map_err(err)?;
     let busy = setup.create_pool(&ADMIN, Strategy::Spread).await.map_err(err)?;
     for _ in 1..pools {
-        setup.create_pool(&ADMIN, Strategy::Spread).await.map_err(err)?;
+        let idle = setup.create_pool(&ADMIN, Strategy::Spread).await.map_err(err)?;
+        // Idle workers too (100,000 among 10,000 pools): a pass reads its own pool's.
+        for _ in 0..WORKERS {
+            setup.register_worker(&ADMIN, &idle.pool_id, 4).await.map_err(err)?;
+        }
     }
-    for _ in 0..10 {
+    for _ in 0..WORKERS {
         setup.register_worker(&ADMIN, &busy.pool_id, BUSY as u32).await.map_err(err)?;
     }
     for _ in 0..BUSY {
