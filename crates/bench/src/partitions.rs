@@ -46,8 +46,9 @@ struct Shape {
 
 impl Shape {
     /// An uncapped pool with `shards`, with workers enough that no worker's own key
-    /// binds (each takes ≈ 4 units a placement: 2.5 per shard keeps them at a third of
-    /// their budget), and evals enough for ~15 s at the predicted rate.
+    /// binds (each takes ≈ 4 units a placement it gets; 2.5 workers per shard share a
+    /// pool rate of ~2.5 × shards / 3 a second, about half of each one's budget), and
+    /// evals enough for ~15 s at the predicted rate.
     const fn sharded(name: &'static str, shards: u32) -> Shape {
         let s = shards as usize;
         Shape {
@@ -144,9 +145,9 @@ pub async fn scenario(rows: &mut Rows) {
     }
 }
 
-/// The Go seed's keys: the shape's evals submitted, then placed and completed step by step
-/// (claim, alloc, eval; read alloc, release, give back, complete) by as many tasks as it has workers, at
-/// once, metered from the first placement. No queues: only the table keys are measured.
+/// The Go seed's keys: the shape's evals submitted, then placed and completed step by
+/// step (claim, alloc, eval; read alloc, release, give back, complete) by one task per
+/// worker at once, metered from the first placement. No queues: only the table keys are measured.
 async fn original_keys(moto: &Moto, shape: Shape) -> Result<Run, String> {
     let err = |e: Error| e.to_string();
     // Lineup's own tables only lend a pool record and `placement_of` (pure).

@@ -307,8 +307,12 @@ impl PoolScheduler {
         let park: Vec<(String, Duration)> =
             park.into_iter().map(|w| (w.rcv.receipt, self.lineup.backoff(w.rcv.receive_count))).collect();
         let queue = self.queue();
-        self.lineup.queues.change_visibility(&queue, &hide, false).await?;
-        self.lineup.queues.change_visibility(&queue, &park, true).await?;
+        if !hide.is_empty() {
+            self.lineup.queues.change_visibility(&queue, &hide, false).await?;
+        }
+        if !park.is_empty() {
+            self.lineup.queues.change_visibility(&queue, &park, true).await?;
+        }
         self.admit(take, tokio::time::Instant::now() + HOLD).await?;
         if self.next_check <= tokio::time::Instant::now() {
             self.next_check = tokio::time::Instant::now() + self.opts.recheck;
@@ -334,6 +338,11 @@ impl PoolScheduler {
     pub async fn release_held(&mut self) -> Result<()> {
         let changes: Vec<(String, Duration)> =
             std::mem::take(&mut *self.set()).into_iter().map(|h| (h.rcv.receipt, Duration::ZERO)).collect();
+        // An idle pool's loop holds nothing: no call (on the embedded store one would
+        // still be a transaction).
+        if changes.is_empty() {
+            return Ok(());
+        }
         match self.lineup.queues.change_visibility(&self.queue(), &changes, false).await {
             Ok(()) | Err(Error::QueueGone(_)) => Ok(()),
             Err(e) => Err(e),
