@@ -4,10 +4,10 @@
 //! `LATENCY` as a remote backend's would be (`MeteredStore::latency`), the pools split
 //! over `SHARDS` concurrent invocations as the EventBridge rules' inputs split them.
 //! One pool is busy (`BUSY` evals queued, workers with room for all of them); every
-//! other pool is idle, with `WORKERS` idle workers of its own (100,000 in all). It prints the busy pool's placement rate with one scheduler
-//! loop, with as many as the template allows (`ScheduleLoops`: more start while its
-//! passes come back full), and among the other pools; and the calls the idle pools
-//! made, per pool and minute.
+//! other pool is idle, with `WORKERS` idle workers of its own (100,000 in all). It
+//! prints the busy pool's placement rate with one scheduler loop, with as many as the
+//! template allows (`ScheduleLoops`: more start while its passes come back full), and
+//! among the other pools; and the calls the idle pools made, per pool and minute.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -32,10 +32,11 @@ nothing written; the SDK retries), or for a transaction TransactionCanceledExcep
 with a ThrottlingError reason on the hot item; one admitted takes its whole cost, and
 may leave a bucket in debt, which the next requests wait out. So a key's long-run rate
 is its budget, whatever the requests' sizes. (Requiring the whole cost in the bucket
-up front would not scale down: a 100-item transaction is a rounding error of a real
-key's 1,000 units a second, but four times a 1/400 key's, and would wait for all of its
-keys' buckets to be full at once, a starvation real DynamoDB does not show.) With LINEUP_MOTO_PARTITIONS="meter", requests
-are metered but never refused. In both, GET /lineup-units answers the units consumed
+up front would not scale down: a pass placing 100 evals puts ~19 units on each of 16
+index shards, 2% of a real key's second but over 7 seconds of a 1/400 key's, and would
+wait for all of its keys' buckets to be full at once, a starvation real DynamoDB, whose
+keys also keep 300 s of unused capacity, does not show.) With
+LINEUP_MOTO_PARTITIONS="meter", requests are metered but never refused. In both, GET /lineup-units answers the units consumed
 and the requests throttled per key since the last GET /lineup-units?reset=1. Unset,
 nothing is metered (it costs moto time).
 """

@@ -66,6 +66,7 @@ macro_rules! conformance_tests {
             service_concurrent_schedulers, service_cancel, service_idempotency, service_disband_in_flight,
             service_blocked_reason_and_wake, service_complete_twice, service_held_evals_placed_when_capacity_appears,
             service_stranded_evals_get_their_message_back, service_backlog_gets_more_loops,
+            service_idle_pool_only_receives,
             admission_priority_jumps_the_backlog, admission_store_max_running_is_atomic,
             admission_max_running_never_exceeded, admission_health_throttles_and_lapses,
             admission_pulled_health_throttles,
