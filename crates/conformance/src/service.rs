@@ -335,6 +335,12 @@ pub async fn service_disband_in_flight(b: Backend) {
     for id in &ids {
         assert_eq!(l.eval(&ADMIN, &pool.pool_id, id).await.unwrap().status, EvalStatus::Cancelled);
     }
+    // A pool loop (what `schedule` runs) sees the queue gone, ends, and its process
+    // keeps nothing of the pool.
+    let mut ps = lineup_core::service::PoolScheduler::new(l.clone(), pool.clone(), fast_opts());
+    assert!(l.holds_pool(&pool.pool_id));
+    assert!(ps.step(Duration::from_secs(1)).await.unwrap().pool_gone);
+    assert!(ps.gone && !l.holds_pool(&pool.pool_id), "a disbanded pool's held set is kept");
     let s = l.schedule_pass(&pool, &fast_opts()).await.unwrap();
     assert!(s.pool_gone, "the scheduler sees the queue gone and stops, no error loop");
     assert!(matches!(l.submit_eval(&ADMIN, &pool.pool_id, new_eval(1, None)).await, Err(Error::Disbanded(_))));

@@ -178,6 +178,7 @@ impl PoolScheduler {
             Err(Error::QueueGone(_)) => {
                 self.gone = true;
                 self.set().clear();
+                self.lineup.forget_gone(&self.pool.pool_id);
                 Ok(None)
             }
             Err(e) => Err(e),

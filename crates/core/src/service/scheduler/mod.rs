@@ -160,6 +160,7 @@ impl Lineup {
         let msgs = match self.queues.receive(&queue, opts.batch, opts.wait, opts.visibility).await {
             Ok(m) => m,
             Err(Error::QueueGone(_)) => {
+                self.forget_gone(&pool.pool_id);
                 sum.pool_gone = true;
                 return Ok(sum);
             }
@@ -231,6 +232,21 @@ impl Lineup {
     pub fn held_count(&self, pool: &crate::id::PoolId) -> usize {
         let m = self.held_sets.lock().unwrap_or_else(|e| e.into_inner());
         m.get(pool).map_or(0, |h| h.set.lock().map_or(0, |s| s.len()))
+    }
+
+    /// Whether this process keeps a held set for `pool` (one exists from its first
+    /// scheduler until its queue is found gone).
+    pub fn holds_pool(&self, pool: &crate::id::PoolId) -> bool {
+        self.held_sets.lock().unwrap_or_else(|e| e.into_inner()).contains_key(pool)
+    }
+
+    /// Drops what this process keeps of a pool whose queue is gone (disbanded): its
+    /// held set and its cached record. A long-lived `lineup dev` or `schedule`
+    /// instance sees pools come and go; without this, every one it ever scheduled
+    /// stayed in its maps.
+    pub(crate) fn forget_gone(&self, pool: &crate::id::PoolId) {
+        self.held_sets.lock().unwrap_or_else(|e| e.into_inner()).remove(pool);
+        self.forget_pool(pool);
     }
 
     /// Forgets this process's copy of `pool`: its limits were just changed here.
