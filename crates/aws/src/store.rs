@@ -154,6 +154,35 @@ impl AwsBackend {
     pub(crate) fn items<T: serde::de::DeserializeOwned>(items: Vec<Item>) -> Result<Vec<T>> {
         items.into_iter().map(from_item).collect()
     }
+
+    /// Every pool, oldest first; `consistent` for a strongly consistent scan (twice the
+    /// read units).
+    async fn scan_pools(&self, consistent: bool) -> Result<Vec<Pool>> {
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let r = self
+                .ddb
+                .scan()
+                .table_name(&self.tables.pools)
+                .consistent_read(consistent)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_err("scan pools", e))?;
+            for i in r.items.unwrap_or_default() {
+                let item: PoolItem = from_item(i)?;
+                self.remember_shards(&item.pool, item.shards());
+                out.push(Pool::from(item));
+            }
+            match r.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| (a.created_at, &a.pool_id).cmp(&(b.created_at, &b.pool_id)));
+        Ok(out)
+    }
 }
 
 #[async_trait]
@@ -201,30 +230,11 @@ impl Store for AwsBackend {
     }
 
     async fn list_pools(&self) -> Result<Vec<Pool>> {
-        let mut out = Vec::new();
-        let mut start = None;
-        loop {
-            let r = self
-                .ddb
-                .scan()
-                .table_name(&self.tables.pools)
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| sdk_err("scan pools", e))?;
-            for i in r.items.unwrap_or_default() {
-                let item: PoolItem = from_item(i)?;
-                self.remember_shards(&item.pool, item.shards());
-                out.push(Pool::from(item));
-            }
-            match r.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => break,
-            }
-        }
-        out.sort_by(|a, b| (a.created_at, &a.pool_id).cmp(&(b.created_at, &b.pool_id)));
-        Ok(out)
+        self.scan_pools(true).await
+    }
+
+    async fn sweep_pools(&self) -> Result<Vec<Pool>> {
+        self.scan_pools(false).await
     }
 
     async fn disband_pool(&self, pool: &PoolId, now: Millis) -> Result<Pool> {

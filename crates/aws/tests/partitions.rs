@@ -108,3 +108,31 @@ async fn a_throttled_hot_pool_loses_nothing() {
     }
     assert_eq!(l.store.list_workers(&pool.pool_id).await.unwrap().len(), 7);
 }
+
+/// The scheduler's and the releaser's sweep of the pools (every few seconds, per
+/// invocation) reads eventually consistent: half the read units of the API's listing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_sweep_costs_half_the_listing() {
+    let moto = Moto::partitioned("meter");
+    let prefix = format!("t{}", PoolId::generate());
+    let b = Arc::new(AwsBackend::for_emulator(&moto.endpoint, &prefix).await);
+    create_tables(b.dynamodb(), b.tables()).await.unwrap();
+    let l = Lineup::new(
+        b.clone(),
+        b.clone(),
+        Arc::new(SystemClock),
+        Settings { deployment: prefix.clone(), ..Default::default() },
+        "t",
+    );
+    let pool = l.create_pool(&ADMIN, Strategy::Spread).await.unwrap();
+    let scan_units = |meter: serde_json::Value| meter["partitions"][format!("{prefix}-pools:*")]["rcu"].as_f64();
+
+    moto.units(true);
+    let listed = b.list_pools().await.unwrap();
+    let consistent = scan_units(moto.units(true));
+    let swept = b.sweep_pools().await.unwrap();
+    let eventual = scan_units(moto.units(true));
+    assert_eq!(listed.iter().map(|p| &p.pool_id).collect::<Vec<_>>(), vec![&pool.pool_id]);
+    assert_eq!(swept.iter().map(|p| &p.pool_id).collect::<Vec<_>>(), vec![&pool.pool_id]);
+    assert_eq!((consistent, eventual), (Some(1.0), Some(0.5)), "one small pool item: 1 unit, or half");
+}

@@ -53,6 +53,9 @@ impl Store for MeteredStore {
     async fn list_pools(&self) -> Result<Vec<Pool>> {
         m(self.backend, self.latency, "list_pools", self.inner.list_pools()).await
     }
+    async fn sweep_pools(&self) -> Result<Vec<Pool>> {
+        m(self.backend, self.latency, "sweep_pools", self.inner.sweep_pools()).await
+    }
     async fn disband_pool(&self, pool: &PoolId, now: Millis) -> Result<Pool> {
         m(self.backend, self.latency, "disband_pool", self.inner.disband_pool(pool, now)).await
     }

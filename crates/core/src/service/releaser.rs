@@ -63,7 +63,7 @@ impl Lineup {
         resume: Option<&PoolId>,
     ) -> Result<(ReleaseSummary, Option<PoolId>)> {
         let mut sum = ReleaseSummary::default();
-        let mut pools = self.store.list_pools().await?;
+        let mut pools = self.store.sweep_pools().await?;
         pools.sort_by(|a, b| a.pool_id.cmp(&b.pool_id));
         // Start after `resume`, wrapping around.
         let at = resume.map(|r| pools.partition_point(|p| p.pool_id <= *r)).unwrap_or(0).min(pools.len());

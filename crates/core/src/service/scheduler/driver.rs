@@ -68,7 +68,7 @@ impl Lineup {
         let mut started: HashSet<PoolId> = HashSet::new();
         let mut first = true;
         loop {
-            match self.store.list_pools().await {
+            match self.store.sweep_pools().await {
                 Ok(pools) => {
                     let mine = |p: &Pool| opts.shard.is_none_or(|s| s.owns(&p.pool_id));
                     for pool in pools.into_iter().filter(|p| p.status == PoolStatus::Active && mine(p)) {
