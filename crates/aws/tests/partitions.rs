@@ -13,21 +13,23 @@ use lineup_conformance::{new_eval, ADMIN};
 use lineup_core::service::{PoolScheduler, SchedulerOptions};
 use lineup_core::*;
 
+/// moto in partition mode with `spec`, a fresh deployment's tables on it, and a
+/// `Lineup` over them (and the deployment's prefix).
+async fn metered(spec: &str) -> (Moto, Arc<AwsBackend>, Lineup, String) {
+    let moto = Moto::partitioned(spec);
+    let prefix = format!("t{}", PoolId::generate());
+    let b = Arc::new(AwsBackend::for_emulator(&moto.endpoint, &prefix).await);
+    create_tables(b.dynamodb(), b.tables()).await.unwrap();
+    let settings = Settings { deployment: prefix.clone(), ..Default::default() };
+    let l = Lineup::new(b.clone(), b.clone(), Arc::new(SystemClock), settings, "t");
+    (moto, b, l, prefix)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttled_hot_pool_loses_nothing() {
     // 8 write units a second per key: a submit writes its eval's key 1 and the pool's
     // index shard 2 (`by_status`, `by_created`), a placement moves it in both.
-    let moto = Moto::partitioned("wcu=8,rcu=24");
-    let prefix = format!("t{}", PoolId::generate());
-    let b = Arc::new(AwsBackend::for_emulator(&moto.endpoint, &prefix).await);
-    create_tables(b.dynamodb(), b.tables()).await.unwrap();
-    let l = Lineup::new(
-        b.clone(),
-        b.clone(),
-        Arc::new(SystemClock),
-        Settings { deployment: prefix, ..Default::default() },
-        "t",
-    );
+    let (moto, _, l, _) = metered("wcu=8,rcu=24").await;
     l.init().await.unwrap();
     let pool = l.create_pool(&ADMIN, Strategy::Spread).await.unwrap();
     let worker = l.register_worker(&ADMIN, &pool.pool_id, 100).await.unwrap().worker.worker_id;
@@ -113,17 +115,7 @@ async fn a_throttled_hot_pool_loses_nothing() {
 /// invocation) reads eventually consistent: half the read units of the API's listing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_sweep_costs_half_the_listing() {
-    let moto = Moto::partitioned("meter");
-    let prefix = format!("t{}", PoolId::generate());
-    let b = Arc::new(AwsBackend::for_emulator(&moto.endpoint, &prefix).await);
-    create_tables(b.dynamodb(), b.tables()).await.unwrap();
-    let l = Lineup::new(
-        b.clone(),
-        b.clone(),
-        Arc::new(SystemClock),
-        Settings { deployment: prefix.clone(), ..Default::default() },
-        "t",
-    );
+    let (moto, b, l, prefix) = metered("meter").await;
     let pool = l.create_pool(&ADMIN, Strategy::Spread).await.unwrap();
     let scan_units = |meter: serde_json::Value| meter["partitions"][format!("{prefix}-pools:*")]["rcu"].as_f64();
 
