@@ -117,6 +117,15 @@ impl Drop for Server {
     }
 }
 
+/// The `schedule` function's settings from its environment in `infra/template.yaml`.
+fn deployed_functions() -> Result<lineup_lambda::FunctionSettings, String> {
+    use lineup_conformance::deployment::Deployment;
+    let dep = Deployment::of_repo_template(&[("AdminTokenSha256", &lineup_core::auth::hash("sim"))]);
+    let f = dep.function_named("-schedule");
+    let config = lineup_lambda::Config::from_vars(lineup_lambda::Role::Schedule, f.env).map_err(|e| e.to_string())?;
+    Ok(config.functions)
+}
+
 type Rows = Vec<(String, f64, &'static str, String)>;
 
 fn report(rows: &mut Rows, name: &str, value: f64, unit: &'static str, target: &str) {

@@ -101,10 +101,19 @@ pub async fn scenario(rows: &mut Rows) {
     let moto = Moto::partitioned(&format!("wcu={WCU},rcu={RCU}"));
     println!();
     println!("DynamoDB partition limits scaled 1/{SCALE} ({WCU} write, {RCU} read units/s per key), moto");
+    // The schedule function as the template deploys it (its loops, its long poll).
+    let functions = match crate::deployed_functions() {
+        Ok(f) => f,
+        Err(e) => return println!("partitions: the template's schedule function: {e}"),
+    };
     let mut curve = Vec::new();
     for shape in SHAPES {
         let name = shape.name;
-        let run = if shape.shards == 0 { original_keys(&moto, shape).await } else { one_pool(&moto, shape).await };
+        let run = if shape.shards == 0 {
+            original_keys(&moto, shape).await
+        } else {
+            one_pool(&moto, shape, &functions).await
+        };
         let run = match run {
             Ok(r) => r,
             Err(e) => return println!("partitions ({name}): failed: {e}"),
@@ -225,10 +234,10 @@ where
     Err("throttled 2,000 times".into())
 }
 
-/// Submits the shape's evals, then runs the schedule function as the template deploys it
-/// and the shape's polling workers until all are
-/// complete, metering the partitions from the first placement to the last completion.
-async fn one_pool(moto: &Moto, shape: Shape) -> Result<Run, String> {
+/// Submits the shape's evals, then runs the schedule function with `functions` and the
+/// shape's polling workers until all are complete, metering the partitions from the
+/// first placement to the last completion.
+async fn one_pool(moto: &Moto, shape: Shape, functions: &lineup_lambda::FunctionSettings) -> Result<Run, String> {
     let Shape { shards, cap, .. } = shape;
     let prefix = format!("p{}", PoolId::generate());
     let backend = Arc::new(AwsBackend::for_emulator(&moto.endpoint, &prefix).await);
@@ -291,9 +300,7 @@ async fn one_pool(moto: &Moto, shape: Shape) -> Result<Run, String> {
             }
         }));
     }
-    // The schedule function as the template deploys it (its loops, its long poll).
-    let functions = crate::pools::deployed_functions()?;
-    let opts = lineup_lambda::schedule_options(&functions, None);
+    let opts = lineup_lambda::schedule_options(functions, None);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     let schedule = {
         let l = l.clone();

@@ -48,7 +48,7 @@ pub async fn scenario(rows: &mut Rows) {
         LATENCY.as_millis()
     );
     // The schedule function's settings as the template deploys them.
-    let deployed = match deployed_functions() {
+    let deployed = match crate::deployed_functions() {
         Ok(f) => f,
         Err(e) => return println!("pools: the template's schedule function: {e}"),
     };
@@ -89,15 +89,6 @@ pub async fn scenario(rows: &mut Rows) {
     report(rows, "pools_busy_alone_per_s", alone.rate, "placements/s", "> one loop's");
     report(rows, "pools_busy_among_10k_per_s", many.rate, "placements/s", "≈ alone (not starved)");
     report(rows, "pools_idle_calls_per_pool_minute", per_pool, "calls", "printed");
-}
-
-/// The `schedule` function's settings from its environment in `infra/template.yaml`.
-pub(crate) fn deployed_functions() -> Result<lineup_lambda::FunctionSettings, String> {
-    use lineup_conformance::deployment::Deployment;
-    let dep = Deployment::of_repo_template(&[("AdminTokenSha256", &lineup_core::auth::hash("sim"))]);
-    let f = dep.function_named("-schedule");
-    let config = lineup_lambda::Config::from_vars(lineup_lambda::Role::Schedule, f.env).map_err(|e| e.to_string())?;
-    Ok(config.functions)
 }
 
 /// `pools` pools (the first busy), scheduled by `SHARDS` invocations for `WATCH`.
